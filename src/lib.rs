@@ -1,0 +1,9 @@
+//! onnxq: ONNX in, smaller and faster ONNX out.
+pub mod error;
+pub mod io;
+pub mod ir;
+pub(crate) mod proto;
+
+pub use error::{Error, Result};
+pub use io::{load, save, SaveOptions};
+pub use ir::Model;
