@@ -1,4 +1,5 @@
 //! onnxq: ONNX in, smaller and faster ONNX out.
+pub mod cli;
 pub mod error;
 pub mod io;
 pub mod ir;

@@ -1,0 +1,93 @@
+//! Shared test plumbing: where the pinned Python venv and fixtures are.
+#![allow(dead_code)]
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixtures() -> PathBuf {
+    repo().join("fixtures")
+}
+
+/// True when CI asked for the Python/ORT tools to be present (ONNXQ_REQUIRE_ORT=1).
+pub fn required() -> bool {
+    std::env::var("ONNXQ_REQUIRE_ORT").is_ok_and(|v| v == "1")
+}
+
+/// The pinned Python (ONNXQ_PYTHON or the repo's .venv). None means skip, which
+/// `required()` turns into a failure.
+pub fn python() -> Option<PathBuf> {
+    let p = std::env::var_os("ONNXQ_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv/bin/python"));
+    if p.exists() {
+        return Some(p);
+    }
+    assert!(
+        !required(),
+        "ONNXQ_REQUIRE_ORT=1 but no Python venv at {}: run .ci/setup-python",
+        p.display()
+    );
+    eprintln!(
+        "SKIPPED: no Python venv at {} (run .ci/setup-python)",
+        p.display()
+    );
+    None
+}
+
+/// Runs a Python script from tests/py with arguments; panics with its output on failure.
+pub fn py(python: &Path, script: &str, args: &[&str]) -> String {
+    let out = Command::new(python)
+        .arg(repo().join("tests/py").join(script))
+        .args(args)
+        .output()
+        .expect("running python");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{script} {args:?} failed:\n{text}");
+    text
+}
+
+/// The onnx package's backend test data folder (node tests live under node/).
+pub fn onnx_backend_data(python: &Path) -> PathBuf {
+    let out = Command::new(python)
+        .args(["-c", "import onnx, os; print(os.path.join(os.path.dirname(onnx.__file__), 'backend', 'test', 'data'))"])
+        .output()
+        .expect("running python");
+    assert!(
+        out.status.success(),
+        "onnx is not importable from {}",
+        python.display()
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// Every `*.onnx` under `dir`, sorted.
+pub fn models_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "onnx") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+pub fn onnxq_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_onnxq"))
+}
