@@ -3,7 +3,12 @@ pub mod cli;
 pub mod error;
 pub mod io;
 pub mod ir;
+pub mod pass;
 pub(crate) mod proto;
+pub mod quant;
+pub mod rewrite;
+pub mod transforms;
+pub mod verify;
 
 pub use error::{Error, Result};
 pub use io::{load, save, SaveOptions};

@@ -1,7 +1,12 @@
 //! Command-line front end: argument plumbing only; the work is in the library.
+mod apply;
 mod convert;
 mod diff;
 mod inspect;
+mod pipeline;
+mod quantize;
+mod verify;
+mod verify_gate;
 
 pub use convert::LayoutArgs;
 pub use inspect::{inspect, Inspection, QUANTIZED_OPS};
@@ -32,6 +37,14 @@ pub enum Command {
     /// Show how two models' graphs differ: nodes added/removed/changed, initializers
     /// changed with dtype/shape/bytes.
     Diff(diff::DiffArgs),
+    /// Quantize weights to N bits (MatMulNBits, blocked QDQ, bnb4; RTN or HQQ), then
+    /// check the output numerically against the input.
+    Quantize(quantize::QuantizeArgs),
+    /// Run a recipe (a shipped name or a TOML file of passes) on a model.
+    Apply(apply::ApplyArgs),
+    /// Compare two models on the same inputs: max-abs, mean-abs, relative L2, cosine,
+    /// SNR and top-1 agreement per output; thresholds set the exit code.
+    Verify(verify::VerifyArgs),
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -40,5 +53,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Inspect(a) => inspect::run(&a),
         Command::Convert(a) => convert::run(&a),
         Command::Diff(a) => diff::run(&a),
+        Command::Quantize(a) => quantize::run(&a),
+        Command::Apply(a) => apply::run(&a),
+        Command::Verify(a) => verify::run(&a),
     }
 }

@@ -441,6 +441,18 @@ impl Graph {
             .expect("unbounded")
     }
 
+    /// A node name not used in this graph, derived from `base`.
+    pub fn fresh_node_name(&self, base: &str) -> String {
+        let taken: std::collections::HashSet<&str> = self.nodes().map(|(_, n)| n.name()).collect();
+        if !taken.contains(base) {
+            return base.to_string();
+        }
+        (1..)
+            .map(|i| format!("{base}_{i}"))
+            .find(|n| !taken.contains(n.as_str()))
+            .expect("unbounded")
+    }
+
     /// Adds a node; its outputs become new values. The node goes at the end of the
     /// order; save sorts topologically when anything moved.
     pub fn add_node(&mut self, spec: NodeSpec) -> Result<NodeId> {
@@ -581,6 +593,26 @@ impl Graph {
         }
         self.reorder = true;
         Ok(())
+    }
+
+    /// Replaces node `old` by a new node built from `spec` that takes over `old`'s
+    /// output values (same names, same uses). `spec.outputs` must be empty.
+    pub fn swap_node(&mut self, old: NodeId, spec: NodeSpec) -> Result<NodeId> {
+        if !spec.outputs.is_empty() {
+            return Err(self.err("swap_node: the new node takes the old node's outputs"));
+        }
+        let outputs = self.node(old).outputs.clone();
+        let id = self.add_node(spec)?;
+        for (slot, v) in outputs.iter().enumerate() {
+            if let Some(v) = v {
+                self.values[v.0 as usize].def = ValueDef::Node(id, slot);
+            }
+        }
+        self.node_mut(id).outputs = outputs;
+        self.node_mut(old).outputs.clear();
+        self.remove_node(old)?;
+        self.reorder = true;
+        Ok(id)
     }
 
     /// Removes a node whose outputs nobody reads.

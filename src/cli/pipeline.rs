@@ -1,0 +1,167 @@
+//! Shared by `quantize` and `apply`: load → passes → save → verify, with a summary
+//! and an optional JSON report.
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::convert::LayoutArgs;
+use crate::error::{Error, Result};
+use crate::pass::{recipe::Recipe, run_pipeline, PassCx, PassOutcome};
+
+/// Options every model-writing pipeline command takes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PipelineArgs {
+    #[command(flatten)]
+    pub layout: LayoutArgs,
+    /// Write a JSON report (passes, counters, skipped nodes with reasons, sizes,
+    /// time, verification) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Print why each candidate node was skipped.
+    #[arg(long)]
+    pub explain: bool,
+    /// Skip the numerical check of the output against the input.
+    #[arg(long)]
+    pub no_verify: bool,
+    #[command(flatten)]
+    pub verify: super::verify_gate::VerifyGate,
+    /// Seed for anything random (verification inputs).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Report {
+    pub recipe: String,
+    pub input: PathBuf,
+    pub output: Option<PathBuf>,
+    pub passes: Vec<PassOutcome>,
+    pub input_bytes: u64,
+    pub output_bytes: u64,
+    pub seconds: f64,
+    pub verify: Option<serde_json::Value>,
+}
+
+fn file_bytes(model: &Path, data_files: impl Iterator<Item = String>) -> u64 {
+    let dir = model.parent().unwrap_or(Path::new("."));
+    std::fs::metadata(model).map(|m| m.len()).unwrap_or(0)
+        + data_files
+            .map(|f| std::fs::metadata(dir.join(f)).map(|m| m.len()).unwrap_or(0))
+            .sum::<u64>()
+}
+
+/// Runs `recipe` on `input`, writes `output`; returns the exit code.
+pub fn run(recipe: &Recipe, input: &Path, output: &Path, args: &PipelineArgs) -> Result<i32> {
+    let passes = recipe.build()?;
+    let start = Instant::now();
+    let mut model = crate::io::load(input)?;
+    let in_files: Vec<String> = crate::cli::inspect(&model, usize::MAX)
+        .external_data_files
+        .into_keys()
+        .collect();
+    let input_bytes = file_bytes(input, in_files.into_iter());
+    let already = crate::cli::inspect(&model, 0).quantized_ops;
+    let mut cx = PassCx {
+        progress: true,
+        seed: args.seed,
+    };
+    let outcomes = run_pipeline(&mut model, &passes, &mut cx)?;
+    let changed = outcomes.iter().any(|o| o.changed);
+    for o in &outcomes {
+        let counters: Vec<String> = o
+            .counters
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        eprintln!(
+            "{}: {}",
+            o.pass,
+            if counters.is_empty() {
+                "nothing to do".into()
+            } else {
+                counters.join(", ")
+            }
+        );
+        for n in &o.notes {
+            eprintln!("  note: {n}");
+        }
+        if args.explain {
+            for s in &o.skipped {
+                eprintln!("  skipped '{}': {}", s.node, s.reason);
+            }
+        } else if !o.skipped.is_empty() {
+            eprintln!(
+                "  {} candidates skipped (--explain lists why)",
+                o.skipped.len()
+            );
+        }
+    }
+    let mut report = Report {
+        recipe: recipe.name.clone(),
+        input: input.to_path_buf(),
+        output: None,
+        passes: outcomes,
+        input_bytes,
+        output_bytes: 0,
+        seconds: 0.0,
+        verify: None,
+    };
+    if !changed {
+        if !already.is_empty() {
+            let ops: Vec<String> = already.iter().map(|(k, v)| format!("{k} x{v}")).collect();
+            eprintln!(
+                "warning: the model is already quantized ({}); left as it is",
+                ops.join(", ")
+            );
+        }
+        eprintln!(
+            "nothing changed: no node matched (quantizable = MatMul/Gemm with a constant 2-D float weight); {} not written",
+            output.display()
+        );
+        write_report(args, &mut report, start)?;
+        return Ok(0);
+    }
+    let saved = crate::io::save(&model, output, &args.layout.save_options())?;
+    drop(model);
+    report.output = Some(output.to_path_buf());
+    report.output_bytes = file_bytes(output, saved.data_files.keys().cloned());
+    let mut code = 0;
+    if !args.no_verify {
+        let (summary, pass) = args.verify.check(input, output, args.seed)?;
+        report.verify = Some(summary);
+        if !pass {
+            code = 2;
+        }
+    }
+    eprintln!(
+        "wrote {}: {} -> {} ({:.1}% of the input) in {:.2}s",
+        output.display(),
+        human(report.input_bytes),
+        human(report.output_bytes),
+        100.0 * report.output_bytes as f64 / report.input_bytes.max(1) as f64,
+        start.elapsed().as_secs_f64()
+    );
+    write_report(args, &mut report, start)?;
+    Ok(code)
+}
+
+fn write_report(args: &PipelineArgs, report: &mut Report, start: Instant) -> Result<()> {
+    report.seconds = start.elapsed().as_secs_f64();
+    if let Some(path) = &args.report {
+        let text =
+            serde_json::to_string_pretty(report).map_err(|e| Error::invalid(e.to_string()))?;
+        std::fs::write(path, text).map_err(|e| Error::io(path, e))?;
+    }
+    Ok(())
+}
+
+fn human(b: u64) -> String {
+    if b >= 1 << 30 {
+        format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
+    } else if b >= 1 << 20 {
+        format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+    } else {
+        format!("{:.1} KiB", b as f64 / 1024.0)
+    }
+}

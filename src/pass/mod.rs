@@ -1,0 +1,97 @@
+//! Passes: named, configured rewrites of a model, composed by recipes.
+pub mod recipe;
+pub mod registry;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::ir::Model;
+
+/// Shared context of a pipeline run.
+#[derive(Clone, Debug, Default)]
+pub struct PassCx {
+    /// Show progress bars on a terminal.
+    pub progress: bool,
+    /// Seed for anything random (sample selection, random inputs).
+    pub seed: u64,
+}
+
+/// Why a candidate was left alone.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Skip {
+    pub node: String,
+    pub reason: String,
+}
+
+/// What a pass did. Passes do not print; the CLI reports this.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PassOutcome {
+    pub pass: String,
+    pub changed: bool,
+    pub counters: BTreeMap<String, u64>,
+    pub skipped: Vec<Skip>,
+    pub notes: Vec<String>,
+}
+
+impl PassOutcome {
+    pub fn new(pass: &str) -> Self {
+        PassOutcome {
+            pass: pass.to_string(),
+            ..Default::default()
+        }
+    }
+
+    pub fn count(&mut self, key: &str, n: u64) {
+        *self.counters.entry(key.to_string()).or_insert(0) += n;
+    }
+
+    pub fn skip(&mut self, node: &str, reason: impl Into<String>) {
+        self.skipped.push(Skip {
+            node: node.to_string(),
+            reason: reason.into(),
+        });
+    }
+}
+
+/// A rewrite of the model. `run` either finishes or leaves the model unchanged.
+pub trait Pass: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Refuses models the pass cannot handle, before any work.
+    fn requires(&self, _model: &Model) -> Result<()> {
+        Ok(())
+    }
+    fn run(&self, model: &mut Model, cx: &mut PassCx) -> Result<PassOutcome>;
+}
+
+/// Metadata key every node a pass creates carries, naming the pass.
+pub const PASS_KEY: &str = "onnxq.pass";
+
+/// Runs passes in order. Graph invariants are checked after every pass in debug
+/// builds (tests), so a broken rewrite is caught where it happens.
+pub fn run_pipeline(
+    model: &mut Model,
+    passes: &[Box<dyn Pass>],
+    cx: &mut PassCx,
+) -> Result<Vec<PassOutcome>> {
+    let mut outcomes = Vec::new();
+    for p in passes {
+        p.requires(model)?;
+        let outcome = p.run(model, cx).map_err(|e| match e {
+            Error::Pass { .. } => e,
+            e => Error::Pass {
+                pass: p.name().to_string(),
+                reason: e.to_string(),
+            },
+        })?;
+        if cfg!(debug_assertions) {
+            model.graph.verify().map_err(|e| Error::Pass {
+                pass: p.name().to_string(),
+                reason: format!("left an invalid graph: {e}"),
+            })?;
+        }
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
+}

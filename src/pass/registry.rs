@@ -1,0 +1,64 @@
+//! The one explicit list of passes a recipe can name.
+use serde::de::DeserializeOwned;
+
+use super::Pass;
+use crate::error::{Error, Result};
+use crate::transforms::cleanup::RemoveDead;
+use crate::transforms::quant::{bnb4, gather, weight_only};
+
+/// (name, config keys, what it does).
+pub const PASSES: &[(&str, &[&str], &str)] = &[
+    (
+        "matmul-nbits",
+        weight_only::WEIGHT_ONLY_KEYS,
+        "weight-only N-bit MatMul/Gemm weights (MatMulNBits or blocked QDQ; RTN or HQQ)",
+    ),
+    (
+        "gather-block-quantized",
+        gather::GATHER_KEYS,
+        "N-bit embedding tables (GatherBlockQuantized)",
+    ),
+    (
+        "bnb4",
+        bnb4::BNB4_KEYS,
+        "NF4/FP4 MatMul weights (MatMulBnb4)",
+    ),
+    (
+        "remove-dead",
+        &[],
+        "remove nodes and initializers no output depends on",
+    ),
+];
+
+fn config<T: DeserializeOwned>(table: toml::Table) -> Result<T> {
+    toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| Error::invalid(e.message().to_string()))
+}
+
+/// Builds pass `name` from its config table.
+pub fn build(name: &str, table: toml::Table) -> Result<Box<dyn Pass>> {
+    Ok(match name {
+        "matmul-nbits" => Box::new(weight_only::WeightOnly::new(config(table)?)?),
+        "gather-block-quantized" => Box::new(gather::GatherBlockQuantized::new(config(table)?)?),
+        "bnb4" => Box::new(bnb4::Bnb4::new(config(table)?)?),
+        "remove-dead" => {
+            let _: crate::transforms::cleanup::RemoveDeadConfig = config(table)?;
+            Box::new(RemoveDead)
+        }
+        _ => {
+            let names: Vec<&str> = PASSES.iter().map(|p| p.0).collect();
+            return Err(Error::invalid(format!(
+                "unknown pass '{name}' (valid: {})",
+                names.join(", ")
+            )));
+        }
+    })
+}
+
+/// Whether pass `name` has a config key `key`.
+pub fn accepts(name: &str, key: &str) -> bool {
+    PASSES
+        .iter()
+        .any(|(n, keys, _)| *n == name && keys.contains(&key))
+}

@@ -1,0 +1,2 @@
+//! Matchers shared by passes. They read a graph and never change it.
+pub mod matchers;

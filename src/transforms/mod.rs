@@ -1,0 +1,3 @@
+//! Passes, one file each.
+pub mod cleanup;
+pub mod quant;

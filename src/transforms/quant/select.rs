@@ -1,0 +1,146 @@
+//! Which nodes a quantization pass touches: op types, `--exclude` name patterns and
+//! a per-node config file.
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// What to do with one node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeOverride {
+    Skip,
+    /// Quantize, with any of the pass-wide settings overridden.
+    Quantize {
+        bits: Option<u8>,
+        block_size: Option<usize>,
+        symmetric: Option<bool>,
+    },
+}
+
+impl Default for NodeOverride {
+    fn default() -> Self {
+        NodeOverride::Quantize {
+            bits: None,
+            block_size: None,
+            symmetric: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Entry {
+    Word(String),
+    Settings(Settings),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Settings {
+    bits: Option<u8>,
+    block_size: Option<usize>,
+    symmetric: Option<bool>,
+    #[serde(default)]
+    skip: bool,
+}
+
+pub struct Selection {
+    exclude: Vec<String>,
+    include_ops: Vec<String>,
+    /// Pattern → override, in file order (first match wins).
+    per_node: Vec<(String, NodeOverride)>,
+}
+
+impl Selection {
+    pub fn new(
+        exclude: &[String],
+        include_ops: &[String],
+        nodes_config: Option<&str>,
+    ) -> Result<Self> {
+        let mut per_node = Vec::new();
+        if let Some(path) = nodes_config {
+            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            let map: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&text).map_err(|e| Error::invalid(format!("{path}: {e}")))?;
+            for (pattern, v) in map {
+                let entry: Entry = serde_json::from_value(v)
+                    .map_err(|e| Error::invalid(format!("{path}: node '{pattern}': {e}")))?;
+                let o = match entry {
+                    Entry::Word(w) if w == "skip" => NodeOverride::Skip,
+                    Entry::Word(w) => return Err(Error::invalid(format!("{path}: node '{pattern}': unknown setting '{w}' (use \"skip\" or an object)"))),
+                    Entry::Settings(s) if s.skip => NodeOverride::Skip,
+                    Entry::Settings(s) => NodeOverride::Quantize {
+                        bits: s.bits,
+                        block_size: s.block_size,
+                        symmetric: s.symmetric,
+                    },
+                };
+                per_node.push((pattern, o));
+            }
+        }
+        Ok(Selection {
+            exclude: exclude.to_vec(),
+            include_ops: include_ops.to_vec(),
+            per_node,
+        })
+    }
+
+    pub fn overrides(&self) -> impl Iterator<Item = &NodeOverride> {
+        self.per_node.iter().map(|(_, o)| o)
+    }
+
+    pub fn op_included(&self, op: &str) -> bool {
+        self.include_ops.iter().any(|o| o == op)
+    }
+
+    pub fn resolve(&self, node: &str) -> NodeOverride {
+        if self.exclude.iter().any(|p| glob_match(p, node)) {
+            return NodeOverride::Skip;
+        }
+        self.per_node
+            .iter()
+            .find(|(p, _)| glob_match(p, node))
+            .map(|(_, o)| *o)
+            .unwrap_or_default()
+    }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let mut rest = text;
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            match rest.strip_prefix(part) {
+                Some(r) => rest = r,
+                None => return false,
+            }
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        } else {
+            match rest.find(part) {
+                Some(pos) => rest = &rest[pos + part.len()..],
+                None => return false,
+            }
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("*lm_head*", "/lm_head/MatMul"));
+        assert!(glob_match("model.layers.0.*", "model.layers.0.mlp"));
+        assert!(!glob_match("model.layers.0.*", "model.layers.1.mlp"));
+        assert!(glob_match("a*b*c", "axxbyyc"));
+        assert!(!glob_match("a*b*c", "axxbyy"));
+        assert!(glob_match("exact", "exact"));
+        assert!(!glob_match("exact", "exact2"));
+    }
+}

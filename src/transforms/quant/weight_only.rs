@@ -1,0 +1,431 @@
+//! Weight-only N-bit quantization of constant MatMul/Gemm weights.
+//!
+//! Matches: every MatMul/Gemm whose B is a constant 2-D float tensor (initializer or
+//! Constant node, directly or through Transpose), in the main graph and subgraphs.
+//! Emits: com.microsoft MatMulNBits (bits 2/4/8) or, with `format = "qdq"`, ONNX
+//! DequantizeLinear (opset 21, blocked along K) → MatMul. Gemm's C and a following
+//! Add of a constant [N] vector become MatMulNBits' bias.
+//! Keeps: every value name the rest of the graph reads (outputs keep their names).
+use std::collections::HashMap;
+
+use rayon::prelude::*;
+use serde::Deserialize;
+
+use super::kernels::{self, Algorithm, NbitsWeight};
+use super::select::{NodeOverride, Selection};
+use crate::error::{Error, Result};
+use crate::ir::{Attribute, Graph, Model, NodeId, NodeSpec, Tensor, ValueId};
+use crate::pass::{Pass, PassCx, PassOutcome, PASS_KEY};
+use crate::rewrite::matchers::{following_bias_add, weight_matmul, ConstSource, WeightMatMul};
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// com.microsoft MatMulNBits (ONNX Runtime's fused dequantize + MatMul).
+    #[default]
+    Matmulnbits,
+    /// Standard ONNX DequantizeLinear (blocked, opset 21) followed by MatMul.
+    Qdq,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct WeightOnlyConfig {
+    pub bits: u8,
+    pub block_size: usize,
+    pub symmetric: bool,
+    /// MatMulNBits accuracy_level (0 = unset: A stays in its float type).
+    pub accuracy_level: i64,
+    pub algorithm: Algorithm,
+    pub format: Format,
+    /// Node name patterns (`*` wildcards) to leave alone.
+    pub exclude: Vec<String>,
+    /// Op types to consider.
+    pub include_ops: Vec<String>,
+    /// JSON file: {"node name or pattern": {"bits": 8, "block-size": 64, "symmetric": false} | "skip"}.
+    pub nodes_config: Option<String>,
+    /// Absorb a following Add of a constant bias into MatMulNBits.
+    pub fuse_bias: bool,
+}
+
+impl Default for WeightOnlyConfig {
+    fn default() -> Self {
+        WeightOnlyConfig {
+            bits: 4,
+            block_size: 32,
+            symmetric: true,
+            accuracy_level: 0,
+            algorithm: Algorithm::Rtn,
+            format: Format::Matmulnbits,
+            exclude: Vec::new(),
+            include_ops: vec!["MatMul".into(), "Gemm".into()],
+            nodes_config: None,
+            fuse_bias: true,
+        }
+    }
+}
+
+pub const WEIGHT_ONLY_KEYS: &[&str] = &[
+    "bits",
+    "block-size",
+    "symmetric",
+    "accuracy-level",
+    "algorithm",
+    "format",
+    "exclude",
+    "include-ops",
+    "nodes-config",
+    "fuse-bias",
+];
+
+/// Checks a bits/block size/format combination before any work.
+pub fn validate(bits: u8, block_size: usize, format: Format, algorithm: Algorithm) -> Result<()> {
+    let valid_bits: &[u8] = match format {
+        Format::Matmulnbits => &[2, 4, 8],
+        Format::Qdq => &[4, 8],
+    };
+    if !valid_bits.contains(&bits) {
+        return Err(Error::invalid(format!(
+            "bits={bits} is not supported for format {format:?} (valid: {valid_bits:?})"
+        )));
+    }
+    if block_size < 16 || !block_size.is_power_of_two() {
+        return Err(Error::invalid(format!(
+            "block size {block_size} must be a power of two, at least 16"
+        )));
+    }
+    let _ = algorithm;
+    Ok(())
+}
+
+pub struct WeightOnly {
+    pub config: WeightOnlyConfig,
+    selection: Selection,
+}
+
+impl WeightOnly {
+    pub fn new(config: WeightOnlyConfig) -> Result<Self> {
+        validate(
+            config.bits,
+            config.block_size,
+            config.format,
+            config.algorithm,
+        )?;
+        let selection = Selection::new(
+            &config.exclude,
+            &config.include_ops,
+            config.nodes_config.as_deref(),
+        )?;
+        for o in selection.overrides() {
+            if let NodeOverride::Quantize {
+                bits, block_size, ..
+            } = o
+            {
+                validate(
+                    bits.unwrap_or(config.bits),
+                    block_size.unwrap_or(config.block_size),
+                    config.format,
+                    config.algorithm,
+                )?;
+            }
+        }
+        Ok(WeightOnly { config, selection })
+    }
+}
+
+/// One planned rewrite.
+struct Job {
+    m: WeightMatMul,
+    add: Option<(NodeId, ValueId)>,
+    params: kernels::Params,
+}
+
+impl Pass for WeightOnly {
+    fn name(&self) -> &'static str {
+        "matmul-nbits"
+    }
+
+    fn run(&self, model: &mut Model, cx: &mut PassCx) -> Result<PassOutcome> {
+        let mut outcome = PassOutcome::new(self.name());
+        let mut total = 0usize;
+        model.for_each_graph_mut(&mut |g| {
+            total += candidates_in(
+                g,
+                &self.selection,
+                &self.config,
+                &mut PassOutcome::default(),
+            )
+            .len()
+        });
+        let progress = kernels::progress_bar(cx.progress, total as u64, "quantizing");
+        let mut err = None;
+        model.for_each_graph_mut(&mut |g| {
+            if err.is_none() {
+                if let Err(e) = self.run_graph(g, &mut outcome, &progress) {
+                    err = Some(e);
+                }
+            }
+        });
+        progress.finish_and_clear();
+        if let Some(e) = err {
+            return Err(e);
+        }
+        if outcome.changed {
+            match self.config.format {
+                Format::Matmulnbits => {
+                    model.require_opset("com.microsoft", 1);
+                }
+                Format::Qdq => super::opset::raise_for_blocked_dq(model)?,
+            }
+        }
+        Ok(outcome)
+    }
+}
+
+fn candidates_in(
+    g: &Graph,
+    sel: &Selection,
+    cfg: &WeightOnlyConfig,
+    outcome: &mut PassOutcome,
+) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    for (id, node) in g.nodes() {
+        if !sel.op_included(&node.op_type) || !node.domain().is_empty() {
+            continue;
+        }
+        let m = match weight_matmul(g, id) {
+            Ok(m) => m,
+            Err(reason) => {
+                outcome.skip(node.name(), reason);
+                continue;
+            }
+        };
+        let params = match sel.resolve(node.name()) {
+            NodeOverride::Skip => {
+                outcome.skip(node.name(), "excluded");
+                continue;
+            }
+            NodeOverride::Quantize {
+                bits,
+                block_size,
+                symmetric,
+            } => kernels::Params {
+                bits: bits.unwrap_or(cfg.bits),
+                block_size: block_size.unwrap_or(cfg.block_size),
+                symmetric: symmetric.unwrap_or(cfg.symmetric),
+                algorithm: cfg.algorithm,
+            },
+        };
+        let add = if cfg.fuse_bias && cfg.format == Format::Matmulnbits {
+            following_bias_add(g, &m)
+        } else {
+            None
+        };
+        jobs.push(Job { m, add, params });
+    }
+    jobs
+}
+
+impl WeightOnly {
+    fn run_graph(
+        &self,
+        g: &mut Graph,
+        outcome: &mut PassOutcome,
+        progress: &indicatif::ProgressBar,
+    ) -> Result<()> {
+        let jobs = candidates_in(g, &self.selection, &self.config, outcome);
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        // A weight read by several MatMuls is quantized once (same params only).
+        let mut unique: Vec<(ValueId, bool, kernels::Params)> = Vec::new();
+        let mut index: HashMap<(ValueId, bool, kernels::Params), usize> = HashMap::new();
+        for j in &jobs {
+            let key = (j.m.weight, j.m.transposed, j.params);
+            index.entry(key).or_insert_with(|| {
+                unique.push(key);
+                unique.len() - 1
+            });
+        }
+        let graph: &Graph = g;
+        let quantized: Vec<Result<NbitsWeight>> = unique
+            .par_iter()
+            .map(|&(w, transposed, params)| {
+                let tensor = crate::rewrite::matchers::constant(graph, w)
+                    .expect("matched as constant")
+                    .1;
+                let r = kernels::quantize_weight(tensor, transposed, &params);
+                progress.inc(1);
+                r
+            })
+            .collect();
+        let quantized: Vec<NbitsWeight> = quantized.into_iter().collect::<Result<_>>()?;
+
+        // Add the new initializers once per unique weight, in order (deterministic names).
+        let mut names: Vec<Option<(ValueId, ValueId, Option<ValueId>)>> = vec![None; unique.len()];
+        for j in jobs {
+            let ui = index[&(j.m.weight, j.m.transposed, j.params)];
+            let q = &quantized[ui];
+            let vals = match names[ui] {
+                Some(v) => v,
+                None => {
+                    let v = self.add_weight_tensors(g, &j.m, q)?;
+                    names[ui] = Some(v);
+                    v
+                }
+            };
+            self.rewrite(g, &j, q, vals)?;
+            outcome.count("matmuls quantized", 1);
+            outcome.count("weight bytes before", q.original_bytes as u64);
+            outcome.changed = true;
+        }
+        for q in &quantized {
+            outcome.count("weight bytes after", q.stored_bytes() as u64);
+        }
+        Ok(())
+    }
+
+    /// Adds B/scales/zero points (or QDQ data/scales/zero points) initializers.
+    fn add_weight_tensors(
+        &self,
+        g: &mut Graph,
+        m: &WeightMatMul,
+        q: &NbitsWeight,
+    ) -> Result<(ValueId, ValueId, Option<ValueId>)> {
+        let original = crate::rewrite::matchers::constant(g, m.weight)
+            .expect("constant")
+            .1
+            .clone();
+        let base = g.value_name(m.weight).to_string();
+        let (data_name, scale_name, zp_name) = match self.config.format {
+            Format::Matmulnbits => (
+                format!("{base}_Q{}", q.params.bits),
+                format!("{base}_scales"),
+                format!("{base}_zero_points"),
+            ),
+            Format::Qdq => (
+                format!("{base}_DQ_Q{}", q.params.bits),
+                format!("{base}_DQ_scales"),
+                format!("{base}_DQ_zero_points"),
+            ),
+        };
+        let tensors = match self.config.format {
+            Format::Matmulnbits => q.matmulnbits_tensors(),
+            Format::Qdq => q.qdq_tensors(),
+        };
+        let mut add = |name: String, t: Tensor| -> Result<ValueId> {
+            let name = g.fresh_name(&name);
+            let mut t = t.stored_like(&original);
+            t.name = Some(name);
+            g.add_initializer(t)
+        };
+        let d = add(data_name, tensors.data)?;
+        let s = add(scale_name, tensors.scales)?;
+        let z = match tensors.zero_points {
+            Some(z) => Some(add(zp_name, z)?),
+            None => None,
+        };
+        Ok((d, s, z))
+    }
+
+    fn rewrite(
+        &self,
+        g: &mut Graph,
+        j: &Job,
+        q: &NbitsWeight,
+        (d, s, z): (ValueId, ValueId, Option<ValueId>),
+    ) -> Result<()> {
+        let m = &j.m;
+        let node = g.node(m.node);
+        let name = node.name().to_string();
+        let a = node.input(0).ok_or_else(|| Error::Node {
+            node: name.clone(),
+            op: node.op_type.clone(),
+            reason: "no A input".into(),
+        })?;
+        match self.config.format {
+            Format::Matmulnbits => {
+                let bias = m.bias.or(j.add.map(|(_, b)| b));
+                let mut inputs = vec![Some(a), Some(d), Some(s), z];
+                if let Some(b) = bias {
+                    inputs.resize(5, None);
+                    inputs.push(Some(b));
+                }
+                let mut spec = NodeSpec::new("com.microsoft", "MatMulNBits")
+                    .name(g.fresh_node_name(&format!("{name}_Q{}", q.params.bits)))
+                    .inputs(inputs)
+                    .attr(Attribute::int("K", m.k as i64))
+                    .attr(Attribute::int("N", m.n as i64))
+                    .attr(Attribute::int("bits", q.params.bits as i64))
+                    .attr(Attribute::int("block_size", q.params.block_size as i64))
+                    .meta(PASS_KEY, "matmul-nbits");
+                if self.config.accuracy_level != 0 {
+                    spec = spec.attr(Attribute::int("accuracy_level", self.config.accuracy_level));
+                }
+                match j.add {
+                    Some((add, _)) => {
+                        g.swap_node(add, spec)?;
+                        g.remove_node(m.node)?;
+                    }
+                    None => {
+                        g.swap_node(m.node, spec)?;
+                    }
+                }
+            }
+            Format::Qdq => {
+                let dq_out = g.fresh_name(&format!("{}_dequantized", g.value_name(m.weight)));
+                let mut dq = NodeSpec::new("", "DequantizeLinear")
+                    .name(g.fresh_node_name(&format!("{name}_DequantizeLinear")))
+                    .inputs([Some(d), Some(s), z])
+                    .output(dq_out.clone())
+                    .attr(Attribute::int("axis", 0))
+                    .attr(Attribute::int("block_size", q.params.block_size as i64))
+                    .meta(PASS_KEY, "matmul-nbits");
+                if z.is_none() {
+                    dq.inputs.truncate(2);
+                }
+                let dq_id = g.add_node(dq)?;
+                let w = g.node(dq_id).output(0).expect("one output");
+                let mut inputs = vec![Some(a), Some(w)];
+                let op = if m.bias.is_some() { "Gemm" } else { "MatMul" };
+                if let Some(b) = m.bias {
+                    inputs.push(Some(b));
+                }
+                let spec = NodeSpec::new("", op)
+                    .name(name.clone())
+                    .inputs(inputs)
+                    .meta(PASS_KEY, "matmul-nbits");
+                g.swap_node(m.node, spec)?;
+            }
+        }
+        remove_orphans(g, m);
+        Ok(())
+    }
+}
+
+/// Drops the original weight (and its Transpose/Constant) once nothing reads it.
+pub fn remove_orphans(g: &mut Graph, m: &WeightMatMul) {
+    if let Some(t) = m.transpose {
+        if g.contains_node(t)
+            && g.node(t)
+                .outputs()
+                .iter()
+                .flatten()
+                .all(|&v| g.value(v).uses().is_empty() && !g.is_graph_output(v))
+        {
+            let _ = g.remove_node(t);
+        }
+    }
+    if g.value(m.weight).uses().is_empty() && !g.is_graph_output(m.weight) {
+        match m.source {
+            ConstSource::Initializer(v) => {
+                let _ = g.remove_initializer(v);
+            }
+            ConstSource::ConstantNode(n) => {
+                if g.contains_node(n) {
+                    let _ = g.remove_node(n);
+                }
+            }
+        }
+    }
+}
