@@ -87,7 +87,7 @@ impl Bnb4 {
             let nk = if m.transposed {
                 w
             } else {
-                transpose(&w, m.k, m.n)
+                crate::quant::transpose(&w, m.k, m.n)
             };
             let q = crate::quant::bnb4::quantize_nk(&nk, m.n, m.k, self.config.block_size, qt)
                 .map_err(|e| Error::tensor(tensor.name(), e.to_string()))?;
