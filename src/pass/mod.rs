@@ -85,6 +85,19 @@ pub fn run_pipeline(
                 reason: e.to_string(),
             },
         })?;
+        // Passes append nodes; restore a topological order before anyone reads it.
+        let mut sort_err = None;
+        model.for_each_graph_mut(&mut |g| {
+            if g.needs_sort() && sort_err.is_none() {
+                sort_err = g.toposort().err();
+            }
+        });
+        if let Some(e) = sort_err {
+            return Err(Error::Pass {
+                pass: p.name().to_string(),
+                reason: e.to_string(),
+            });
+        }
         if cfg!(debug_assertions) {
             model.graph.verify().map_err(|e| Error::Pass {
                 pass: p.name().to_string(),

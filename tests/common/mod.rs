@@ -1,5 +1,6 @@
 //! Shared test plumbing: where the pinned Python venv and fixtures are.
 #![allow(dead_code)]
+pub mod build;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

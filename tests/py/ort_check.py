@@ -1,0 +1,150 @@
+"""Checks onnxq's quantized models against onnxruntime and its own quantizers.
+
+  run MODEL                      onnx checker + one ORT run on seeded inputs
+  rtn ORIG OURS BITS BLOCK SYM   quantize ORIG with onnxruntime's MatMulNBitsQuantizer
+                                 (same settings), then: every weight's codes within one
+                                 step of ORT's, scales equal to float rounding, and the
+                                 output error of OURS vs ORIG no worse than ORT's (1%)
+  bnb4 ORIG OURS QTYPE BLOCK     same with MatMulBnb4Quantizer; packed bytes and absmax
+                                 must be identical
+  error ORIG CAND                prints relative L2 of CAND's outputs vs ORIG's in ORT
+Exit 0 on success; prints what failed otherwise.
+"""
+import sys
+import tempfile
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+
+
+def feeds(sess, seed=0):
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i in sess.get_inputs():
+        shape = [d if isinstance(d, int) else (1 if "batch" in str(d) else 8) for d in i.shape]
+        if "int64" in i.type:
+            out[i.name] = rng.integers(0, 16, size=shape, dtype=np.int64)
+        elif "float16" in i.type:
+            out[i.name] = rng.uniform(-1, 1, size=shape).astype(np.float16)
+        else:
+            out[i.name] = rng.uniform(-1, 1, size=shape).astype(np.float32)
+    return out
+
+
+def session(path):
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def rel_l2(orig, cand):
+    a, b = session(orig), session(cand)
+    f = feeds(a)
+    ya, yb = a.run(None, f), b.run(None, f)
+    num = sum(float(np.sum((x.astype(np.float64) - y) ** 2)) for x, y in zip(ya, yb))
+    den = sum(float(np.sum(x.astype(np.float64) ** 2)) for x in ya)
+    return (num / den) ** 0.5
+
+
+def check_and_run(path):
+    onnx.checker.check_model(path, full_check=True)
+    s = session(path)
+    s.run(None, feeds(s))
+
+
+def inits(path):
+    m = onnx.load(path)
+    return {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+
+
+def rtn(orig, ours, bits, block, sym):
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    check_and_run(ours)
+    cfg = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=sym, bits=bits)
+    q = MatMulNBitsQuantizer(onnx.load(orig), algo_config=cfg)
+    q.process()
+    ref = tempfile.mktemp(suffix=".onnx")
+    q.model.save_model_to_file(ref, use_external_data_format=False)
+    a, b = inits(ours), inits(ref)
+    orig_inits = inits(orig)
+    compared = 0
+    for name, ref_b in b.items():
+        if not name.endswith(f"_Q{bits}"):
+            continue
+        base = name[: -len(f"_Q{bits}")]
+        ours_b = a[name]
+        ref_s, ours_s = b[base + "_scales"].reshape(-1), a[base + "_scales"].reshape(-1)
+        if not np.allclose(ref_s, ours_s, rtol=1e-6, atol=0):
+            print(f"FAIL {base}: scales differ (max {np.abs(ref_s - ours_s).max()})")
+            return 1
+        per = 8 // bits
+        mask = (1 << bits) - 1
+        k = orig_inits[base].shape[0]
+        n = ours_b.shape[0]
+
+        def codes(x):
+            # [N, k_blocks*block_size] codes; the padding past K carries no meaning.
+            x = x.reshape(n, -1)
+            c = np.stack([(x >> (bits * j)) & mask for j in range(per)], axis=-1).reshape(n, -1)
+            return c[:, :k].astype(np.int16)
+
+        d = np.abs(codes(ours_b) - codes(ref_b))
+        if d.max() > 1:
+            print(f"FAIL {base}: codes differ by {d.max()} steps")
+            return 1
+        print(f"{base}: {int((d > 0).sum())} of {d.size} codes differ by one step")
+        compared += 1
+    if compared == 0:
+        print("FAIL: onnxruntime's quantizer produced no weights to compare")
+        return 1
+    e_ours, e_ref = rel_l2(orig, ours), rel_l2(orig, ref)
+    print(f"rel L2 vs fp32: onnxq {e_ours:.6e}  onnxruntime {e_ref:.6e}")
+    if e_ours > e_ref * 1.01 + 1e-7:
+        print("FAIL: onnxq's error is worse than onnxruntime's by more than 1%")
+        return 1
+    return 0
+
+
+def bnb4(orig, ours, qtype, block):
+    from onnxruntime.quantization.matmul_bnb4_quantizer import MatMulBnb4Quantizer
+
+    check_and_run(ours)
+    q = MatMulBnb4Quantizer(onnx.load(orig), {"fp4": 0, "nf4": 1}[qtype], block)
+    q.process()
+    ref = tempfile.mktemp(suffix=".onnx")
+    q.model.save_model_to_file(ref, use_external_data_format=False)
+    a, b = inits(ours), inits(ref)
+    compared = 0
+    for name, v in b.items():
+        if name.endswith("_Bnb4") or name.endswith("_absmax"):
+            if name not in a:
+                print(f"FAIL: {name} missing from onnxq's output")
+                return 1
+            if not np.array_equal(a[name].reshape(-1), v.reshape(-1)):
+                print(f"FAIL {name}: differs ({int((a[name].reshape(-1) != v.reshape(-1)).sum())} elements)")
+                return 1
+            compared += 1
+    print(f"{compared} bnb4 tensors identical; rel L2 vs fp32: onnxq {rel_l2(orig, ours):.6e} onnxruntime {rel_l2(orig, ref):.6e}")
+    return 0 if compared else 1
+
+
+def main():
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "run":
+        check_and_run(args[0])
+        return 0
+    if cmd == "rtn":
+        return rtn(args[0], args[1], int(args[2]), int(args[3]), args[4] == "1")
+    if cmd == "bnb4":
+        return bnb4(args[0], args[1], args[2], int(args[3]))
+    if cmd == "error":
+        print(rel_l2(args[0], args[1]))
+        return 0
+    raise SystemExit(f"unknown command {cmd}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,290 @@
+//! Weight-only quantization end to end: the passes on tiny models built with the IR
+//! builder, checked by tract (embedded), ONNX Runtime and onnxruntime's own
+//! quantizers (tests/py/ort_check.py).
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use onnxq::pass::recipe::Recipe;
+use onnxq::pass::{run_pipeline, PassCx};
+use onnxq::verify::{compare, VerifyOptions};
+
+fn save(m: &onnxq::Model, dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    onnxq::save(m, &p, &Default::default()).unwrap();
+    p
+}
+
+fn quantize_cli(args: &[&str]) -> std::process::Output {
+    Command::new(common::onnxq_bin())
+        .arg("quantize")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn apply(model: &onnxq::Model, recipe_toml: &str) -> onnxq::Model {
+    let r = Recipe::parse("test", recipe_toml).unwrap();
+    let mut m = model.clone();
+    run_pipeline(&mut m, &r.build().unwrap(), &mut PassCx::default()).unwrap();
+    m
+}
+
+fn rel_l2(a: &Path, b: &Path) -> f64 {
+    let r = compare(
+        a,
+        b,
+        &VerifyOptions {
+            samples: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    r.outputs.iter().map(|o| o.rel_l2).fold(0.0, f64::max)
+}
+
+#[test]
+fn every_weight_form_is_quantized_and_runs_in_tract() {
+    let tmp = tempfile::tempdir().unwrap();
+    let orig = save(&common::build::mlp(true), tmp.path(), "mlp.onnx");
+    let out = tmp.path().join("q.onnx");
+    let o = quantize_cli(&[
+        orig.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--embeddings",
+        "--report",
+        tmp.path().join("r.json").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = onnxq::load(&out).unwrap();
+    let ops: Vec<String> = m.graph.nodes().map(|(_, n)| n.op_type.clone()).collect();
+    // fc0 (+bias Add fused), fc1, Gemm fc2, fc3 through Transpose, fc4 on a Constant.
+    assert_eq!(
+        ops.iter().filter(|o| *o == "MatMulNBits").count(),
+        5,
+        "{ops:?}"
+    );
+    assert_eq!(
+        ops.iter().filter(|o| *o == "GatherBlockQuantized").count(),
+        1,
+        "{ops:?}"
+    );
+    for gone in ["MatMul", "Gemm", "Add", "Transpose", "Constant", "Gather"] {
+        assert!(!ops.iter().any(|o| o == gone), "{gone} left in {ops:?}");
+    }
+    // Output names are the interface: all kept.
+    let outs: Vec<&str> = m
+        .graph
+        .outputs
+        .iter()
+        .map(|o| m.graph.value_name(o.value))
+        .collect();
+    assert_eq!(outs, ["y", "y2", "y3", "y4", "e"]);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("r.json")).unwrap()).unwrap();
+    assert!(report["output_bytes"].as_u64().unwrap() * 4 < report["input_bytes"].as_u64().unwrap());
+    assert!(report["verify"]["outputs"].as_array().unwrap().len() == 5);
+}
+
+#[test]
+fn rtn_error_is_small_and_hqq_is_no_worse() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::build::mlp(false);
+    let orig = save(&model, tmp.path(), "mlp.onnx");
+    let rtn = save(
+        &apply(
+            &model,
+            "[recipe]\nname='t'\n[[pass]]\nname='matmul-nbits'\nsymmetric=false\n",
+        ),
+        tmp.path(),
+        "rtn.onnx",
+    );
+    let hqq = save(
+        &apply(
+            &model,
+            "[recipe]\nname='t'\n[[pass]]\nname='matmul-nbits'\nalgorithm='hqq'\nsymmetric=false\n",
+        ),
+        tmp.path(),
+        "hqq.onnx",
+    );
+    let (e_rtn, e_hqq) = (rel_l2(&orig, &rtn), rel_l2(&orig, &hqq));
+    eprintln!("rel L2 (tract): rtn asym {e_rtn:.4e}, hqq {e_hqq:.4e}");
+    // 4-bit on a layer with 8x outlier channels: measured 0.146 (asym RTN).
+    assert!(e_rtn > 0.0 && e_rtn < 0.3, "{e_rtn}");
+    assert!(e_hqq <= e_rtn * 1.01, "hqq {e_hqq} vs rtn {e_rtn}");
+}
+
+#[test]
+fn output_is_byte_identical_whatever_the_thread_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let orig = save(&common::build::mlp(true), tmp.path(), "mlp.onnx");
+    let mut outputs = Vec::new();
+    for threads in ["1", "2", "3"] {
+        let out = tmp.path().join(format!("q{threads}.onnx"));
+        let o = Command::new(common::onnxq_bin())
+            .env("RAYON_NUM_THREADS", threads)
+            .args([
+                "quantize",
+                orig.to_str().unwrap(),
+                out.to_str().unwrap(),
+                "--algorithm",
+                "hqq",
+                "--embeddings",
+                "--no-verify",
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        outputs.push(std::fs::read(&out).unwrap());
+    }
+    assert!(outputs.windows(2).all(|w| w[0] == w[1]));
+}
+
+#[test]
+fn invalid_settings_are_rejected_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("q.onnx");
+    // The input does not even exist: the settings must be refused first.
+    for bad in [
+        ["--bits", "3"],
+        ["--block-size", "24"],
+        ["--block-size", "8"],
+    ] {
+        let o = quantize_cli(&["/nonexistent.onnx", out.to_str().unwrap(), bad[0], bad[1]]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success());
+        assert!(!err.contains("nonexistent"), "{err}");
+        assert!(err.contains("bits") || err.contains("block size"), "{err}");
+    }
+    let o = quantize_cli(&[
+        "/nonexistent.onnx",
+        out.to_str().unwrap(),
+        "--format",
+        "qdq",
+        "--bits",
+        "2",
+    ]);
+    assert!(!o.status.success());
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_model_without_quantizable_matmuls_is_left_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::build::mlp(false);
+    let q = apply(
+        &model,
+        "[recipe]\nname='t'\n[[pass]]\nname='matmul-nbits'\n",
+    );
+    let quantized = save(&q, tmp.path(), "q.onnx");
+    let out = tmp.path().join("again.onnx");
+    let o = quantize_cli(&[quantized.to_str().unwrap(), out.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("already quantized"), "{err}");
+    assert!(err.contains("nothing changed"), "{err}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn matches_onnxruntime_rtn_quantizer() {
+    let Some(py) = common::python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::build::mlp(false);
+    let orig = save(&model, tmp.path(), "mlp.onnx");
+    for (bits, block, sym) in [
+        (4, 32, true),
+        (4, 32, false),
+        (4, 128, true),
+        (8, 32, true),
+        (8, 64, false),
+    ] {
+        let recipe = format!("[recipe]\nname='t'\n[[pass]]\nname='matmul-nbits'\nbits={bits}\nblock-size={block}\nsymmetric={sym}\nfuse-bias=false\n");
+        let ours = save(
+            &apply(&model, &recipe),
+            tmp.path(),
+            &format!("q{bits}{block}{sym}.onnx"),
+        );
+        let out = common::py(
+            &py,
+            "ort_check.py",
+            &[
+                "rtn",
+                orig.to_str().unwrap(),
+                ours.to_str().unwrap(),
+                &bits.to_string(),
+                &block.to_string(),
+                if sym { "1" } else { "0" },
+            ],
+        );
+        eprintln!("bits {bits} block {block} sym {sym}:\n{out}");
+    }
+}
+
+#[test]
+fn bnb4_matches_onnxruntime_bit_for_bit() {
+    let Some(py) = common::python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::build::mlp(false);
+    let orig = save(&model, tmp.path(), "mlp.onnx");
+    for qt in ["nf4", "fp4"] {
+        let recipe = format!(
+            "[recipe]\nname='t'\n[[pass]]\nname='bnb4'\nquant-type='{qt}'\nblock-size=64\n"
+        );
+        let ours = save(&apply(&model, &recipe), tmp.path(), &format!("{qt}.onnx"));
+        let out = common::py(
+            &py,
+            "ort_check.py",
+            &[
+                "bnb4",
+                orig.to_str().unwrap(),
+                ours.to_str().unwrap(),
+                qt,
+                "64",
+            ],
+        );
+        eprintln!("{qt}: {out}");
+    }
+}
+
+#[test]
+fn every_format_passes_the_checker_and_runs_in_onnxruntime() {
+    let Some(py) = common::python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let orig = save(&common::build::mlp(true), tmp.path(), "mlp.onnx");
+    let variants: &[&[&str]] = &[
+        &["--embeddings"],
+        &["--embeddings", "--asymmetric", "--bits", "8"],
+        &["--algorithm", "hqq"],
+        &["--bits", "2", "--asymmetric"],
+        &["--format", "qdq"],
+        &["--format", "qdq", "--asymmetric"],
+        &["--algorithm", "bnb4", "--quant-type", "fp4"],
+        &["--accuracy-level", "4"],
+    ];
+    for (i, v) in variants.iter().enumerate() {
+        let out = tmp.path().join(format!("v{i}.onnx"));
+        let mut args = vec![orig.to_str().unwrap(), out.to_str().unwrap(), "--no-verify"];
+        args.extend_from_slice(v);
+        let o = quantize_cli(&args);
+        assert!(
+            o.status.success(),
+            "{v:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        common::py(&py, "ort_check.py", &["run", out.to_str().unwrap()]);
+        let e: f64 = common::py(
+            &py,
+            "ort_check.py",
+            &["error", orig.to_str().unwrap(), out.to_str().unwrap()],
+        )
+        .trim()
+        .parse()
+        .unwrap();
+        eprintln!("{v:?}: rel L2 in onnxruntime {e:.4e}");
+        // Measured 0.007 (8-bit) to 0.19 (4-bit sym); 2-bit 0.31.
+        let bound = if v.contains(&"2") { 0.5 } else { 0.3 };
+        assert!(e < bound, "{v:?}: rel L2 {e}");
+    }
+}
