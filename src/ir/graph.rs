@@ -603,6 +603,11 @@ impl Graph {
         }
         let outputs = self.node(old).outputs.clone();
         let id = self.add_node(spec)?;
+        // The new node takes the old one's place in the order.
+        self.order.pop();
+        if let Some(pos) = self.order.iter().position(|&n| n == old) {
+            self.order.insert(pos, id);
+        }
         for (slot, v) in outputs.iter().enumerate() {
             if let Some(v) = v {
                 self.values[v.0 as usize].def = ValueDef::Node(id, slot);
@@ -613,6 +618,18 @@ impl Graph {
         self.remove_node(old)?;
         self.reorder = true;
         Ok(id)
+    }
+
+    /// Moves `node` just before `anchor` in the order (keeps printed graphs and saved
+    /// files in reading order when a pass inserts a producer).
+    pub fn place_before(&mut self, node: NodeId, anchor: NodeId) {
+        self.order.retain(|&n| n != node);
+        let pos = self
+            .order
+            .iter()
+            .position(|&n| n == anchor)
+            .unwrap_or(self.order.len());
+        self.order.insert(pos, node);
     }
 
     /// Removes a node whose outputs nobody reads.

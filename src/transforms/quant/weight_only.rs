@@ -351,6 +351,9 @@ impl WeightOnly {
                     inputs.resize(5, None);
                     inputs.push(Some(b));
                 }
+                while inputs.last() == Some(&None) {
+                    inputs.pop();
+                }
                 let mut spec = NodeSpec::new("com.microsoft", "MatMulNBits")
                     .name(g.fresh_node_name(&format!("{name}_Q{}", q.params.bits)))
                     .inputs(inputs)
@@ -385,6 +388,7 @@ impl WeightOnly {
                     dq.inputs.truncate(2);
                 }
                 let dq_id = g.add_node(dq)?;
+                g.place_before(dq_id, m.node);
                 let w = g.node(dq_id).output(0).expect("one output");
                 let mut inputs = vec![Some(a), Some(w)];
                 let op = if m.bias.is_some() { "Gemm" } else { "MatMul" };
