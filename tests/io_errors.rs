@@ -21,7 +21,7 @@ fn model_with_external(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 fn load_err(p: &std::path::Path) -> String {
-    onnxq::load(p).err().expect("load must fail").to_string()
+    onnxq::load(p).expect_err("load must fail").to_string()
 }
 
 #[test]
