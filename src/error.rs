@@ -36,6 +36,10 @@ pub enum Error {
     Recipe { recipe: String, reason: String },
     #[error("{0}")]
     Invalid(String),
+    /// The reference model of a comparison cannot run: nothing is known about the
+    /// candidate.
+    #[error("{0}")]
+    Reference(String),
     #[error("runtime {runtime}: {reason}")]
     Runtime { runtime: String, reason: String },
 }

@@ -59,16 +59,14 @@ impl InputHints {
     }
 }
 
-/// A default for a symbolic dim nobody set: past lengths 0... no: 4 keeps every
-/// runtime happy; batch 1; sequence 8.
+/// A default for a symbolic dim nobody set: batch 1, an empty KV cache (every
+/// runtime supports a prefill from nothing), 8 tokens otherwise.
 fn default_dim(name: &str) -> i64 {
     let n = name.to_ascii_lowercase();
     if n.contains("batch") {
         1
     } else if n.contains("past") {
-        4
-    } else if n.contains("total") {
-        12
+        0
     } else {
         8
     }

@@ -34,6 +34,11 @@ pub struct Accumulator {
 
 impl Accumulator {
     pub fn add(&mut self, a: &HostTensor, b: &HostTensor) {
+        self.add_values(a, b, a.name.to_ascii_lowercase().contains("logits"));
+    }
+
+    /// Adds a pair of outputs; `logits` turns on top-1 agreement over the last axis.
+    pub fn add_values(&mut self, a: &HostTensor, b: &HostTensor, logits: bool) {
         let (x, y) = (&a.values, &b.values);
         for (&p, &q) in x.iter().zip(y.iter()) {
             let (p, q) = (p as f64, q as f64);
@@ -47,7 +52,7 @@ impl Accumulator {
             self.n += 1;
         }
         let last = a.shape.last().copied().unwrap_or(1);
-        if a.shape.len() >= 2 && last > 1 && a.is_float {
+        if logits && a.shape.len() >= 2 && last > 1 && a.is_float {
             self.logits = true;
             for (ra, rb) in x.chunks(last).zip(y.chunks(last)) {
                 self.rows += 1;

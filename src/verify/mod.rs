@@ -36,13 +36,18 @@ pub fn compare(reference: &Path, candidate: &Path, opts: &VerifyOptions) -> Resu
     let specs = model.graph.input_specs();
     let hints = inputs::InputHints::from_model(&model);
     drop(model);
-    let ref_run = tract_runner::TractModel::load(reference)?;
+    let unrunnable = |e: crate::Error| {
+        crate::Error::Reference(format!(
+            "{e}; the reference model does not run on this runtime"
+        ))
+    };
+    let ref_run = tract_runner::TractModel::load(reference).map_err(unrunnable)?;
     let cand_run = tract_runner::TractModel::load(candidate)?;
     let samples = opts.samples.max(1);
     let mut acc: BTreeMap<String, metrics::Accumulator> = BTreeMap::new();
     for s in 0..samples {
         let feeds = random_inputs(&specs, &opts.dims, &hints, opts.seed.wrapping_add(s as u64))?;
-        let a = ref_run.run(&feeds)?;
+        let a = ref_run.run(&feeds).map_err(unrunnable)?;
         let b = cand_run.run(&feeds)?;
         for ((name, x), (_, y)) in a.iter().zip(b.iter()) {
             acc.entry(name.clone()).or_default().add(x, y);

@@ -20,9 +20,27 @@ fn err(path: &Path, e: impl std::fmt::Display) -> Error {
 
 impl TractModel {
     pub fn load(path: &Path) -> Result<Self> {
+        // tract unifies declared shapes with the concrete input shapes; symbolic
+        // names in value_info, inputs and outputs would clash, so it gets a copy
+        // without them.
+        let mut ir = crate::io::load(path)?;
+        ir.for_each_graph_mut(&mut |g| {
+            g.value_info.clear();
+            for io in g.outputs.iter_mut().chain(g.inputs.iter_mut()) {
+                if let Some(crate::ir::TypeInfo {
+                    kind: crate::ir::TypeKind::Tensor { shape, .. },
+                    ..
+                }) = &mut io.info.ty
+                {
+                    *shape = None;
+                }
+            }
+        });
+        let bytes = crate::io::to_bytes(&ir)?;
+        drop(ir);
         let model = tract_onnx::onnx()
-            .model_for_path(path)
-            .map_err(|e| err(path, format!("{e:?}")))?;
+            .model_for_read(&mut bytes.as_slice())
+            .map_err(|e| err(path, format!("{e:#}")))?;
         Ok(TractModel {
             path: path.to_path_buf(),
             model,
@@ -60,10 +78,10 @@ impl TractModel {
         let plan = model
             .into_optimized()
             .and_then(|m| m.into_runnable())
-            .map_err(|e| err(&self.path, format!("{e:?}")))?;
+            .map_err(|e| err(&self.path, format!("{e:#}")))?;
         let outputs = plan
             .run(inputs)
-            .map_err(|e| err(&self.path, format!("{e:?}")))?;
+            .map_err(|e| err(&self.path, format!("{e:#}")))?;
         let names: Vec<String> = self
             .model
             .output_outlets()
