@@ -288,3 +288,115 @@ fn every_format_passes_the_checker_and_runs_in_onnxruntime() {
         assert!(e < bound, "{v:?}: rel L2 {e}");
     }
 }
+
+fn fixture(name: &str) -> String {
+    common::fixtures().join(name).to_str().unwrap().to_string()
+}
+
+#[test]
+fn decoder_fixtures_match_onnxruntime_quantizer() {
+    let Some(py) = common::python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    // Same weights quantized by both tools: codes, scales and output error must agree.
+    // The tied lm_head (MatMul on Transpose(embedding)) is one onnxruntime leaves in
+    // float, so it is excluded here to compare like with like.
+    for (name, extra) in [
+        ("llama-decomposed.onnx", vec![]),
+        ("llama-decomposed-kv.onnx", vec![]),
+        (
+            "llama-decomposed-tied.onnx",
+            vec!["--exclude", "/lm_head/*"],
+        ),
+    ] {
+        for (sym, flag) in [(true, None), (false, Some("--asymmetric"))] {
+            let out = tmp.path().join(format!("{sym}-{name}"));
+            let mut args = vec![
+                fixture(name),
+                out.to_str().unwrap().to_string(),
+                "--no-verify".into(),
+            ];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            args.extend(flag.map(String::from));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let o = quantize_cli(&args);
+            assert!(
+                o.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let report = common::py(
+                &py,
+                "ort_check.py",
+                &[
+                    "rtn",
+                    &fixture(name),
+                    out.to_str().unwrap(),
+                    "4",
+                    "32",
+                    if sym { "1" } else { "0" },
+                ],
+            );
+            eprintln!(
+                "{name} sym={sym}: {}",
+                report
+                    .lines()
+                    .filter(|l| l.contains("rel L2"))
+                    .collect::<String>()
+            );
+        }
+    }
+}
+
+#[test]
+fn every_fixture_quantizes_and_runs_in_onnxruntime() {
+    let Some(py) = common::python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let models = common::models_under(&common::fixtures());
+    assert!(
+        models.len() >= 8,
+        "fixtures missing: run fixtures/generate.py"
+    );
+    for m in models {
+        let name = m.file_name().unwrap().to_str().unwrap().to_string();
+        for (i, flags) in [
+            &["--embeddings"][..],
+            &["--format", "qdq"][..],
+            &["--algorithm", "hqq", "--embeddings"][..],
+        ]
+        .iter()
+        .enumerate()
+        {
+            let out = tmp.path().join(format!("{i}-{name}"));
+            let mut args = vec![m.to_str().unwrap(), out.to_str().unwrap(), "--no-verify"];
+            args.extend_from_slice(flags);
+            let o = quantize_cli(&args);
+            let err = String::from_utf8_lossy(&o.stderr);
+            // QDQ needs opset 21: a model whose ops changed meaning since its opset is
+            // refused with the node named, and nothing is written.
+            if !o.status.success() && err.contains("needs opset 21") {
+                assert!(!out.exists());
+                eprintln!(
+                    "{name} {flags:?}: refused: {}",
+                    err.lines().next().unwrap_or("")
+                );
+                continue;
+            }
+            assert!(o.status.success(), "{name} {flags:?}: {err}");
+            if !out.exists() {
+                assert!(err.contains("nothing changed"), "{err}");
+                continue;
+            }
+            common::py(
+                &py,
+                "ort_check.py",
+                &["run", out.to_str().unwrap(), m.to_str().unwrap()],
+            );
+            let e = common::py(
+                &py,
+                "ort_check.py",
+                &["error", m.to_str().unwrap(), out.to_str().unwrap()],
+            );
+            eprintln!("{name} {flags:?}: rel L2 in onnxruntime {}", e.trim());
+        }
+    }
+}

@@ -485,7 +485,10 @@ impl Placer {
     /// The data file a tensor goes to, or None for inline.
     fn placement(&mut self, t: &Tensor, initializer: bool) -> Option<String> {
         let size = t.stored_len();
-        let numeric = !matches!(t.dtype(), DType::String | DType::Undefined);
+        // As onnx does: only tensors held as raw bytes move to external data; typed
+        // fields (float_data, ...) stay where the producer put them.
+        let numeric = !matches!(t.dtype(), DType::String | DType::Undefined)
+            && !matches!(t.storage, Storage::Fields { .. });
         let decided = match (&self.layout, &t.storage) {
             (Layout::Inline, _) => None,
             (Layout::Keep, Storage::External { origin, .. }) => {

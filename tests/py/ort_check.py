@@ -1,6 +1,6 @@
 """Checks onnxq's quantized models against onnxruntime and its own quantizers.
 
-  run MODEL                      onnx checker + one ORT run on seeded inputs
+  run MODEL [ORIG]               onnx checker (unless ORIG fails it too) + one ORT run
   rtn ORIG OURS BITS BLOCK SYM   quantize ORIG with onnxruntime's MatMulNBitsQuantizer
                                  (same settings), then: every weight's codes within one
                                  step of ORT's, scales equal to float rounding, and the
@@ -10,6 +10,7 @@
   error ORIG CAND                prints relative L2 of CAND's outputs vs ORIG's in ORT
 Exit 0 on success; prints what failed otherwise.
 """
+import os
 import sys
 import tempfile
 
@@ -18,19 +19,8 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-
-def feeds(sess, seed=0):
-    rng = np.random.default_rng(seed)
-    out = {}
-    for i in sess.get_inputs():
-        shape = [d if isinstance(d, int) else (1 if "batch" in str(d) else 8) for d in i.shape]
-        if "int64" in i.type:
-            out[i.name] = rng.integers(0, 16, size=shape, dtype=np.int64)
-        elif "float16" in i.type:
-            out[i.name] = rng.uniform(-1, 1, size=shape).astype(np.float16)
-        else:
-            out[i.name] = rng.uniform(-1, 1, size=shape).astype(np.float32)
-    return out
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import onnxq_testlib as T  # noqa: E402
 
 
 def session(path):
@@ -41,17 +31,21 @@ def session(path):
 
 def rel_l2(orig, cand):
     a, b = session(orig), session(cand)
-    f = feeds(a)
+    f = T.make_feeds(onnx.load(orig, load_external_data=False))
     ya, yb = a.run(None, f), b.run(None, f)
+    pairs = [(np.asarray(x), np.asarray(y)) for x, y in zip(ya, yb) if np.asarray(x).dtype.kind == "f"]
+    ya, yb = [p[0] for p in pairs], [p[1] for p in pairs]
     num = sum(float(np.sum((x.astype(np.float64) - y) ** 2)) for x, y in zip(ya, yb))
     den = sum(float(np.sum(x.astype(np.float64) ** 2)) for x in ya)
     return (num / den) ** 0.5
 
 
-def check_and_run(path):
-    onnx.checker.check_model(path, full_check=True)
+def check_and_run(path, orig=None):
+    # ORT's own default-domain ops (genai's SimplifiedLayerNormalization) are taught
+    # to the checker by onnxq_testlib.
+    T.check(path)
     s = session(path)
-    s.run(None, feeds(s))
+    s.run(None, T.make_feeds(onnx.load(orig or path, load_external_data=False)))
 
 
 def inits(path):
@@ -62,7 +56,7 @@ def inits(path):
 def rtn(orig, ours, bits, block, sym):
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    check_and_run(ours)
+    check_and_run(ours, orig)
     cfg = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=sym, bits=bits)
     q = MatMulNBitsQuantizer(onnx.load(orig), algo_config=cfg)
     q.process()
@@ -134,7 +128,7 @@ def bnb4(orig, ours, qtype, block):
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "run":
-        check_and_run(args[0])
+        check_and_run(args[0], args[1] if len(args) > 1 else None)
         return 0
     if cmd == "rtn":
         return rtn(args[0], args[1], int(args[2]), int(args[3]), args[4] == "1")

@@ -4,24 +4,13 @@
 //! opset keeps its meaning. A few change inputs or semantics; a node using one of
 //! those makes us refuse the bump rather than write a model that means something else.
 use crate::error::{Error, Result};
-use crate::ir::{Graph, Model};
+use crate::ir::{Graph, Model, Tensor};
 
-/// (opset that changed it, ops whose inputs/attributes/semantics changed there).
-const BREAKING: &[(i64, &[&str])] = &[
-    (10, &["Slice", "TopK", "Upsample", "Dropout"]),
-    (11, &["Pad", "Clip", "Resize", "Upsample"]),
-    (
-        13,
-        &[
-            "Split",
-            "Squeeze",
-            "Unsqueeze",
-            "ReduceSum",
-            "Softmax",
-            "LogSoftmax",
-            "Hardmax",
-        ],
-    ),
+/// Ops whose list attribute became an int64 input (opset, ops, attribute): these
+/// are upgraded in place when the opset is raised past that version.
+const ATTR_TO_INPUT: &[(i64, &[&str], &str)] = &[
+    (13, &["Squeeze", "Unsqueeze", "ReduceSum"], "axes"),
+    (13, &["Split"], "split"),
     (
         18,
         &[
@@ -35,7 +24,15 @@ const BREAKING: &[(i64, &[&str])] = &[
             "ReduceLogSumExp",
             "ReduceSumSquare",
         ],
+        "axes",
     ),
+];
+
+/// (opset that changed it, ops whose inputs/attributes/semantics changed there).
+const BREAKING: &[(i64, &[&str])] = &[
+    (10, &["Slice", "TopK", "Upsample", "Dropout"]),
+    (11, &["Pad", "Clip", "Resize", "Upsample"]),
+    (13, &["Softmax", "LogSoftmax", "Hardmax"]),
     (21, &["GroupNormalization"]),
 ];
 
@@ -61,6 +58,9 @@ pub fn raise_default_opset(model: &mut Model, target: i64) -> Result<()> {
     }
     let mut blocker = None;
     model.for_each_graph_mut(&mut |g: &mut Graph| {
+        if blocker.is_none() {
+            blocker = upgrade_attrs_to_inputs(g, current, target).err();
+        }
         if blocker.is_some() {
             return;
         }
@@ -70,23 +70,70 @@ pub fn raise_default_opset(model: &mut Model, target: i64) -> Result<()> {
             }
             for (v, ops) in BREAKING {
                 if *v > current && *v <= target && ops.contains(&n.op_type.as_str()) {
-                    blocker = Some((n.name().to_string(), n.op_type.clone(), *v));
+                    blocker = Some(refusal(n.name(), &n.op_type, current, target, *v));
                     return;
                 }
             }
         }
     });
-    if let Some((node, op, v)) = blocker {
-        return Err(Error::Node {
-            node,
-            op: op.clone(),
-            reason: format!(
-                "this output format needs opset {target}, but the model is opset {current} and {op} \
-                 changed its inputs or meaning in opset {v}; re-export the model at opset {target}, \
-                 or use --format matmulnbits (no opset change)"
-            ),
-        });
+    if let Some(e) = blocker {
+        return Err(e);
     }
     model.require_opset("", target);
+    Ok(())
+}
+
+fn refusal(node: &str, op: &str, current: i64, target: i64, changed: i64) -> Error {
+    Error::Node {
+        node: node.to_string(),
+        op: op.to_string(),
+        reason: format!(
+            "this output format needs opset {target}, but the model is opset {current} and {op} \
+             changed its meaning in opset {changed}; re-export the model at opset {target}, \
+             or use --format matmulnbits (no opset change)"
+        ),
+    }
+}
+
+/// Moves list attributes that later opsets take as inputs (`axes`, `split`) into
+/// int64 initializers, so the node means the same under the raised opset.
+fn upgrade_attrs_to_inputs(g: &mut Graph, current: i64, target: i64) -> Result<()> {
+    for id in g.node_ids() {
+        let node = g.node(id);
+        if !node.domain().is_empty() {
+            continue;
+        }
+        let Some((_, _, attr)) = ATTR_TO_INPUT.iter().find(|(v, ops, _)| {
+            *v > current && *v <= target && ops.contains(&node.op_type.as_str())
+        }) else {
+            continue;
+        };
+        let Some(values) = node.attr(attr).map(|a| a.ints.clone()) else {
+            continue; // absent: the input form's default means the same
+        };
+        // Every one of these ops takes the list as its second input.
+        let slot = 1;
+        if node.inputs().len() > slot {
+            return Err(refusal(
+                node.name(),
+                &node.op_type,
+                current,
+                target,
+                current + 1,
+            ));
+        }
+        let base = format!(
+            "{}_{attr}",
+            if node.name().is_empty() {
+                &node.op_type
+            } else {
+                node.name()
+            }
+        );
+        let name = g.fresh_name(&base);
+        let v = g.add_initializer(Tensor::from_i64(name, vec![values.len() as i64], &values))?;
+        g.set_input(id, slot, Some(v));
+        g.node_mut(id).attributes.retain(|a| a.name != *attr);
+    }
     Ok(())
 }
