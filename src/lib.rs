@@ -1,4 +1,5 @@
 //! onnxq: ONNX in, smaller and faster ONNX out.
+pub mod calib;
 pub mod cli;
 pub mod error;
 pub mod io;
@@ -7,6 +8,8 @@ pub mod pass;
 pub(crate) mod proto;
 pub mod quant;
 pub mod rewrite;
+pub mod runtime;
+pub mod tensorfile;
 pub mod transforms;
 pub mod verify;
 

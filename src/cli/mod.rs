@@ -5,6 +5,7 @@ mod diff;
 mod inspect;
 mod pipeline;
 mod quantize;
+mod run;
 mod verify;
 mod verify_gate;
 
@@ -45,6 +46,9 @@ pub enum Command {
     /// Compare two models on the same inputs: max-abs, mean-abs, relative L2, cosine,
     /// SNR and top-1 agreement per output; thresholds set the exit code.
     Verify(verify::VerifyArgs),
+    /// Run a model on inputs (.npy/.npz/.pb files, or seeded random ones), print a
+    /// summary of its outputs and optionally write them to files.
+    Run(run::RunArgs),
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -56,5 +60,6 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Quantize(a) => quantize::run(&a),
         Command::Apply(a) => apply::run(&a),
         Command::Verify(a) => verify::run(&a),
+        Command::Run(a) => run::run(&a),
     }
 }

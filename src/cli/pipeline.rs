@@ -40,6 +40,8 @@ pub struct Report {
     pub input_bytes: u64,
     pub output_bytes: u64,
     pub seconds: f64,
+    /// Wall time by phase: load, passes, save, verify.
+    pub phase_seconds: std::collections::BTreeMap<String, f64>,
     pub verify: Option<serde_json::Value>,
 }
 
@@ -66,7 +68,11 @@ pub fn run(recipe: &Recipe, input: &Path, output: &Path, args: &PipelineArgs) ->
         progress: true,
         seed: args.seed,
     };
+    let mut phases = std::collections::BTreeMap::new();
+    phases.insert("load".to_string(), start.elapsed().as_secs_f64());
+    let t = Instant::now();
     let outcomes = run_pipeline(&mut model, &passes, &mut cx)?;
+    phases.insert("passes".to_string(), t.elapsed().as_secs_f64());
     let changed = outcomes.iter().any(|o| o.changed);
     for o in &outcomes {
         let counters: Vec<String> = o
@@ -105,6 +111,7 @@ pub fn run(recipe: &Recipe, input: &Path, output: &Path, args: &PipelineArgs) ->
         input_bytes,
         output_bytes: 0,
         seconds: 0.0,
+        phase_seconds: phases,
         verify: None,
     };
     if !changed {
@@ -122,13 +129,21 @@ pub fn run(recipe: &Recipe, input: &Path, output: &Path, args: &PipelineArgs) ->
         write_report(args, &mut report, start)?;
         return Ok(0);
     }
+    let t = Instant::now();
     let saved = crate::io::save(&model, output, &args.layout.save_options())?;
+    report
+        .phase_seconds
+        .insert("save".to_string(), t.elapsed().as_secs_f64());
     drop(model);
     report.output = Some(output.to_path_buf());
     report.output_bytes = file_bytes(output, saved.data_files.keys().cloned());
     let mut code = 0;
     if !args.no_verify {
+        let t = Instant::now();
         let (summary, pass) = args.verify.check(input, output, args.seed)?;
+        report
+            .phase_seconds
+            .insert("verify".to_string(), t.elapsed().as_secs_f64());
         report.verify = Some(summary);
         if !pass {
             code = 2;

@@ -17,14 +17,38 @@ pub enum AlgorithmArg {
     Hqq,
     /// bitsandbytes NF4/FP4 (MatMulBnb4), as Olive's bnb4.
     Bnb4,
+    /// 8-bit weights, activations quantized at run time (onnxruntime's
+    /// quantize_dynamic): MatMul/Gemm/Conv/Gather, no calibration.
+    Dynamic,
+    /// 8-bit weights and calibrated 8/16-bit activations (onnxruntime's
+    /// quantize_static): QDQ or QOperator; --calib DIR gives the samples.
+    Static,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FormatArg {
     /// com.microsoft MatMulNBits.
     Matmulnbits,
-    /// Standard ONNX blocked DequantizeLinear → MatMul (raises the opset to 21).
+    /// Standard ONNX blocked DequantizeLinear → MatMul (raises the opset to 21);
+    /// for --algorithm static, QuantizeLinear/DequantizeLinear pairs (the default).
     Qdq,
+    /// --algorithm static: integer operators (QLinearConv, QLinearMatMul, QGemm, ...).
+    Qoperator,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CalibMethodArg {
+    Minmax,
+    Entropy,
+    Percentile,
+    Distribution,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IntTypeArg {
+    Int8,
+    Uint8,
+    Int16,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,8 +85,10 @@ pub struct QuantizeArgs {
     /// MatMulNBits accuracy_level: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations.
     #[arg(long, value_name = "N")]
     pub accuracy_level: Option<i64>,
-    #[arg(long, value_enum, default_value = "matmulnbits")]
-    pub format: FormatArg,
+    /// Output format: matmulnbits (default for weight-only) or qdq; for
+    /// --algorithm static qdq (default) or qoperator.
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
     /// bnb4 code book.
     #[arg(long, value_enum, default_value = "nf4")]
     pub quant_type: QuantTypeArg,
@@ -78,6 +104,37 @@ pub struct QuantizeArgs {
     /// JSON file of per-node settings: {"pattern": {"bits": 8, "block-size": 64} | "skip"}.
     #[arg(long, value_name = "FILE")]
     pub nodes_config: Option<String>,
+    /// --algorithm static: calibration samples (a directory of .npz files, keys =
+    /// input names, or one .npz). Without it, seeded random inputs are used.
+    #[arg(long, value_name = "DIR")]
+    pub calib: Option<String>,
+    /// --algorithm static: how activation ranges are chosen from calibration.
+    #[arg(long, value_enum, default_value = "minmax")]
+    pub calib_method: CalibMethodArg,
+    /// --algorithm static, --calib-method percentile: share of values kept (%).
+    #[arg(long, value_name = "P")]
+    pub percentile: Option<f64>,
+    /// int8 algorithms: one weight scale per output channel.
+    #[arg(long)]
+    pub per_channel: bool,
+    /// int8 algorithms: 7-bit weights (for x86 CPUs without VNNI).
+    #[arg(long)]
+    pub reduce_range: bool,
+    /// --algorithm static: type of quantized activations (int16 needs opset 21).
+    #[arg(long, value_enum)]
+    pub activation_type: Option<IntTypeArg>,
+    /// int8 algorithms: type of quantized weights (int8 symmetric, uint8 asymmetric).
+    #[arg(long, value_enum)]
+    pub weight_type: Option<IntTypeArg>,
+    /// --algorithm static: migrate activation outliers into the weights first
+    /// (SmoothQuant, strength ALPHA in [0, 1], typically 0.5).
+    #[arg(long, value_name = "ALPHA")]
+    pub smooth_quant: Option<f64>,
+    /// --algorithm static: leave float the N MatMul/Gemm/Conv whose quantization
+    /// alone hurts the output most on the calibration samples (outlier-heavy
+    /// inputs); they are reported.
+    #[arg(long, value_name = "N")]
+    pub exclude_worst: Option<usize>,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
 }
@@ -85,11 +142,29 @@ pub struct QuantizeArgs {
 impl QuantizeArgs {
     /// The shipped recipe for the algorithm with every flag applied.
     pub fn recipe(&self) -> Result<Recipe> {
-        let name = match (self.algorithm, self.format) {
+        if matches!(self.algorithm, AlgorithmArg::Dynamic | AlgorithmArg::Static) {
+            return self.int8_recipe();
+        }
+        if let Some(flag) = self.int8_only_flag() {
+            return Err(crate::Error::invalid(format!(
+                "{flag} applies to --algorithm dynamic|static"
+            )));
+        }
+        let format = match self.format {
+            None => FormatArg::Matmulnbits,
+            Some(FormatArg::Qoperator) => {
+                return Err(crate::Error::invalid(
+                    "--format qoperator applies to --algorithm static (weight-only formats: \
+                     matmulnbits, qdq)",
+                ))
+            }
+            Some(f) => f,
+        };
+        let name = match (self.algorithm, format) {
             (AlgorithmArg::Rtn, FormatArg::Matmulnbits) => "int4-rtn",
-            (AlgorithmArg::Rtn, FormatArg::Qdq) => "int4-rtn-qdq",
+            (AlgorithmArg::Rtn, _) => "int4-rtn-qdq",
             (AlgorithmArg::Hqq, _) => "int4-hqq",
-            (AlgorithmArg::Bnb4, _) => "bnb4-nf4",
+            (_, _) => "bnb4-nf4",
         };
         let mut r = Recipe::load(name)?;
         use toml::Value as V;
@@ -106,9 +181,9 @@ impl QuantizeArgs {
             r.set("accuracy-level", V::Integer(a));
         }
         if self.algorithm != AlgorithmArg::Bnb4 {
-            let f = match self.format {
+            let f = match format {
                 FormatArg::Matmulnbits => "matmulnbits",
-                FormatArg::Qdq => "qdq",
+                _ => "qdq",
             };
             r.set("format", V::String(f.into()));
         }
@@ -149,6 +224,158 @@ impl QuantizeArgs {
             r.passes.push(t);
         }
         // Validate everything (bits/block size combinations) before any work.
+        r.build()?;
+        Ok(r)
+    }
+}
+
+impl QuantizeArgs {
+    /// A flag only the int8 algorithms take, if given.
+    fn int8_only_flag(&self) -> Option<&'static str> {
+        [
+            (self.calib.is_some(), "--calib"),
+            (
+                self.calib_method != CalibMethodArg::Minmax,
+                "--calib-method",
+            ),
+            (self.percentile.is_some(), "--percentile"),
+            (self.per_channel, "--per-channel"),
+            (self.reduce_range, "--reduce-range"),
+            (self.activation_type.is_some(), "--activation-type"),
+            (self.weight_type.is_some(), "--weight-type"),
+            (self.smooth_quant.is_some(), "--smooth-quant"),
+            (self.exclude_worst.is_some(), "--exclude-worst"),
+        ]
+        .into_iter()
+        .find(|(set, _)| *set)
+        .map(|(_, f)| f)
+    }
+
+    /// A flag only the weight-only algorithms take, if given.
+    fn weight_only_flag(&self) -> Option<&'static str> {
+        [
+            (self.bits.is_some(), "--bits"),
+            (self.block_size.is_some(), "--block-size"),
+            (self.asymmetric, "--asymmetric"),
+            (self.accuracy_level.is_some(), "--accuracy-level"),
+            (self.embeddings, "--embeddings"),
+            (self.nodes_config.is_some(), "--nodes-config"),
+            (self.quant_type != QuantTypeArg::Nf4, "--quant-type"),
+        ]
+        .into_iter()
+        .find(|(set, _)| *set)
+        .map(|(_, f)| f)
+    }
+
+    fn int8_recipe(&self) -> Result<Recipe> {
+        use toml::Value as V;
+        let err = |m: String| crate::Error::invalid(m);
+        if let Some(flag) = self.weight_only_flag() {
+            return Err(err(format!(
+                "{flag} applies to the weight-only algorithms (rtn, hqq, bnb4)"
+            )));
+        }
+        let is_static = self.algorithm == AlgorithmArg::Static;
+        let name =
+            if is_static {
+                match self.format {
+                    None | Some(FormatArg::Qdq) => "int8-static-qdq",
+                    Some(FormatArg::Qoperator) => "int8-static-qoperator",
+                    Some(FormatArg::Matmulnbits) => return Err(err(
+                        "--format matmulnbits is weight-only; --algorithm static writes qdq or \
+                         qoperator"
+                            .into(),
+                    )),
+                }
+            } else {
+                if matches!(self.format, Some(FormatArg::Qdq | FormatArg::Matmulnbits)) {
+                    return Err(err(
+                        "--algorithm dynamic writes integer operators (DynamicQuantizeLinear + \
+                     MatMulInteger/ConvInteger); --format does not apply"
+                            .into(),
+                    ));
+                }
+                for (set, flag) in [
+                    (self.calib.is_some(), "--calib"),
+                    (
+                        self.calib_method != CalibMethodArg::Minmax,
+                        "--calib-method",
+                    ),
+                    (self.percentile.is_some(), "--percentile"),
+                    (self.activation_type.is_some(), "--activation-type"),
+                    (self.smooth_quant.is_some(), "--smooth-quant"),
+                    (self.exclude_worst.is_some(), "--exclude-worst"),
+                ] {
+                    if set {
+                        return Err(err(format!(
+                            "{flag} applies to --algorithm static (dynamic quantization needs no \
+                         calibration)"
+                        )));
+                    }
+                }
+                "int8-dynamic"
+            };
+        let mut r = Recipe::load(name)?;
+        let type_name = |t: IntTypeArg| match t {
+            IntTypeArg::Int8 => "int8",
+            IntTypeArg::Uint8 => "uint8",
+            IntTypeArg::Int16 => "int16",
+        };
+        if let Some(t) = self.weight_type {
+            if t == IntTypeArg::Int16 {
+                return Err(err("--weight-type takes int8 or uint8".into()));
+            }
+            r.set("weight-type", V::String(type_name(t).into()));
+        }
+        if let Some(t) = self.activation_type {
+            r.set("activation-type", V::String(type_name(t).into()));
+        }
+        if self.per_channel {
+            r.set("per-channel", V::Boolean(true));
+        }
+        if self.reduce_range {
+            r.set("reduce-range", V::Boolean(true));
+        }
+        if let Some(c) = &self.calib {
+            r.set("calib", V::String(c.clone()));
+        }
+        if is_static {
+            let m = match self.calib_method {
+                CalibMethodArg::Minmax => "minmax",
+                CalibMethodArg::Entropy => "entropy",
+                CalibMethodArg::Percentile => "percentile",
+                CalibMethodArg::Distribution => "distribution",
+            };
+            r.set("calib-method", V::String(m.into()));
+        }
+        if let Some(p) = self.percentile {
+            r.set("percentile", V::Float(p));
+        }
+        if let Some(n) = self.exclude_worst {
+            r.set("exclude-worst", V::Integer(n as i64));
+        }
+        if !self.exclude.is_empty() {
+            r.set(
+                "exclude",
+                V::Array(self.exclude.iter().cloned().map(V::String).collect()),
+            );
+        }
+        if !self.include_op.is_empty() {
+            r.set(
+                "op-types",
+                V::Array(self.include_op.iter().cloned().map(V::String).collect()),
+            );
+        }
+        if let Some(alpha) = self.smooth_quant {
+            let mut t = toml::Table::new();
+            t.insert("name".into(), V::String("smooth-quant".into()));
+            t.insert("alpha".into(), V::Float(alpha));
+            if let Some(c) = &self.calib {
+                t.insert("calib".into(), V::String(c.clone()));
+            }
+            r.passes.insert(0, t);
+        }
+        // Validate everything (paths, combinations) before any work.
         r.build()?;
         Ok(r)
     }

@@ -1,8 +1,10 @@
-//! `onnxq verify`: compare a candidate model with a reference on the same inputs.
+//! `onnxq verify`: compare a candidate model with a reference on the same inputs;
+//! thresholds set the exit code (2 when one is broken) so it can gate a build.
 use std::path::PathBuf;
 
 use super::verify_gate::VerifyGate;
 use crate::error::{Error, Result};
+use crate::verify::{compare, VerifyOptions};
 
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {
@@ -10,13 +12,17 @@ pub struct VerifyArgs {
     pub reference: PathBuf,
     /// The model to check (e.g. the quantized one).
     pub candidate: PathBuf,
+    /// Input values: a .npy/.npz/.pb file, a directory of them, or a directory of
+    /// test_data_set_* directories (one sample each). Default: seeded random inputs.
+    #[arg(long, value_name = "DIR|FILE")]
+    pub inputs: Option<PathBuf>,
     /// How many random input sets to compare.
     #[arg(long, default_value_t = 1)]
     pub samples: usize,
     /// Seed of the random inputs.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Print the report as JSON.
+    /// Print the report as JSON (with the thresholds and what broke them).
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -24,17 +30,21 @@ pub struct VerifyArgs {
 }
 
 pub fn run(args: &VerifyArgs) -> Result<i32> {
-    let mut opts = args.gate.options(args.seed)?;
-    opts.samples = args.samples;
-    let report = crate::verify::compare(&args.reference, &args.candidate, &opts)?;
+    let opts = VerifyOptions {
+        samples: args.samples,
+        inputs: args.inputs.clone(),
+        ..args.gate.options(args.seed)?
+    };
+    let report = compare(&args.reference, &args.candidate, &opts)?;
+    if !args.json {
+        print!("{}", report.table());
+    }
+    let (json, passed) = args.gate.judge(&report);
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&report).map_err(|e| Error::invalid(e.to_string()))?
+            serde_json::to_string_pretty(&json).map_err(|e| Error::invalid(e.to_string()))?
         );
     }
-    let (_, pass) = args
-        .gate
-        .check(&args.reference, &args.candidate, args.seed)?;
-    Ok(if pass { 0 } else { 2 })
+    Ok(if passed { 0 } else { 2 })
 }

@@ -1,46 +1,119 @@
-//! The verification a pipeline command runs on its own output, with thresholds
-//! that fail the command.
+//! Verification flags shared by `verify` and every model-writing command: runtime,
+//! symbolic dims and the thresholds that set the exit code.
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::verify::{compare, VerifyOptions};
+use crate::runtime::RuntimeKind;
+use crate::verify::{compare, Report, Thresholds, VerifyOptions};
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct VerifyGate {
-    /// Fail (exit 2) if any output's relative L2 error exceeds this.
-    #[arg(long, value_name = "X")]
-    pub max_rel_l2: Option<f64>,
-    /// Fail if any output's max absolute error exceeds this.
-    #[arg(long, value_name = "X")]
-    pub max_abs: Option<f64>,
-    /// Fail if any output's cosine similarity is below this.
-    #[arg(long, value_name = "X")]
-    pub min_cosine: Option<f64>,
-    /// Value for a symbolic input dim, e.g. --dim batch_size=1 --dim sequence_length=16.
+    /// Runtime: tract (embedded), ort (ONNX Runtime) or auto (ORT when found).
+    #[arg(long, default_value = "auto", value_name = "auto|tract|ort")]
+    pub runtime: RuntimeKind,
+    /// ONNX Runtime intra-op threads (default: available cores).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// ONNX Runtime session config entry, e.g.
+    /// --ort-config session.qdq_matmulnbits_accuracy_level=0 (repeatable).
+    #[arg(long = "ort-config", value_name = "KEY=VALUE")]
+    pub ort_config: Vec<String>,
+    /// Value of a symbolic input dim, e.g. --dim batch_size=1 --dim sequence_length=16.
     #[arg(long = "dim", value_name = "NAME=N")]
     pub dims: Vec<String>,
+    /// Fail (exit 2) if any output's max absolute error exceeds X.
+    #[arg(long, value_name = "X")]
+    pub max_abs: Option<f64>,
+    /// Fail if any float output's relative L2 error exceeds X.
+    #[arg(long, value_name = "X")]
+    pub max_rel_l2: Option<f64>,
+    /// Fail if any float output's cosine similarity is below X.
+    #[arg(long, value_name = "X")]
+    pub min_cosine: Option<f64>,
+    /// Fail if any float output's SNR is below X dB.
+    #[arg(long, value_name = "X")]
+    pub min_snr_db: Option<f64>,
+    /// Fail if any logits output's top-1 agreement is below X (0..1).
+    #[arg(long, value_name = "X")]
+    pub min_top1: Option<f64>,
+    /// Fail if any integer/bool/string output's exact-match rate is below X (0..1).
+    #[arg(long, value_name = "X")]
+    pub min_exact_match: Option<f64>,
+}
+
+/// `NAME=N` pairs of `--dim`.
+pub fn parse_dims(dims: &[String]) -> Result<BTreeMap<String, i64>> {
+    let mut out = BTreeMap::new();
+    for d in dims {
+        let (k, v) = d
+            .split_once('=')
+            .ok_or_else(|| Error::invalid(format!("--dim {d}: expected NAME=N")))?;
+        let v: i64 = v
+            .trim()
+            .parse()
+            .map_err(|_| Error::invalid(format!("--dim {d}: '{v}' is not an integer")))?;
+        if v < 0 {
+            return Err(Error::invalid(format!("--dim {d}: must not be negative")));
+        }
+        out.insert(k.trim().to_string(), v);
+    }
+    Ok(out)
+}
+
+/// `KEY=VALUE` pairs of `--ort-config`.
+pub fn parse_config(entries: &[String]) -> Result<Vec<(String, String)>> {
+    entries
+        .iter()
+        .map(|e| {
+            e.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| Error::invalid(format!("--ort-config {e}: expected KEY=VALUE")))
+        })
+        .collect()
 }
 
 impl VerifyGate {
     pub fn options(&self, seed: u64) -> Result<VerifyOptions> {
-        let mut o = VerifyOptions {
+        Ok(VerifyOptions {
+            dims: parse_dims(&self.dims)?,
             seed,
-            samples: 1,
+            runtime: self.runtime,
+            threads: self.threads,
+            ort_config: parse_config(&self.ort_config)?,
             ..Default::default()
-        };
-        for d in &self.dims {
-            let (k, v) = d
-                .split_once('=')
-                .ok_or_else(|| Error::invalid(format!("--dim {d}: expected NAME=N")))?;
-            let v: i64 = v
-                .parse()
-                .map_err(|_| Error::invalid(format!("--dim {d}: {v} is not an integer")))?;
-            o.dims.insert(k.to_string(), v);
-        }
-        Ok(o)
+        })
     }
 
-    /// Compares `output` with `input`, prints a summary; returns (report, passed).
+    pub fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            max_abs: self.max_abs,
+            max_rel_l2: self.max_rel_l2,
+            min_cosine: self.min_cosine,
+            min_snr_db: self.min_snr_db,
+            min_top1: self.min_top1,
+            min_exact_match: self.min_exact_match,
+        }
+    }
+
+    /// Prints the report and what broke a threshold; returns whether it passed.
+    pub fn judge(&self, report: &Report) -> (serde_json::Value, bool) {
+        let thresholds = self.thresholds();
+        let violations = thresholds.check(report);
+        for v in &violations {
+            eprintln!("verify: FAILED: {v}");
+        }
+        let json = serde_json::json!({
+            "report": report,
+            "thresholds": thresholds,
+            "violations": violations,
+            "passed": violations.is_empty(),
+        });
+        (json, violations.is_empty())
+    }
+
+    /// Compares `output` with `input` (a pipeline's own check); returns (report,
+    /// passed). A reference the runtime cannot run skips the check with a warning.
     pub fn check(
         &self,
         input: &Path,
@@ -49,33 +122,13 @@ impl VerifyGate {
     ) -> Result<(serde_json::Value, bool)> {
         let report = match compare(input, output, &self.options(seed)?) {
             Ok(r) => r,
-            // The reference itself does not run here: nothing was learned about the
-            // rewrite, so say so instead of failing the command.
-            Err(crate::Error::Reference(reason)) => {
+            Err(Error::Reference(reason)) => {
                 eprintln!("warning: verification skipped: {reason}");
                 return Ok((serde_json::json!({ "skipped": reason }), true));
             }
             Err(e) => return Err(e),
         };
-        let mut pass = true;
-        for m in &report.outputs {
-            let top1 = m
-                .top1
-                .map(|t| format!("  top-1 {:.1}%", 100.0 * t))
-                .unwrap_or_default();
-            eprintln!(
-                "verify ({}) {}: max-abs {:.3e}  rel-L2 {:.3e}  cosine {:.6}  SNR {:.1} dB{top1}",
-                report.runtime, m.name, m.max_abs, m.rel_l2, m.cosine, m.snr_db
-            );
-            if self.max_rel_l2.is_some_and(|x| m.rel_l2 > x)
-                || self.max_abs.is_some_and(|x| m.max_abs > x)
-                || self.min_cosine.is_some_and(|x| m.cosine < x)
-            {
-                eprintln!("verify: output '{}' breaks a threshold", m.name);
-                pass = false;
-            }
-        }
-        let json = serde_json::to_value(&report).map_err(|e| Error::invalid(e.to_string()))?;
-        Ok((json, pass))
+        eprint!("{}", report.table());
+        Ok(self.judge(&report))
     }
 }

@@ -50,6 +50,18 @@ pub const SHIPPED: &[(&str, &str)] = &[
         include_str!("../../passes/int4-rtn-qdq.toml"),
     ),
     ("bnb4-nf4", include_str!("../../passes/bnb4-nf4.toml")),
+    (
+        "int8-dynamic",
+        include_str!("../../passes/int8-dynamic.toml"),
+    ),
+    (
+        "int8-static-qdq",
+        include_str!("../../passes/int8-static-qdq.toml"),
+    ),
+    (
+        "int8-static-qoperator",
+        include_str!("../../passes/int8-static-qoperator.toml"),
+    ),
 ];
 
 impl Recipe {

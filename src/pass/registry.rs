@@ -4,7 +4,9 @@ use serde::de::DeserializeOwned;
 use super::Pass;
 use crate::error::{Error, Result};
 use crate::transforms::cleanup::RemoveDead;
-use crate::transforms::quant::{bnb4, gather, weight_only};
+use crate::transforms::quant::{
+    bnb4, dynamic, gather, qoperator, smooth_quant, static_qdq, weight_only,
+};
 
 /// (name, config keys, what it does).
 pub const PASSES: &[(&str, &[&str], &str)] = &[
@@ -22,6 +24,26 @@ pub const PASSES: &[(&str, &[&str], &str)] = &[
         "bnb4",
         bnb4::BNB4_KEYS,
         "NF4/FP4 MatMul weights (MatMulBnb4)",
+    ),
+    (
+        "int8-dynamic",
+        dynamic::DYNAMIC_KEYS,
+        "8-bit weights, activations quantized at run time (MatMulInteger/ConvInteger)",
+    ),
+    (
+        "int8-static-qdq",
+        static_qdq::STATIC_KEYS,
+        "calibrated 8/16-bit activations and 8-bit weights as QuantizeLinear/DequantizeLinear pairs",
+    ),
+    (
+        "int8-qoperator",
+        qoperator::QOPERATOR_KEYS,
+        "fold QDQ units into integer ops (QLinearConv, QLinearMatMul, QGemm, QLinearAdd, ...)",
+    ),
+    (
+        "smooth-quant",
+        smooth_quant::SMOOTH_QUANT_KEYS,
+        "migrate activation outliers into MatMul weights (SmoothQuant), folded into the producer",
     ),
     (
         "remove-dead",
@@ -42,6 +64,12 @@ pub fn build(name: &str, table: toml::Table) -> Result<Box<dyn Pass>> {
         "matmul-nbits" => Box::new(weight_only::WeightOnly::new(config(table)?)?),
         "gather-block-quantized" => Box::new(gather::GatherBlockQuantized::new(config(table)?)?),
         "bnb4" => Box::new(bnb4::Bnb4::new(config(table)?)?),
+        "int8-dynamic" => Box::new(dynamic::Dynamic::new(config(table)?)?),
+        "int8-static-qdq" => Box::new(static_qdq::StaticQdq::new(config(table)?)?),
+        "int8-qoperator" => Box::new(qoperator::QOperator {
+            config: config(table)?,
+        }),
+        "smooth-quant" => Box::new(smooth_quant::SmoothQuant::new(config(table)?)?),
         "remove-dead" => {
             let _: crate::transforms::cleanup::RemoveDeadConfig = config(table)?;
             Box::new(RemoveDead)

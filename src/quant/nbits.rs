@@ -1,24 +1,61 @@
-//! Block-wise integer quantization along K (RTN), in the layouts ONNX Runtime's
-//! MatMulNBits and GatherBlockQuantized read, and ONNX's blocked DequantizeLinear.
+//! Block-wise integer quantization along K to 2, 4 or 8 bits, in the layout
+//! com.microsoft MatMulNBits and GatherBlockQuantized (uint8-packed) read.
 //!
-//! Conventions match onnxruntime's quantizer: symmetric blocks take the signed value
-//! of largest magnitude `m` and use scale = m / -2^(bits-1), codes stored with the
-//! implied zero point 2^(bits-1); asymmetric blocks use min(x, 0)..max(x, 0), scale =
-//! range / (2^bits - 1) and an integer zero point.
+//! Output of quantizing an [N, K] matrix ("rows" = N, "cols" = K), or the
+//! ONNX MatMul weight [K, N] through [`quantize_kn`]:
+//! - `packed`: uint8 [N, k_blocks, block_size·bits/8]; codes low bits first, so for
+//!   4 bits element 2i is the low nibble of byte i. `k_blocks = ceil(K/block_size)`;
+//!   positions past K in the last block hold code 0, as onnxruntime leaves them.
+//! - `scales`: [N, k_blocks], already rounded to the weight's float type.
+//! - `zero_points` (asymmetric only): uint8 [N, ceil(k_blocks·bits/8)], packed
+//!   like `packed`; the unused slots at the end of a row hold 2^(bits-1), as
+//!   onnxruntime writes them. Symmetric blocks have the implied zero point
+//!   2^(bits-1) and no tensor.
+//!
+//! Decoding: `w = (code - zero_point) * scale`.
+//!
+//! Rules (onnxruntime's MLAS `BlockwiseQuantizer`, which its Python
+//! MatMulNBitsQuantizer calls; min/max over the block's real elements):
+//! - symmetric: `m` = the block's max if |max| > |min|, else its min;
+//!   `scale = -m / 2^(bits-1)`. The sign maps the larger half of the data to
+//!   the side of the grid with the extra code (-8 for 4 bits).
+//! - asymmetric: `lo = min(min, 0)`, `hi = max(max, 0)`,
+//!   `scale = (hi - lo) / (2^bits - 1)`, zero point = `roundf(-lo / scale)`
+//!   clamped to the code range (0 when the block is all zero).
+//! - codes: `clamp(roundf(w * (1/scale) + zero_point), 0, 2^bits - 1)` with the
+//!   reciprocal of the *stored* scale (so f16 scales quantize like ORT's f16
+//!   kernel), `roundf` = half away from zero, and 1/0 taken as 0.
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use rayon::prelude::*;
 
-use super::pack::{pack, unpack};
-use super::QuantError;
-use crate::ir::DType;
+use super::convert::FloatType;
+use super::pack::{pack, packed_len, unpack_ordered, Order};
+use super::{gather_columns, QuantError};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Bits, block size and symmetry of one quantization.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct QuantParams {
+    /// 2, 4 or 8.
     pub bits: u8,
+    /// A power of two >= 16.
     pub block_size: usize,
+    /// No zero-point tensor; implied zero point 2^(bits-1).
     pub symmetric: bool,
 }
 
 impl QuantParams {
+    /// Validated parameters.
+    pub fn new(bits: u8, block_size: usize, symmetric: bool) -> Result<Self, QuantError> {
+        let p = QuantParams {
+            bits,
+            block_size,
+            symmetric,
+        };
+        p.check()?;
+        Ok(p)
+    }
+
     pub fn check(&self) -> Result<(), QuantError> {
         if ![2, 4, 8].contains(&self.bits) {
             return Err(QuantError(format!(
@@ -35,375 +72,967 @@ impl QuantParams {
         Ok(())
     }
 
-    pub fn max_code(&self) -> f32 {
-        ((1u32 << self.bits) - 1) as f32
+    /// Largest code, 2^bits - 1.
+    pub fn max_code(&self) -> u8 {
+        ((1u16 << self.bits) - 1) as u8
     }
 
+    /// The implied zero point of symmetric blocks, 2^(bits-1).
     pub fn mid(&self) -> u8 {
         1 << (self.bits - 1)
     }
+
+    /// Bytes per packed block.
+    pub fn blob_size(&self) -> usize {
+        self.block_size * self.bits as usize / 8
+    }
+
+    pub fn k_blocks(&self, k: usize) -> usize {
+        k.div_ceil(self.block_size)
+    }
+
+    /// Bytes per row of packed zero points.
+    pub fn zp_row_bytes(&self, k: usize) -> usize {
+        packed_len(self.k_blocks(k), self.bits)
+    }
 }
 
-/// A [rows, cols] matrix quantized along cols (rows = N output features, cols = K).
+/// Scale and integer zero point of one block.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockFit {
+    pub scale: f32,
+    pub zero_point: u8,
+}
+
+/// Chooses scale and zero point for one block; RTN ([`Rtn`]) and HQQ implement it.
+pub trait BlockSolver: Sync {
+    /// `block` holds the block's real elements (the padding past K is not
+    /// included), all finite, with minimum `lo` and maximum `hi`. `scratch` is a
+    /// per-thread buffer the solver may resize and overwrite.
+    fn fit(
+        &self,
+        block: &[f32],
+        lo: f32,
+        hi: f32,
+        p: &QuantParams,
+        scratch: &mut Vec<f32>,
+    ) -> BlockFit;
+
+    /// True when `fit` reads only `lo` and `hi`; the [K, N] driver then computes
+    /// them column by column without transposing the weight, and calls `fit` with
+    /// an empty block.
+    fn uses_min_max_only(&self) -> bool {
+        false
+    }
+}
+
+/// Round to nearest with min/max scales, exactly as onnxruntime.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Rtn;
+
+impl BlockSolver for Rtn {
+    #[inline]
+    fn fit(&self, _: &[f32], lo: f32, hi: f32, p: &QuantParams, _: &mut Vec<f32>) -> BlockFit {
+        rtn_fit(lo, hi, p)
+    }
+
+    fn uses_min_max_only(&self) -> bool {
+        true
+    }
+}
+
+/// onnxruntime's scale and zero point for a block with min `lo` and max `hi`.
+#[inline]
+pub fn rtn_fit(lo: f32, hi: f32, p: &QuantParams) -> BlockFit {
+    if p.symmetric {
+        let m = if hi.abs() > lo.abs() { hi } else { lo };
+        BlockFit {
+            scale: -m / p.mid() as f32,
+            zero_point: p.mid(),
+        }
+    } else {
+        let lo = lo.min(0.0);
+        let hi = hi.max(0.0);
+        let max = p.max_code() as f32;
+        let scale = (hi - lo) / max;
+        let zf = if scale != 0.0 { -lo / scale } else { lo };
+        let zero_point = if zf < 0.0 {
+            0
+        } else if zf > max {
+            p.max_code()
+        } else {
+            zf.round() as u8
+        };
+        BlockFit { scale, zero_point }
+    }
+}
+
+/// Minimum and maximum of a block, and whether every element is finite.
+#[inline(always)]
+pub fn min_max(block: &[f32]) -> (f32, f32, bool) {
+    const L: usize = 8;
+    let mut lo = [f32::MAX; L];
+    let mut hi = [f32::MIN; L];
+    // v·0 is 0 for finite v and NaN otherwise; the sum stays 0 iff all are finite.
+    let mut nan = [0f32; L];
+    let mut chunks = block.chunks_exact(L);
+    for c in &mut chunks {
+        for j in 0..L {
+            lo[j] = lo[j].min(c[j]);
+            hi[j] = hi[j].max(c[j]);
+            nan[j] += c[j] * 0.0;
+        }
+    }
+    for (j, &v) in chunks.remainder().iter().enumerate() {
+        lo[j] = lo[j].min(v);
+        hi[j] = hi[j].max(v);
+        nan[j] += v * 0.0;
+    }
+    let l = lo.iter().fold(f32::MAX, |a, &b| a.min(b));
+    let h = hi.iter().fold(f32::MIN, |a, &b| a.max(b));
+    let z: f32 = nan.iter().sum();
+    (l, h, z == 0.0 && l.is_finite() && h.is_finite())
+}
+
+/// 2^23: adding it to a float in [0, 2^23) rounds to an integer (ties to even)
+/// held in the low mantissa bits.
+const MAGIC: f32 = 8_388_608.0;
+
+/// `roundf` (half away from zero) of `y` in [0, 2^23), as f32. Written without
+/// libm calls or float→int casts so loops around it vectorize on baseline x86-64.
+#[inline(always)]
+pub fn round_nonneg(y: f32) -> f32 {
+    let n = (y + MAGIC) - MAGIC;
+    // Ties went to even; roundf takes them up. y - n is exact.
+    n + ((y - n == 0.5) as u32 as f32)
+}
+
+/// [`round_nonneg`] of `y` in [0, 255] as a code byte.
+#[inline(always)]
+fn round_code(y: f32) -> u8 {
+    let t = y + MAGIC;
+    let tie = (y - (t - MAGIC) == 0.5) as u32;
+    (t.to_bits() + tie) as u8
+}
+
+/// Codes for `block` given the reciprocal scale and zero point.
+#[inline(always)]
+pub fn encode(block: &[f32], inv: f32, zero_point: f32, max_code: f32, codes: &mut [u8]) {
+    for (c, &v) in codes.iter_mut().zip(block) {
+        // Clamping before rounding equals rounding then clamping for finite input.
+        let y = (v * inv + zero_point).max(0.0).min(max_code);
+        *c = round_code(y);
+    }
+}
+
+/// Reciprocal used for encoding: 1/scale, or 0 for a zero scale.
+#[inline]
+pub fn reciprocal(scale: f32) -> f32 {
+    if scale != 0.0 {
+        1.0 / scale
+    } else {
+        0.0
+    }
+}
+
+/// A [rows, cols] matrix quantized along cols; for a MatMul weight rows = N and
+/// cols = K. See the module docs for the layout.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BlockQuant {
     pub params: QuantParams,
     pub rows: usize,
     pub cols: usize,
-    /// [rows, k_blocks, block_size·bits/8], the last block zero-padded.
+    /// The float type `scales` are rounded to (and should be stored as).
+    pub scale_type: FloatType,
+    /// [rows, k_blocks, blob_size].
     pub packed: Vec<u8>,
     /// [rows, k_blocks].
     pub scales: Vec<f32>,
-    /// Asymmetric only: [rows, ceil(k_blocks·bits/8)], packed like `packed`.
-    pub zero_points: Option<Vec<u8>>,
-}
-
-/// Standard-ONNX DequantizeLinear tensors for the [K, N] weight (axis 0, blocked).
-pub struct QdqWeight {
-    /// int4/int8 (symmetric) or uint4/uint8 (asymmetric).
-    pub dtype: DType,
-    /// [K, N] row-major codes, packed for 4 bits.
-    pub data: Vec<u8>,
-    /// [k_blocks, N].
-    pub scales: Vec<f32>,
-    /// [k_blocks, N] in `dtype`, asymmetric only.
+    /// Asymmetric only: [rows, zp_row_bytes].
     pub zero_points: Option<Vec<u8>>,
 }
 
 impl BlockQuant {
+    /// Wraps existing MatMulNBits-layout buffers (e.g. read from a model) after
+    /// checking their sizes. `params.symmetric` is set from whether zero points
+    /// are given (absent means the implied 2^(bits-1)).
+    pub fn from_parts(
+        params: QuantParams,
+        rows: usize,
+        cols: usize,
+        packed: Vec<u8>,
+        scales: Vec<f32>,
+        zero_points: Option<Vec<u8>>,
+    ) -> Result<Self, QuantError> {
+        params.check()?;
+        let kb = params.k_blocks(cols);
+        let want = |what: &str, got: usize, want: usize| {
+            if got == want {
+                Ok(())
+            } else {
+                Err(QuantError(format!(
+                    "{what} has {got} elements, expected {want} for {rows}x{cols} with {params:?}"
+                )))
+            }
+        };
+        want("packed data", packed.len(), rows * kb * params.blob_size())?;
+        want("scales", scales.len(), rows * kb)?;
+        if let Some(z) = &zero_points {
+            want("zero points", z.len(), rows * params.zp_row_bytes(cols))?;
+        }
+        Ok(BlockQuant {
+            params: QuantParams {
+                symmetric: zero_points.is_none(),
+                ..params
+            },
+            rows,
+            cols,
+            scale_type: FloatType::F32,
+            packed,
+            scales,
+            zero_points,
+        })
+    }
+
     pub fn k_blocks(&self) -> usize {
-        self.cols.div_ceil(self.params.block_size)
+        self.params.k_blocks(self.cols)
     }
 
-    fn blob(&self) -> usize {
-        self.params.block_size * self.params.bits as usize / 8
+    /// Bytes of one packed row.
+    pub fn row_bytes(&self) -> usize {
+        self.k_blocks() * self.params.blob_size()
     }
 
-    fn zp_row_bytes(&self) -> usize {
-        (self.k_blocks() * self.params.bits as usize).div_ceil(8)
+    pub fn zp_row_bytes(&self) -> usize {
+        self.params.zp_row_bytes(self.cols)
     }
 
-    /// Code of element (r, c).
+    /// Codes of row `r`, `cols` of them (padding dropped).
     pub fn codes_row(&self, r: usize) -> Vec<u8> {
-        let row_bytes = self.k_blocks() * self.blob();
-        let mut codes = unpack(
-            &self.packed[r * row_bytes..(r + 1) * row_bytes],
+        let rb = self.row_bytes();
+        let mut codes = vec![0u8; self.cols];
+        unpack_ordered(
+            &self.packed[r * rb..(r + 1) * rb],
             self.params.bits,
-            self.k_blocks() * self.params.block_size,
+            Order::LowFirst,
+            &mut codes,
         );
-        codes.truncate(self.cols);
         codes
     }
 
+    /// Zero points of row `r`, one per block (the implied one when symmetric).
     pub fn zero_points_row(&self, r: usize) -> Vec<u8> {
         let kb = self.k_blocks();
         match &self.zero_points {
             Some(z) => {
-                let n = self.zp_row_bytes();
-                unpack(&z[r * n..(r + 1) * n], self.params.bits, kb)
+                let zr = self.zp_row_bytes();
+                let mut out = vec![0u8; kb];
+                unpack_ordered(
+                    &z[r * zr..(r + 1) * zr],
+                    self.params.bits,
+                    Order::LowFirst,
+                    &mut out,
+                );
+                out
             }
             None => vec![self.params.mid(); kb],
         }
     }
 
-    /// Back to f32, [rows, cols].
+    /// Scales as little-endian bytes of `scale_type`.
+    pub fn scales_le_bytes(&self) -> Vec<u8> {
+        self.scale_type.to_le_bytes(&self.scales)
+    }
+
+    /// Back to f32, [rows, cols] (`(code - zero_point) * scale`).
     pub fn dequantize_rows(&self) -> Vec<f32> {
-        let bs = self.params.block_size;
-        let kb = self.k_blocks();
         let mut out = vec![0f32; self.rows * self.cols];
-        out.par_chunks_mut(self.cols.max(1))
+        if out.is_empty() {
+            return out;
+        }
+        let (bs, kb) = (self.params.block_size, self.k_blocks());
+        out.par_chunks_mut(self.cols)
             .enumerate()
             .for_each(|(r, row)| {
                 let codes = self.codes_row(r);
                 let zps = self.zero_points_row(r);
-                for (c, o) in row.iter_mut().enumerate() {
-                    let b = c / bs;
-                    *o = (codes[c] as f32 - zps[b] as f32) * self.scales[r * kb + b];
+                let scales = &self.scales[r * kb..(r + 1) * kb];
+                for (b, (o, c)) in row.chunks_mut(bs).zip(codes.chunks(bs)).enumerate() {
+                    let (z, s) = (zps[b] as i32, scales[b]);
+                    for (o, &c) in o.iter_mut().zip(c) {
+                        *o = (c as i32 - z) as f32 * s;
+                    }
                 }
             });
         out
     }
 
-    /// Back to f32 in MatMul layout [K, N].
+    /// Back to f32 in MatMul layout [K, N] = [cols, rows], without an
+    /// intermediate [N, K] copy: each task fills 64 rows of K, 16 columns at a
+    /// time through a small local tile.
     pub fn dequantize_kn(&self) -> Vec<f32> {
-        super::transpose(&self.dequantize_rows(), self.rows, self.cols)
-    }
-
-    /// The same quantized values as ONNX DequantizeLinear inputs (axis 0, blocked)
-    /// for the [K, N] weight.
-    pub fn to_qdq(&self) -> QdqWeight {
-        let (n, k, kb) = (self.rows, self.cols, self.k_blocks());
-        let bits = self.params.bits;
-        let sym = self.params.symmetric;
-        let dtype = match (bits, sym) {
-            (4, true) => DType::I4,
-            (4, false) => DType::U4,
-            (_, true) => DType::I8,
-            (_, false) => DType::U8,
-        };
-        let mid = self.params.mid() as i16;
-        // Symmetric codes are stored signed (code - 2^(bits-1)), with no zero point.
-        let to_stored = |code: u8| -> u8 {
-            if sym {
-                let v = code as i16 - mid;
-                (v as u8) & if bits == 4 { 0x0F } else { 0xFF }
-            } else {
-                code
-            }
-        };
-        let mut codes_kn = vec![0u8; k * n];
-        for r in 0..n {
-            for (c, code) in self.codes_row(r).into_iter().enumerate() {
-                codes_kn[c * n + r] = to_stored(code);
-            }
+        const KT: usize = 64; // a multiple of 8: task segments start on a byte
+        const NT: usize = 16;
+        let (n, k, bits) = (self.rows, self.cols, self.params.bits);
+        let mut out = vec![0f32; k * n];
+        if out.is_empty() {
+            return out;
         }
-        let mut zps_kn = vec![0u8; kb * n];
-        let mut scales_kn = vec![0f32; kb * n];
-        for r in 0..n {
-            let z = self.zero_points_row(r);
-            for b in 0..kb {
-                scales_kn[b * n + r] = self.scales[r * kb + b];
-                zps_kn[b * n + r] = z[b];
-            }
-        }
-        let packed = |v: &[u8]| -> Vec<u8> {
-            if bits == 4 {
-                let mut out = vec![0u8; v.len().div_ceil(2)];
-                pack(v, 4, &mut out);
-                out
-            } else {
-                v.to_vec()
-            }
-        };
-        QdqWeight {
-            dtype,
-            data: packed(&codes_kn),
-            scales: scales_kn,
-            zero_points: (!sym).then(|| packed(&zps_kn)),
-        }
+        let (bs, kb, rb) = (self.params.block_size, self.k_blocks(), self.row_bytes());
+        let shift = bs.trailing_zeros();
+        let zps: Vec<u8> = (0..n).flat_map(|r| self.zero_points_row(r)).collect();
+        out.par_chunks_mut(KT * n)
+            .enumerate()
+            .for_each(|(t, chunk)| {
+                let k0 = t * KT;
+                let kl = chunk.len() / n;
+                let mut codes = [0u8; KT];
+                let mut vals = [[0f32; KT]; NT];
+                for nb in (0..n).step_by(NT) {
+                    let nl = NT.min(n - nb);
+                    for (j, v) in vals.iter_mut().enumerate().take(nl) {
+                        let r = nb + j;
+                        let row = &self.packed[r * rb..(r + 1) * rb];
+                        let start = k0 * bits as usize / 8;
+                        unpack_ordered(&row[start..], bits, Order::LowFirst, &mut codes[..kl]);
+                        // Runs of codes that share a block.
+                        let mut i = 0;
+                        while i < kl {
+                            let b = (k0 + i) >> shift;
+                            let end = kl.min((b + 1) * bs - k0);
+                            let (z, sc) = (zps[r * kb + b] as i32, self.scales[r * kb + b]);
+                            for (o, &c) in v[i..end].iter_mut().zip(&codes[i..end]) {
+                                *o = (c as i32 - z) as f32 * sc;
+                            }
+                            i = end;
+                        }
+                    }
+                    for (i, orow) in chunk.chunks_mut(n).enumerate() {
+                        for (j, o) in orow[nb..nb + nl].iter_mut().enumerate() {
+                            *o = vals[j][i];
+                        }
+                    }
+                }
+            });
+        out
     }
 }
 
-/// Scale and zero point (as f32) for one block by onnxruntime's rules.
-pub fn block_scale_zp(block: &[f32], p: &QuantParams) -> (f32, f32) {
-    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
-    for &v in block {
-        lo = lo.min(v);
-        hi = hi.max(v);
-    }
-    if block.is_empty() {
-        return (0.0, p.mid() as f32);
-    }
-    if p.symmetric {
-        let m = if hi.abs() > lo.abs() { hi } else { lo };
-        (m / -(p.mid() as f32), p.mid() as f32)
-    } else {
-        let (lo, hi) = (lo.min(0.0), hi.max(0.0));
-        let scale = (hi - lo) / p.max_code();
-        let zp = if scale == 0.0 {
-            p.mid() as f32
-        } else {
-            (-lo / scale).round().clamp(0.0, p.max_code())
-        };
-        (scale, zp)
-    }
-}
+/// Elements each parallel task of the row-major driver works on (about).
+const TASK_ELEMS: usize = 1 << 16;
+/// Columns of N per task in the [K, N] driver: 64 f32 = 256 contiguous bytes per
+/// row read.
+const KN_TILE: usize = 64;
 
-/// Codes for one block with a given scale and (integer) zero point.
-#[inline]
-pub fn block_codes(block: &[f32], scale: f32, zp: f32, max_code: f32, out: &mut [u8]) {
-    let inv = if scale == 0.0 { 0.0 } else { 1.0 / scale };
-    for (o, &v) in out.iter_mut().zip(block) {
-        *o = (v * inv + zp).round().clamp(0.0, max_code) as u8;
-    }
-}
-
-/// How one block is quantized: RTN, or a smarter search (HQQ) returning scale and
-/// integer zero point.
-pub type BlockSolver = dyn Fn(&[f32], &QuantParams) -> (f32, f32) + Sync;
-
-/// Quantizes a row-major [rows, cols] matrix along cols.
+/// Quantizes the row-major [rows, cols] matrix `w` along its rows (RTN, f32 scales).
 pub fn quantize_rows(
     w: &[f32],
     rows: usize,
     cols: usize,
     p: &QuantParams,
 ) -> Result<BlockQuant, QuantError> {
-    quantize_rows_with(w, rows, cols, p, &block_scale_zp)
+    quantize_rows_with(w, rows, cols, p, FloatType::F32, &Rtn)
 }
 
-/// Quantizes the ONNX MatMul weight [K, N] (stored transposed as [N, K] blocks).
+/// Quantizes the ONNX MatMul weight [K, N] along K (RTN, f32 scales); the result
+/// is laid out [N, k_blocks, blob] like [`quantize_rows`] of its transpose.
 pub fn quantize_kn(
     w: &[f32],
     k: usize,
     n: usize,
     p: &QuantParams,
 ) -> Result<BlockQuant, QuantError> {
-    if w.len() != k * n {
-        return Err(QuantError(format!(
-            "weight has {} values, expected {k}x{n}",
-            w.len()
-        )));
-    }
-    quantize_rows(&super::transpose(w, k, n), n, k, p)
+    quantize_kn_with(w, k, n, p, FloatType::F32, &Rtn)
 }
 
-pub fn quantize_rows_with(
+/// [`quantize_rows`] with scales rounded to `scale_type` before encoding (the
+/// weight was f16/bf16).
+pub fn quantize_rows_as(
     w: &[f32],
     rows: usize,
     cols: usize,
     p: &QuantParams,
-    solve: &BlockSolver,
+    scale_type: FloatType,
 ) -> Result<BlockQuant, QuantError> {
-    p.check()?;
-    if w.len() != rows * cols {
+    quantize_rows_with(w, rows, cols, p, scale_type, &Rtn)
+}
+
+/// [`quantize_kn`] with scales rounded to `scale_type` before encoding.
+pub fn quantize_kn_as(
+    w: &[f32],
+    k: usize,
+    n: usize,
+    p: &QuantParams,
+    scale_type: FloatType,
+) -> Result<BlockQuant, QuantError> {
+    quantize_kn_with(w, k, n, p, scale_type, &Rtn)
+}
+
+/// Shared state of one quantization run.
+struct Run<'a, S> {
+    p: &'a QuantParams,
+    scale_type: FloatType,
+    solver: &'a S,
+    max_code: f32,
+}
+
+/// Per-thread buffers.
+struct Scratch {
+    codes: Vec<u8>,
+    solver: Vec<f32>,
+}
+
+impl<S: BlockSolver> Run<'_, S> {
+    /// Quantizes one block into `blob`; None if it holds a non-finite value.
+    #[inline]
+    fn block(&self, block: &[f32], blob: &mut [u8], sc: &mut Scratch) -> Option<(f32, u8)> {
+        let (lo, hi, finite) = min_max(block);
+        if !finite {
+            return None;
+        }
+        let fit = self.solver.fit(block, lo, hi, self.p, &mut sc.solver);
+        let scale = self.scale_type.round(fit.scale);
+        let codes = &mut sc.codes[..self.p.block_size];
+        let (real, pad) = codes.split_at_mut(block.len());
+        encode(
+            block,
+            reciprocal(scale),
+            fit.zero_point as f32,
+            self.max_code,
+            real,
+        );
+        pad.fill(0);
+        pack(codes, self.p.bits, blob);
+        Some((scale, fit.zero_point))
+    }
+}
+
+struct Outputs {
+    packed: Vec<u8>,
+    scales: Vec<f32>,
+    zp_codes_packed: Vec<u8>,
+}
+
+fn check_shape(w: &[f32], a: usize, b: usize, layout: &str) -> Result<(), QuantError> {
+    if a.checked_mul(b) != Some(w.len()) {
         return Err(QuantError(format!(
-            "weight has {} values, expected {rows}x{cols}",
+            "weight has {} values, expected {a}x{b} ({layout})",
             w.len()
         )));
     }
-    if let Some(i) = w.iter().position(|v| !v.is_finite()) {
-        return Err(QuantError(format!(
-            "non-finite weight value {} at element {i}",
-            w[i]
-        )));
+    Ok(())
+}
+
+fn alloc(rows: usize, cols: usize, p: &QuantParams) -> Outputs {
+    let kb = p.k_blocks(cols);
+    Outputs {
+        packed: vec![0u8; rows * kb * p.blob_size()],
+        scales: vec![0f32; rows * kb],
+        zp_codes_packed: vec![0u8; rows * p.zp_row_bytes(cols)],
     }
-    let bs = p.block_size;
-    let kb = cols.div_ceil(bs);
-    let blob = bs * p.bits as usize / 8;
-    let zp_row = (kb * p.bits as usize).div_ceil(8);
-    let mut packed = vec![0u8; rows * kb * blob];
-    let mut scales = vec![0f32; rows * kb];
-    let mut zps = vec![0u8; rows * zp_row];
-    let max_code = p.max_code();
-    packed
-        .par_chunks_mut((kb * blob).max(1))
-        .zip(scales.par_chunks_mut(kb.max(1)))
-        .zip(zps.par_chunks_mut(zp_row.max(1)))
-        .enumerate()
-        .for_each(|(r, ((prow, srow), zrow))| {
-            let row = &w[r * cols..(r + 1) * cols];
-            let mut padded = vec![0f32; bs];
-            let mut codes = vec![0u8; bs];
-            let mut z = vec![0u8; kb];
-            for b in 0..kb {
-                let start = b * bs;
-                let end = (start + bs).min(cols);
-                // The last block is padded with zeros, as onnxruntime does.
-                let block: &[f32] = if end - start == bs {
-                    &row[start..end]
-                } else {
-                    padded.fill(0.0);
-                    padded[..end - start].copy_from_slice(&row[start..end]);
-                    &padded
-                };
-                let (scale, zp) = solve(block, p);
-                block_codes(block, scale, zp, max_code, &mut codes);
-                srow[b] = scale;
-                z[b] = zp as u8;
-                pack(&codes, p.bits, &mut prow[b * blob..(b + 1) * blob]);
-            }
-            pack(&z, p.bits, zrow);
-        });
-    Ok(BlockQuant {
+}
+
+fn finish(
+    o: Outputs,
+    rows: usize,
+    cols: usize,
+    p: &QuantParams,
+    scale_type: FloatType,
+) -> BlockQuant {
+    BlockQuant {
         params: *p,
         rows,
         cols,
-        packed,
-        scales,
-        zero_points: (!p.symmetric).then_some(zps),
-    })
+        scale_type,
+        packed: o.packed,
+        scales: o.scales,
+        zero_points: (!p.symmetric).then_some(o.zp_codes_packed),
+    }
+}
+
+fn non_finite(w: &[f32], cols: usize, layout: &str) -> QuantError {
+    let i = w.iter().position(|v| !v.is_finite()).unwrap_or(0);
+    QuantError(format!(
+        "non-finite weight value {} at element {i} (row {}, column {} of {layout})",
+        w.get(i).copied().unwrap_or(f32::NAN),
+        i / cols.max(1),
+        i % cols.max(1)
+    ))
+}
+
+/// [`quantize_rows`] with a chosen scale type and block solver.
+pub fn quantize_rows_with<S: BlockSolver>(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    p: &QuantParams,
+    scale_type: FloatType,
+    solver: &S,
+) -> Result<BlockQuant, QuantError> {
+    p.check()?;
+    check_shape(w, rows, cols, "[rows, cols]")?;
+    let mut o = alloc(rows, cols, p);
+    if rows == 0 || cols == 0 {
+        return Ok(finish(o, rows, cols, p, scale_type));
+    }
+    let run = Run {
+        p,
+        scale_type,
+        solver,
+        max_code: p.max_code() as f32,
+    };
+    let (bs, kb, blob, zr) = (
+        p.block_size,
+        p.k_blocks(cols),
+        p.blob_size(),
+        p.zp_row_bytes(cols),
+    );
+    let rows_per_task = (TASK_ELEMS / cols).max(1);
+    let bad = AtomicBool::new(false);
+    o.packed
+        .par_chunks_mut(rows_per_task * kb * blob)
+        .zip(o.scales.par_chunks_mut(rows_per_task * kb))
+        .zip(o.zp_codes_packed.par_chunks_mut(rows_per_task * zr))
+        .enumerate()
+        .for_each(|(t, ((packed, scales), zps))| {
+            let mut sc = Scratch {
+                codes: vec![0u8; bs],
+                solver: Vec::new(),
+            };
+            // Whole bytes of zero-point slots; the unused ones keep the midpoint.
+            let mut zcodes = vec![p.mid(); zr * 8 / p.bits as usize];
+            let r0 = t * rows_per_task;
+            for (i, ((prow, srow), zrow)) in packed
+                .chunks_mut(kb * blob)
+                .zip(scales.chunks_mut(kb))
+                .zip(zps.chunks_mut(zr))
+                .enumerate()
+            {
+                let row = &w[(r0 + i) * cols..][..cols];
+                for (b, (block, blob_out)) in row.chunks(bs).zip(prow.chunks_mut(blob)).enumerate()
+                {
+                    match run.block(block, blob_out, &mut sc) {
+                        Some((s, z)) => {
+                            srow[b] = s;
+                            zcodes[b] = z;
+                        }
+                        None => bad.store(true, Ordering::Relaxed),
+                    }
+                }
+                pack(&zcodes, p.bits, zrow);
+            }
+        });
+    if bad.load(Ordering::Relaxed) {
+        return Err(non_finite(w, cols, "[rows, cols]"));
+    }
+    Ok(finish(o, rows, cols, p, scale_type))
+}
+
+/// [`quantize_kn`] with a chosen scale type and block solver. Works on tiles of
+/// `KN_TILE` (64) output columns, reading the weight once, row segment by row
+/// segment: solvers that need only min/max get them column-wise (vertical SIMD,
+/// codes packed along K and transposed as bytes); others get each block gathered
+/// transposed into a small buffer.
+pub fn quantize_kn_with<S: BlockSolver>(
+    w: &[f32],
+    k: usize,
+    n: usize,
+    p: &QuantParams,
+    scale_type: FloatType,
+    solver: &S,
+) -> Result<BlockQuant, QuantError> {
+    p.check()?;
+    check_shape(w, k, n, "[K, N]")?;
+    let mut o = alloc(n, k, p);
+    if k == 0 || n == 0 {
+        return Ok(finish(o, n, k, p, scale_type));
+    }
+    let run = Run {
+        p,
+        scale_type,
+        solver,
+        max_code: p.max_code() as f32,
+    };
+    let (kb, blob, zr) = (p.k_blocks(k), p.blob_size(), p.zp_row_bytes(k));
+    // Whole bytes of zero-point slots per row; the unused ones keep the midpoint.
+    let zslots = zr * 8 / p.bits as usize;
+    let bad = AtomicBool::new(false);
+    o.packed
+        .par_chunks_mut(KN_TILE * kb * blob)
+        .zip(o.scales.par_chunks_mut(KN_TILE * kb))
+        .zip(o.zp_codes_packed.par_chunks_mut(KN_TILE * zr))
+        .enumerate()
+        .for_each(|(t, ((packed, scales), zps))| {
+            let tile = Tile {
+                w,
+                k,
+                n,
+                n0: t * KN_TILE,
+                tn: scales.len() / kb,
+                zslots,
+            };
+            let mut zcodes = vec![p.mid(); tile.tn * zslots];
+            let finite = if solver.uses_min_max_only() {
+                tile.columnwise(&run, packed, scales, &mut zcodes)
+            } else {
+                tile.gathered(&run, packed, scales, &mut zcodes)
+            };
+            if !finite {
+                bad.store(true, Ordering::Relaxed);
+            }
+            for (zc, zrow) in zcodes.chunks(zslots).zip(zps.chunks_mut(zr)) {
+                pack(zc, p.bits, zrow);
+            }
+        });
+    if bad.load(Ordering::Relaxed) {
+        return Err(non_finite(w, n, "[K, N]"));
+    }
+    Ok(finish(o, n, k, p, scale_type))
+}
+
+/// Columns `n0..n0+tn` of a [K, N] weight, producing rows `n0..` of the output.
+/// Output slices are the tile's own: `packed` [tn, kb, blob], `scales` [tn, kb],
+/// `zcodes` [tn, zslots] (unpacked zero points).
+struct Tile<'a> {
+    w: &'a [f32],
+    k: usize,
+    n: usize,
+    n0: usize,
+    tn: usize,
+    zslots: usize,
+}
+
+impl Tile<'_> {
+    /// Any solver: each block gathered into a contiguous buffer. False if a value
+    /// is not finite.
+    fn gathered<S: BlockSolver>(
+        &self,
+        run: &Run<S>,
+        packed: &mut [u8],
+        scales: &mut [f32],
+        zcodes: &mut [u8],
+    ) -> bool {
+        let p = run.p;
+        let (bs, kb, blob, tn) = (p.block_size, p.k_blocks(self.k), p.blob_size(), self.tn);
+        let mut sc = Scratch {
+            codes: vec![0u8; bs],
+            solver: Vec::new(),
+        };
+        let mut buf = vec![0f32; tn * bs];
+        let mut finite = true;
+        for b in 0..kb {
+            let k0 = b * bs;
+            let len = bs.min(self.k - k0);
+            gather_columns(self.w, self.n, self.n0, tn, k0, len, &mut buf, bs);
+            for j in 0..tn {
+                let blob_out = &mut packed[(j * kb + b) * blob..][..blob];
+                match run.block(&buf[j * bs..][..len], blob_out, &mut sc) {
+                    Some((s, z)) => {
+                        scales[j * kb + b] = s;
+                        zcodes[j * self.zslots + b] = z;
+                    }
+                    None => finite = false,
+                }
+            }
+        }
+        finite
+    }
+
+    /// Solvers that use only min/max, without transposing floats. Produces the
+    /// same bits as the row-major path: min/max do not depend on order, and each
+    /// code is computed by the same expression.
+    fn columnwise<S: BlockSolver>(
+        &self,
+        run: &Run<S>,
+        packed: &mut [u8],
+        scales: &mut [f32],
+        zcodes: &mut [u8],
+    ) -> bool {
+        let p = run.p;
+        let (bs, kb, blob, tn) = (p.block_size, p.k_blocks(self.k), p.blob_size(), self.tn);
+        let per = 8 / p.bits as usize;
+        let (mut lo, mut hi, mut nan) = (vec![0f32; tn], vec![0f32; tn], vec![0f32; tn]);
+        let (mut inv, mut zpf) = (vec![0f32; tn], vec![0f32; tn]);
+        // Codes of one block, [bs, tn]; then bytes packed along K, [blob, tn].
+        let mut codes = vec![0u8; bs * tn];
+        let mut bytes = vec![0u8; blob * tn];
+        let mut none = Vec::new();
+        let mut finite = true;
+        for b in 0..kb {
+            let k0 = b * bs;
+            let len = bs.min(self.k - k0);
+            let row = |r: usize| &self.w[(k0 + r) * self.n + self.n0..][..tn];
+            lo.fill(f32::MAX);
+            hi.fill(f32::MIN);
+            nan.fill(0.0);
+            for r in 0..len {
+                for (((l, h), z), &v) in lo.iter_mut().zip(&mut hi).zip(&mut nan).zip(row(r)) {
+                    *l = if v < *l { v } else { *l };
+                    *h = if v > *h { v } else { *h };
+                    *z += v * 0.0;
+                }
+            }
+            for j in 0..tn {
+                finite &= nan[j] == 0.0 && lo[j].is_finite() && hi[j].is_finite();
+                let fit = run.solver.fit(&[], lo[j], hi[j], p, &mut none);
+                let s = run.scale_type.round(fit.scale);
+                inv[j] = reciprocal(s);
+                zpf[j] = fit.zero_point as f32;
+                scales[j * kb + b] = s;
+                zcodes[j * self.zslots + b] = fit.zero_point;
+            }
+            for r in 0..len {
+                let out = &mut codes[r * tn..][..tn];
+                for (((c, &v), &i), &z) in out.iter_mut().zip(row(r)).zip(&inv).zip(&zpf) {
+                    *c = round_code((v * i + z).max(0.0).min(run.max_code));
+                }
+            }
+            codes[len * tn..].fill(0);
+            // Combine `per` consecutive rows of codes into one row of bytes.
+            let src: &[u8] = if per == 1 {
+                &codes
+            } else {
+                for (i, out) in bytes.chunks_mut(tn).enumerate() {
+                    let rows = &codes[i * per * tn..][..per * tn];
+                    match per {
+                        2 => {
+                            let (c0, c1) = rows.split_at(tn);
+                            for ((o, &a), &b) in out.iter_mut().zip(c0).zip(c1) {
+                                *o = a | b << 4;
+                            }
+                        }
+                        _ => {
+                            let (c01, c23) = rows.split_at(2 * tn);
+                            let (c0, c1) = c01.split_at(tn);
+                            let (c2, c3) = c23.split_at(tn);
+                            for ((((o, &a), &b), &c), &d) in
+                                out.iter_mut().zip(c0).zip(c1).zip(c2).zip(c3)
+                            {
+                                *o = a | b << 2 | c << 4 | d << 6;
+                            }
+                        }
+                    }
+                }
+                &bytes
+            };
+            // [blob, tn] → each output row's blob b.
+            gather_columns(src, tn, 0, tn, 0, blob, &mut packed[b * blob..], kb * blob);
+        }
+        finite
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn data(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed;
+    /// Deterministic values in [-1, 1) with a few large ones.
+    fn data(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(1664525).wrapping_add(1013904223);
-                ((s >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 2.0
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                let u = (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+                if i % 53 == 0 {
+                    u * 4.0
+                } else {
+                    u
+                }
             })
             .collect()
     }
 
+    fn params(bits: u8, block_size: usize, symmetric: bool) -> QuantParams {
+        QuantParams::new(bits, block_size, symmetric).unwrap()
+    }
+
     #[test]
     fn dequantized_error_is_within_half_a_step() {
-        for &(bits, sym) in &[(4u8, true), (4, false), (8, true), (8, false), (2, false)] {
-            let (k, n) = (100, 24); // K not a multiple of the block size
-            let w = data(k * n, bits as u32);
-            let p = QuantParams {
-                bits,
-                block_size: 32,
-                symmetric: sym,
-            };
-            let q = quantize_kn(&w, k, n, &p).unwrap();
-            let d = q.dequantize_kn();
-            let kb = q.k_blocks();
-            for kk in 0..k {
-                for nn in 0..n {
-                    let s = q.scales[nn * kb + kk / 32].abs();
-                    let err = (w[kk * n + nn] - d[kk * n + nn]).abs();
-                    // Symmetric grids are one-sided: the extreme code on the short side clips.
-                    let bound = if sym { s * 1.0 + 1e-6 } else { s * 0.5 + 1e-6 };
-                    assert!(err <= bound, "bits {bits} sym {sym}: err {err} > {bound}");
+        for bits in [2u8, 4, 8] {
+            for sym in [true, false] {
+                // K not a multiple of the block size; N not a multiple of the tile.
+                let (k, n) = (100, 70);
+                let w = data(k * n, bits as u64 + sym as u64 * 10);
+                let p = params(bits, 32, sym);
+                let q = quantize_kn(&w, k, n, &p).unwrap();
+                let d = q.dequantize_kn();
+                let kb = q.k_blocks();
+                for kk in 0..k {
+                    for nn in 0..n {
+                        let s = q.scales[nn * kb + kk / 32].abs();
+                        let x = w[kk * n + nn];
+                        let err = (x - d[kk * n + nn]).abs();
+                        // Asymmetric grids cover [min, max]. A symmetric grid has one
+                        // code less on the side opposite the extreme value, so values
+                        // there may clip by up to one more step.
+                        let bound = if sym { s * 1.5 } else { s * 0.5 } + 1e-6;
+                        assert!(
+                            err <= bound,
+                            "bits {bits} sym {sym}: {x} err {err} > {bound}"
+                        );
+                    }
                 }
             }
         }
     }
 
     #[test]
-    fn qdq_layout_matches_blocks() {
-        let (k, n) = (64, 8);
-        let w = data(k * n, 7);
+    fn kn_and_rows_entry_points_agree_bit_for_bit() {
+        for (bits, sym, bs) in [
+            (4u8, true, 32usize),
+            (4, false, 16),
+            (8, false, 64),
+            (2, true, 32),
+        ] {
+            let (k, n) = (200, 131);
+            let w = data(k * n, 7);
+            let p = params(bits, bs, sym);
+            let a = quantize_kn(&w, k, n, &p).unwrap();
+            let b = quantize_rows(&crate::quant::transpose(&w, k, n), n, k, &p).unwrap();
+            assert_eq!(a, b);
+        }
+    }
+
+    #[test]
+    fn dequantize_kn_is_the_transpose_of_dequantize_rows() {
+        for (bits, sym) in [(2u8, false), (4, true), (4, false), (8, false)] {
+            // Several K tasks, a partial last one, N not a multiple of the tile.
+            let (k, n) = (150, 37);
+            let w = data(k * n, 21);
+            let q = quantize_kn(&w, k, n, &params(bits, 16, sym)).unwrap();
+            let rows = q.dequantize_rows();
+            assert_eq!(q.dequantize_kn(), crate::quant::transpose(&rows, n, k));
+        }
+    }
+
+    #[test]
+    fn padding_codes_are_zero_and_layout_sizes_follow_k_blocks() {
+        let (k, n) = (40, 3);
+        let w = data(k * n, 3);
         for sym in [true, false] {
-            let p = QuantParams {
-                bits: 4,
-                block_size: 32,
-                symmetric: sym,
-            };
+            let p = params(4, 32, sym);
             let q = quantize_kn(&w, k, n, &p).unwrap();
-            let d = q.to_qdq();
-            let codes = unpack(&d.data, 4, k * n);
-            let deq = q.dequantize_kn();
-            for kk in 0..k {
-                for nn in 0..n {
-                    let c = codes[kk * n + nn];
-                    let v = if sym {
-                        ((c as i8) << 4 >> 4) as f32
-                    } else {
-                        let z =
-                            unpack(d.zero_points.as_ref().unwrap(), 4, 2 * n)[(kk / 32) * n + nn];
-                        c as f32 - z as f32
-                    };
-                    let x = v * d.scales[(kk / 32) * n + nn];
-                    assert!((x - deq[kk * n + nn]).abs() < 1e-6);
-                }
+            assert_eq!(q.k_blocks(), 2);
+            assert_eq!(q.packed.len(), n * 2 * 16);
+            assert_eq!(q.scales.len(), n * 2);
+            assert_eq!(q.zero_points.as_ref().map(Vec::len), (!sym).then_some(n));
+            for r in 0..n {
+                let row = &q.packed[r * 32..(r + 1) * 32];
+                // Elements 40..64 of the row live in bytes 20..32 of the row.
+                assert!(row[20..].iter().all(|&b| b == 0));
             }
+        }
+        // Three blocks: the fourth zero-point slot of each row holds the midpoint.
+        let q = quantize_kn(&w, k, n, &params(4, 16, false)).unwrap();
+        let z = q.zero_points.unwrap();
+        assert_eq!(z.len(), n * 2);
+        assert!(z.chunks(2).all(|row| row[1] >> 4 == 8));
+    }
+
+    #[test]
+    fn symmetric_scale_follows_the_signed_extreme() {
+        let p = params(4, 16, true);
+        let mut w = vec![0.5f32; 16];
+        w[3] = -2.0;
+        let q = quantize_rows(&w, 1, 16, &p).unwrap();
+        // -(-2)/8: the negative extreme maps to code 0 (= -8 after the offset).
+        assert_eq!(q.scales[0], 0.25);
+        assert_eq!(q.codes_row(0)[3], 0);
+        w[3] = 2.0;
+        let q = quantize_rows(&w, 1, 16, &p).unwrap();
+        assert_eq!(q.scales[0], -0.25);
+        assert_eq!(q.codes_row(0)[3], 0);
+    }
+
+    #[test]
+    fn all_zero_blocks_use_zero_scale() {
+        let w = vec![0f32; 32];
+        let q = quantize_rows(&w, 1, 32, &params(4, 32, false)).unwrap();
+        assert_eq!(q.scales, vec![0.0]);
+        assert_eq!(q.zero_points_row(0), vec![0]);
+        assert!(q.dequantize_rows().iter().all(|&v| v == 0.0));
+        let q = quantize_rows(&w, 1, 32, &params(4, 32, true)).unwrap();
+        assert!(q.codes_row(0).iter().all(|&c| c == 8));
+    }
+
+    #[test]
+    fn rounding_is_half_away_from_zero_like_roundf() {
+        let mut ys = vec![
+            0.0f32, 0.49999997, 0.5, 1.5, 2.5, 7.4999995, 14.5, 254.5, 255.0,
+        ];
+        ys.extend((0..100_000).map(|i| i as f32 * 0.002_55));
+        for y in ys {
+            assert_eq!(round_nonneg(y), y.round(), "{y}");
+            assert_eq!(round_code(y), y.round() as u8, "{y}");
         }
     }
 
     #[test]
-    fn rejects_bad_params_and_values() {
-        let p = QuantParams {
-            bits: 3,
-            block_size: 32,
-            symmetric: true,
-        };
-        assert!(quantize_rows(&[0.0; 32], 1, 32, &p).is_err());
-        let p = QuantParams {
-            bits: 4,
-            block_size: 24,
-            symmetric: true,
-        };
-        assert!(quantize_rows(&[0.0; 24], 1, 24, &p).is_err());
-        let p = QuantParams {
-            bits: 4,
-            block_size: 32,
-            symmetric: true,
-        };
-        assert!(quantize_rows(&[f32::NAN; 32], 1, 32, &p).is_err());
+    fn f16_scales_are_representable_and_used_for_codes() {
+        let (k, n) = (64, 8);
+        let w = data(k * n, 11);
+        let p = params(4, 32, false);
+        let q = quantize_kn_as(&w, k, n, &p, FloatType::F16).unwrap();
+        for &s in &q.scales {
+            assert_eq!(half::f16::from_f32(s).to_f32(), s);
+        }
+        let d = q.dequantize_kn();
+        let err = w
+            .iter()
+            .zip(&d)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        let max_scale = q.scales.iter().fold(0f32, |m, s| m.max(s.abs()));
+        assert!(err <= max_scale * 0.5 * 1.01, "{err} vs {max_scale}");
+    }
+
+    #[test]
+    fn results_do_not_depend_on_thread_count() {
+        let (k, n) = (512, 300);
+        let w = data(k * n, 5);
+        let p = params(4, 32, false);
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let a = one.install(|| quantize_kn(&w, k, n, &p).unwrap());
+        let b = quantize_kn(&w, k, n, &p).unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn rejects_bad_params_shapes_and_values() {
+        assert!(QuantParams::new(3, 32, true).is_err());
+        assert!(QuantParams::new(4, 24, true).is_err());
+        assert!(QuantParams::new(4, 8, true).is_err());
+        let p = params(4, 32, true);
+        assert!(quantize_rows(&[0.0; 31], 1, 32, &p).is_err());
+        let mut w = vec![0.0f32; 64];
+        w[40] = f32::NAN;
+        let e = quantize_kn(&w, 8, 8, &p).unwrap_err().to_string();
+        assert!(e.contains("element 40") && e.contains("row 5"), "{e}");
+        w[40] = f32::INFINITY;
+        assert!(quantize_rows(&w, 2, 32, &p).is_err());
+    }
+
+    #[test]
+    fn from_parts_checks_sizes_and_roundtrips() {
+        let (k, n) = (48, 5);
+        let w = data(k * n, 9);
+        let p = params(4, 16, false);
+        let q = quantize_kn(&w, k, n, &p).unwrap();
+        let back = BlockQuant::from_parts(
+            p,
+            n,
+            k,
+            q.packed.clone(),
+            q.scales.clone(),
+            q.zero_points.clone(),
+        )
+        .unwrap();
+        assert_eq!(back.dequantize_kn(), q.dequantize_kn());
+        assert!(BlockQuant::from_parts(p, n, k, vec![0; 3], q.scales.clone(), None).is_err());
     }
 }

@@ -1,82 +1,149 @@
 //! Inputs for verification: seeded random values shaped like the model's declared
 //! inputs, with LLM-aware defaults (token ids within the vocabulary, an all-ones
-//! attention mask, position ids counting up).
+//! attention mask, position ids counting up from the cache length).
 use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
-use crate::ir::{DType, Dim, IoSpec, Model, Use};
-
-/// Typed input data.
-#[derive(Clone, Debug)]
-pub enum Data {
-    F32(Vec<f32>),
-    F16(Vec<half::f16>),
-    I64(Vec<i64>),
-    I32(Vec<i32>),
-    Bool(Vec<bool>),
-}
-
-#[derive(Clone, Debug)]
-pub struct Feed {
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub data: Data,
-}
-
-/// An output, as f32 for metrics.
-#[derive(Clone, Debug)]
-pub struct HostTensor {
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub values: Vec<f32>,
-    pub is_float: bool,
-}
+use crate::ir::{DType, Dim, Graph, IoSpec, Model, Use, ValueId};
+use crate::runtime::{HostTensor, NamedTensors, RuntimeError};
 
 /// Facts about inputs read from the graph: the vocabulary size behind token ids.
-#[derive(Default, Debug)]
+#[derive(Default, Debug, Clone)]
 pub struct InputHints {
     pub vocab: BTreeMap<String, i64>,
 }
+
+/// Ops an id input may pass through on its way to the embedding Gather.
+const PASS_THROUGH: &[&str] = &[
+    "Cast",
+    "Reshape",
+    "Unsqueeze",
+    "Squeeze",
+    "Flatten",
+    "Identity",
+];
 
 impl InputHints {
     pub fn from_model(m: &Model) -> Self {
         let g = &m.graph;
         let mut vocab = BTreeMap::new();
         for io in &g.inputs {
-            for u in g.value(io.value).uses() {
-                let Use::Input(n, 1) = u else { continue };
-                let node = g.node(*n);
-                if node.op_type.starts_with("Gather") {
-                    if let Some(t) = node.input(0).and_then(|d| g.initializer(d)) {
-                        if let Some(&rows) = t.dims.first() {
-                            vocab.insert(g.value_name(io.value).to_string(), rows);
-                        }
-                    }
-                }
+            if let Some(rows) = gather_rows(g, io.value, 3) {
+                vocab.insert(g.value_name(io.value).to_string(), rows);
             }
         }
         InputHints { vocab }
     }
 }
 
-/// A default for a symbolic dim nobody set: batch 1, an empty KV cache (every
-/// runtime supports a prefill from nothing), 8 tokens otherwise.
-fn default_dim(name: &str) -> i64 {
+/// Rows of the table a Gather (or GatherBlockQuantized) indexes with `v`, looking
+/// through up to `depth` shape/cast ops.
+fn gather_rows(g: &Graph, v: ValueId, depth: usize) -> Option<i64> {
+    let mut best: Option<i64> = None;
+    for u in g.value(v).uses() {
+        let Use::Input(n, slot) = *u else { continue };
+        let node = g.node(n);
+        let rows = if slot == 1
+            && node.op_type.starts_with("Gather")
+            && node.attr_int("axis").unwrap_or(0) == 0
+        {
+            node.input(0).and_then(|d| {
+                g.initializer(d)
+                    .and_then(|t| t.dims.first().copied())
+                    .or_else(|| {
+                        g.info(d)
+                            .and_then(|i| i.ty.as_ref())
+                            .and_then(|t| t.tensor_parts())
+                            .and_then(|(_, dims)| match dims?.first()? {
+                                Dim::Value(r) => Some(*r),
+                                _ => None,
+                            })
+                    })
+            })
+        } else if slot == 0 && depth > 0 && PASS_THROUGH.contains(&node.op_type.as_str()) {
+            node.output(0).and_then(|o| gather_rows(g, o, depth - 1))
+        } else {
+            None
+        };
+        if let Some(r) = rows.filter(|&r| r > 0) {
+            best = Some(best.map_or(r, |b| b.min(r)));
+        }
+    }
+    best
+}
+
+/// The value of a symbolic dim nobody set, for the names exporters use: batch 1,
+/// an empty KV cache (every runtime supports a prefill from nothing), 8 tokens.
+fn default_dim(name: &str, dims: &BTreeMap<String, i64>) -> Option<i64> {
     let n = name.to_ascii_lowercase();
+    let lookup = |pred: &dyn Fn(&str) -> bool, dflt: i64| {
+        dims.iter()
+            .find(|(k, _)| pred(&k.to_ascii_lowercase()))
+            .map_or(dflt, |(_, v)| *v)
+    };
+    let is_past = |k: &str| k.contains("past");
+    let is_seq = |k: &str| {
+        !k.contains("past") && !k.contains("total") && (k.contains("seq") || k.contains("len"))
+    };
     if n.contains("batch") {
-        1
-    } else if n.contains("past") {
-        0
+        Some(1)
+    } else if is_past(&n) {
+        Some(0)
+    } else if n.contains("total") && (n.contains("seq") || n.contains("len")) {
+        Some(lookup(&is_past, 0) + lookup(&is_seq, 8))
+    } else if is_seq(&n) || n.contains("token") {
+        Some(8)
     } else {
-        8
+        None
     }
 }
 
-struct Rng(u64);
+/// Concrete shapes for `specs`: symbolic dims from `dims`, else the defaults of
+/// [`default_dim`], else an error naming the dim.
+pub fn resolve_shapes(specs: &[IoSpec], dims: &BTreeMap<String, i64>) -> Result<Vec<Vec<usize>>> {
+    specs
+        .iter()
+        .map(|s| {
+            let declared = s.dims.as_ref().ok_or_else(|| {
+                Error::invalid(format!(
+                    "input '{}' has no declared shape; give its values with --inputs",
+                    s.name
+                ))
+            })?;
+            declared
+                .iter()
+                .enumerate()
+                .map(|(axis, d)| match d {
+                    Dim::Value(v) if *v >= 0 => Ok(*v as usize),
+                    Dim::Param(p) => {
+                        let v = dims.get(p).copied().or_else(|| default_dim(p, dims)).ok_or_else(|| {
+                            RuntimeError::UnresolvedDim {
+                                input: s.name.clone(),
+                                dim: p.clone(),
+                            }
+                        })?;
+                        usize::try_from(v)
+                            .map_err(|_| Error::invalid(format!("--dim {p}={v}: must not be negative")))
+                    }
+                    _ => Err(Error::invalid(format!(
+                        "input '{}': dim {axis} has no size and no name; give its values with --inputs",
+                        s.name
+                    ))),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// splitmix64: small, seeded, identical on every platform.
+pub(crate) struct Rng(u64);
 
 impl Rng {
+    pub(crate) fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x006f_6e6e_7871)
+    }
+
     fn next(&mut self) -> u64 {
-        // splitmix64: small, seeded, identical on every platform.
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -84,82 +151,171 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    fn uniform(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    /// Uniform in [-1, 1).
+    fn signed(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
     }
 }
 
-/// Seeded random feeds for every input in `specs`.
+/// Seeded random feeds for every input in `specs`: floats uniform in [-1, 1);
+/// integer inputs named like ids in [0, vocab) (vocab from `hints`, else 10),
+/// masks all ones, position ids counting from the past length; other integers in
+/// [0, 10); bools random.
 pub fn random_inputs(
     specs: &[IoSpec],
     dims: &BTreeMap<String, i64>,
     hints: &InputHints,
     seed: u64,
-) -> Result<Vec<Feed>> {
-    let mut rng = Rng(seed ^ 0x006f_6e6e_7871);
+) -> Result<NamedTensors> {
+    let shapes = resolve_shapes(specs, dims)?;
+    let past = dims
+        .iter()
+        .find(|(k, _)| k.to_ascii_lowercase().contains("past"))
+        .map_or(0, |(_, v)| *v);
+    let mut rng = Rng::new(seed);
     specs
         .iter()
-        .map(|s| {
-            let shape: Vec<usize> = s
-                .dims
-                .as_ref()
-                .ok_or_else(|| {
-                    Error::invalid(format!(
-                        "input '{}' has no declared shape; pass inputs explicitly",
-                        s.name
-                    ))
-                })?
-                .iter()
-                .map(|d| match d {
-                    Dim::Value(v) => Ok(*v as usize),
-                    Dim::Param(p) => {
-                        Ok(dims.get(p).copied().unwrap_or_else(|| default_dim(p)) as usize)
-                    }
-                    Dim::Unknown => Err(Error::invalid(format!(
-                        "input '{}' has an unknown dim; pass inputs explicitly",
-                        s.name
-                    ))),
-                })
-                .collect::<Result<_>>()?;
+        .zip(shapes)
+        .map(|(s, shape)| {
             let n: usize = shape.iter().product();
             let lname = s.name.to_ascii_lowercase();
             let dtype = s.dtype.unwrap_or(DType::F32);
-            let data = match dtype {
-                DType::F32 => Data::F32((0..n).map(|_| rng.uniform() * 2.0 - 1.0).collect()),
-                DType::F16 => Data::F16(
-                    (0..n)
-                        .map(|_| half::f16::from_f32(rng.uniform() * 2.0 - 1.0))
-                        .collect(),
-                ),
-                DType::I64 | DType::I32 => {
-                    let last = *shape.last().unwrap_or(&1);
-                    let v: Vec<i64> = if lname.contains("mask") {
-                        vec![1; n]
-                    } else if lname.contains("position") {
-                        (0..n).map(|i| (i % last.max(1)) as i64).collect()
-                    } else {
-                        let hi = hints.vocab.get(&s.name).copied().unwrap_or(10).max(1) as u64;
-                        (0..n).map(|_| (rng.next() % hi) as i64).collect()
-                    };
-                    if dtype == DType::I64 {
-                        Data::I64(v)
-                    } else {
-                        Data::I32(v.into_iter().map(|x| x as i32).collect())
+            let ints = |rng: &mut Rng| -> Vec<i64> {
+                let last = shape.last().copied().unwrap_or(1).max(1);
+                if lname.contains("mask") {
+                    vec![1; n]
+                } else if lname.contains("position") {
+                    (0..n).map(|i| past + (i % last) as i64).collect()
+                } else {
+                    let hi = hints.vocab.get(&s.name).copied().unwrap_or(10).max(1) as u64;
+                    (0..n).map(|_| rng.below(hi) as i64).collect()
+                }
+            };
+            let t = match dtype {
+                DType::F32 | DType::F16 | DType::BF16 | DType::F64 => {
+                    let v: Vec<f32> = (0..n).map(|_| rng.signed()).collect();
+                    match dtype {
+                        DType::F16 => HostTensor::from_f16(shape, &v)?,
+                        DType::BF16 => HostTensor::from_bf16(shape, &v)?,
+                        DType::F64 => {
+                            let b = v.iter().flat_map(|x| (*x as f64).to_le_bytes()).collect();
+                            HostTensor::from_bytes(DType::F64, shape, b)?
+                        }
+                        _ => HostTensor::from_f32(shape, &v)?,
                     }
                 }
-                DType::Bool => Data::Bool((0..n).map(|_| rng.next().is_multiple_of(2)).collect()),
+                DType::I64
+                | DType::I32
+                | DType::I16
+                | DType::I8
+                | DType::U8
+                | DType::U16
+                | DType::U32
+                | DType::U64 => {
+                    let v = ints(&mut rng);
+                    let size = dtype.bits() / 8;
+                    let bytes = v
+                        .iter()
+                        .flat_map(|x| x.to_le_bytes()[..size].to_vec())
+                        .collect();
+                    HostTensor::from_bytes(dtype, shape, bytes)?
+                }
+                DType::Bool => {
+                    let v: Vec<bool> = if lname.contains("mask") {
+                        vec![true; n]
+                    } else {
+                        (0..n).map(|_| rng.below(2) == 1).collect()
+                    };
+                    HostTensor::from_bool(shape, &v)?
+                }
                 d => {
                     return Err(Error::invalid(format!(
-                        "input '{}': cannot make random {d} values",
+                        "input '{}': cannot make random {d} values; give them with --inputs",
                         s.name
                     )))
                 }
             };
-            Ok(Feed {
-                name: s.name.clone(),
-                shape,
-                data,
-            })
+            Ok((s.name.clone(), t))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, dtype: DType, dims: &[Dim]) -> IoSpec {
+        IoSpec {
+            name: name.into(),
+            dtype: Some(dtype),
+            dims: Some(dims.to_vec()),
+        }
+    }
+
+    #[test]
+    fn llm_inputs_get_sensible_values() {
+        let p = |s: &str| Dim::Param(s.into());
+        let specs = [
+            spec(
+                "input_ids",
+                DType::I64,
+                &[p("batch_size"), p("sequence_length")],
+            ),
+            spec(
+                "attention_mask",
+                DType::I64,
+                &[p("batch_size"), p("total_sequence_length")],
+            ),
+            spec(
+                "position_ids",
+                DType::I64,
+                &[p("batch_size"), p("sequence_length")],
+            ),
+        ];
+        let mut hints = InputHints::default();
+        hints.vocab.insert("input_ids".into(), 5);
+        let dims = BTreeMap::from([
+            ("past_sequence_length".to_string(), 3),
+            ("sequence_length".to_string(), 4),
+        ]);
+        let f = random_inputs(&specs, &dims, &hints, 1).unwrap();
+        assert_eq!(f[0].1.shape, vec![1, 4]);
+        assert!(f[0]
+            .1
+            .to_i64_vec()
+            .unwrap()
+            .iter()
+            .all(|&v| (0..5).contains(&v)));
+        assert_eq!(f[1].1.shape, vec![1, 7]);
+        assert!(f[1].1.to_i64_vec().unwrap().iter().all(|&v| v == 1));
+        assert_eq!(f[2].1.to_i64_vec().unwrap(), vec![3, 4, 5, 6]);
+        // Same seed, same values.
+        assert_eq!(random_inputs(&specs, &dims, &hints, 1).unwrap(), f);
+    }
+
+    #[test]
+    fn an_unknown_symbolic_dim_is_an_error_naming_it() {
+        let specs = [spec(
+            "x",
+            DType::F32,
+            &[Dim::Param("N".into()), Dim::Value(3)],
+        )];
+        let e = random_inputs(&specs, &BTreeMap::new(), &InputHints::default(), 0)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'N'") && e.contains("--dim N="), "{e}");
+        let dims = BTreeMap::from([("N".to_string(), 2)]);
+        let f = random_inputs(&specs, &dims, &InputHints::default(), 0).unwrap();
+        assert_eq!(f[0].1.shape, vec![2, 3]);
+        assert!(f[0]
+            .1
+            .to_f32_vec()
+            .unwrap()
+            .iter()
+            .all(|v| (-1.0..1.0).contains(v)));
+    }
 }

@@ -84,13 +84,12 @@ impl Bnb4 {
             let tensor = constant(g, m.weight).expect("matched").1.clone();
             let w = read_f32(&tensor)?;
             // MatMulBnb4 wants the [N, K] (torch Linear) layout flattened.
-            let nk = if m.transposed {
-                w
+            let q = if m.transposed {
+                crate::quant::bnb4::quantize_nk(&w, m.n, m.k, self.config.block_size, qt)
             } else {
-                crate::quant::transpose(&w, m.k, m.n)
-            };
-            let q = crate::quant::bnb4::quantize_nk(&nk, m.n, m.k, self.config.block_size, qt)
-                .map_err(|e| Error::tensor(tensor.name(), e.to_string()))?;
+                crate::quant::bnb4::quantize_kn(&w, m.k, m.n, self.config.block_size, qt)
+            }
+            .map_err(|e| Error::tensor(tensor.name(), e.to_string()))?;
             let base = g.value_name(m.weight).to_string();
             let b_name = g.fresh_name(&format!("{base}_Bnb4"));
             let packed_len = q.packed.len() as i64;

@@ -63,11 +63,15 @@ pub fn quantize_weight(t: &Tensor, transposed: bool, p: &Params) -> Result<Nbits
         block_size: p.block_size,
         symmetric: p.symmetric,
     };
+    // f16/bf16 weights: scales are rounded to the weight's type before encoding,
+    // as onnxruntime does, so codes match the stored scales exactly.
+    let ft = quant::convert::FloatType::from_dtype(t.dtype()).unwrap_or_default();
+    let hqq = quant::hqq::HqqParams::default();
     let q = match (p.algorithm, transposed) {
-        (Algorithm::Rtn, false) => quant::nbits::quantize_kn(&w, k, n, &qp),
-        (Algorithm::Rtn, true) => quant::nbits::quantize_rows(&w, n, k, &qp),
-        (Algorithm::Hqq, false) => quant::hqq::quantize_kn(&w, k, n, &qp),
-        (Algorithm::Hqq, true) => quant::hqq::quantize_rows(&w, n, k, &qp),
+        (Algorithm::Rtn, false) => quant::nbits::quantize_kn_as(&w, k, n, &qp, ft),
+        (Algorithm::Rtn, true) => quant::nbits::quantize_rows_as(&w, n, k, &qp, ft),
+        (Algorithm::Hqq, false) => quant::hqq::quantize_kn_as(&w, k, n, &qp, &hqq, ft),
+        (Algorithm::Hqq, true) => quant::hqq::quantize_rows_as(&w, n, k, &qp, &hqq, ft),
     }
     .map_err(|e| Error::tensor(t.name(), e.to_string()))?;
     Ok(NbitsWeight {

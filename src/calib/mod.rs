@@ -1,0 +1,8 @@
+//! Calibration: reading sample inputs (.npy/.npz through crate::tensorfile),
+//! running the float model on them through a crate::runtime::Runtime, and reducing
+//! the activations seen to ranges.
+pub mod data;
+pub mod observe;
+
+pub use data::Source;
+pub use observe::{calibrate, channel_absmax, Calibration, Method};

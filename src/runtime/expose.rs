@@ -1,0 +1,69 @@
+//! Reading intermediate values: runtimes only return graph outputs, so the values
+//! a caller wants (calibration activations, a layer to debug) become extra graph
+//! outputs of a temporary copy of the model.
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::ir::{GraphIo, Model, TypeInfo, ValueInfo};
+
+/// Appends the values named `names` to the main graph's outputs (those already
+/// outputs are left alone). Each keeps the type its value_info declares, if any.
+pub fn add_graph_outputs(model: &mut Model, names: &[String]) -> Result<()> {
+    let g = &mut model.graph;
+    for name in names {
+        let v = g.find(name).ok_or_else(|| {
+            Error::graph(
+                g.name(),
+                format!("no value named '{name}' to expose as an output"),
+            )
+        })?;
+        if g.is_graph_output(v) {
+            continue;
+        }
+        let info = g.info(v).cloned().unwrap_or_else(|| ValueInfo {
+            ty: g.initializer(v).map(|t| {
+                let dims = t.dims.clone();
+                TypeInfo::tensor(t.dtype(), &dims)
+            }),
+            ..Default::default()
+        });
+        g.outputs.push(GraphIo { value: v, info });
+    }
+    Ok(())
+}
+
+/// A model copy in a temporary directory, deleted on drop.
+pub struct TempModel {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl TempModel {
+    /// Saves `model` (external data included) into a fresh temporary directory.
+    pub fn save(model: &Model, file_name: &str) -> Result<TempModel> {
+        let dir = tempfile::Builder::new()
+            .prefix("onnxq-")
+            .tempdir()
+            .map_err(|e| Error::io(std::env::temp_dir(), e))?;
+        let path = dir.path().join(file_name);
+        crate::io::save(model, &path, &crate::io::SaveOptions::default())?;
+        Ok(TempModel { _dir: dir, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// A temporary copy of the model at `path` whose graph outputs also include the
+/// values `names` (in that order, after the original outputs). Weights stored as
+/// external data are copied with it.
+pub fn with_outputs(path: &Path, names: &[String]) -> Result<TempModel> {
+    let mut m = crate::io::load(path)?;
+    add_graph_outputs(&mut m, names)?;
+    let file = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "model.onnx".into());
+    TempModel::save(&m, &file)
+}

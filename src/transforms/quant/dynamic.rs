@@ -1,0 +1,648 @@
+//! Dynamic 8-bit quantization: weights quantized offline, activations at run time.
+//!
+//! Matches (every graph, subgraphs included), as onnxruntime's `quantize_dynamic`:
+//! - MatMul/Gemm with a constant 2-D float32 weight (initializer or Constant node,
+//!   directly or through Transpose; Gemm with alpha = beta = 1, transA = 0);
+//! - Conv with a constant float32 weight;
+//! - Gather on a constant float32 table.
+//!
+//! Emits the standard ops onnxruntime's tool writes (and fuses at load into
+//! com.microsoft DynamicQuantizeMatMul / MatMulIntegerToFloat):
+//! `DynamicQuantizeLinear(A) → MatMulInteger(A_q, W_q, A_zp, W_zp) → Cast → Mul(A_scale·W_scale)`
+//! (+ `Add(C)` for Gemm); `ConvInteger` likewise (+ bias Add); for Gather, the
+//! table as uint8 and `Gather → DequantizeLinear`. Weights are stored [K, N]
+//! (transposed ones pre-transposed), int8 symmetric or uint8 asymmetric, per tensor
+//! or per output channel (MatMul/Gemm; Conv weights stay per tensor as in
+//! onnxruntime). Activations are quantized once per value, whatever the number of
+//! consumers; a weight read by several nodes is quantized once.
+//! Leaves alone: attention ops (never rewritten into QAttention), anything already
+//! quantized (weights behind DequantizeLinear are not constants), float16 models.
+//! Keeps: every value name the rest of the graph reads.
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use serde::Deserialize;
+
+use super::select::Selection;
+use super::weight_only::remove_orphans;
+use crate::error::{Error, Result};
+use crate::ir::{Attribute, DType, Graph, Model, NodeId, NodeSpec, Tensor, ValueId};
+use crate::pass::{Pass, PassCx, PassOutcome, PASS_KEY};
+use crate::quant::int8::{self, QType, ScaleZp, WeightSpec};
+use crate::rewrite::matchers::{constant, not_constant_reason, weight_matmul, ConstSource};
+
+/// Integer type of quantized weights.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum WeightType {
+    /// Signed, symmetric (zero point 0).
+    #[default]
+    Int8,
+    /// Unsigned, asymmetric.
+    Uint8,
+}
+
+impl WeightType {
+    pub fn qtype(self) -> QType {
+        match self {
+            WeightType::Int8 => QType::I8,
+            WeightType::Uint8 => QType::U8,
+        }
+    }
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct DynamicConfig {
+    pub weight_type: WeightType,
+    /// One scale per output channel of MatMul/Gemm weights.
+    pub per_channel: bool,
+    /// 7-bit weights (avoids int16 saturation of u8·s8 products on x86 without VNNI).
+    pub reduce_range: bool,
+    /// Op types to quantize: MatMul, Gemm, Conv, Gather.
+    pub op_types: Vec<String>,
+    /// Node name patterns (`*` wildcards) to leave in float.
+    pub exclude: Vec<String>,
+}
+
+impl Default for DynamicConfig {
+    fn default() -> Self {
+        DynamicConfig {
+            weight_type: WeightType::Int8,
+            per_channel: false,
+            reduce_range: false,
+            op_types: ["MatMul", "Gemm", "Conv", "Gather"]
+                .map(String::from)
+                .to_vec(),
+            exclude: Vec::new(),
+        }
+    }
+}
+
+pub const DYNAMIC_KEYS: &[&str] = &[
+    "weight-type",
+    "per-channel",
+    "reduce-range",
+    "op-types",
+    "exclude",
+];
+
+const SUPPORTED_OPS: &[&str] = &["MatMul", "Gemm", "Conv", "Gather"];
+
+pub struct Dynamic {
+    pub config: DynamicConfig,
+    selection: Selection,
+}
+
+impl Dynamic {
+    pub fn new(config: DynamicConfig) -> Result<Self> {
+        if let Some(op) = config
+            .op_types
+            .iter()
+            .find(|o| !SUPPORTED_OPS.contains(&o.as_str()))
+        {
+            return Err(Error::invalid(format!(
+                "op type '{op}' cannot be quantized dynamically (supported: {})",
+                SUPPORTED_OPS.join(", ")
+            )));
+        }
+        let selection = Selection::new(&config.exclude, &config.op_types, None)?;
+        Ok(Dynamic { config, selection })
+    }
+}
+
+const NAME: &str = "int8-dynamic";
+
+/// One planned rewrite.
+enum Job {
+    MatMul(crate::rewrite::matchers::WeightMatMul),
+    Conv {
+        node: NodeId,
+        weight: ValueId,
+        source: ConstSource,
+    },
+    Gather {
+        node: NodeId,
+        table: ValueId,
+        source: ConstSource,
+    },
+}
+
+impl Pass for Dynamic {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn run(&self, model: &mut Model, _cx: &mut PassCx) -> Result<PassOutcome> {
+        let mut outcome = PassOutcome::new(NAME);
+        let mut err = None;
+        model.for_each_graph_mut(&mut |g| {
+            if err.is_none() {
+                if let Err(e) = self.run_graph(g, &mut outcome) {
+                    err = Some(e);
+                }
+            }
+        });
+        if let Some(e) = err {
+            return Err(e);
+        }
+        if outcome.changed {
+            // DynamicQuantizeLinear is opset 11.
+            super::opset::raise_default_opset(model, 11)?;
+        }
+        Ok(outcome)
+    }
+}
+
+impl Dynamic {
+    fn plan(&self, g: &Graph, outcome: &mut PassOutcome) -> Vec<Job> {
+        let mut jobs = Vec::new();
+        for (id, node) in g.nodes() {
+            if !node.domain().is_empty() || !self.selection.op_included(&node.op_type) {
+                continue;
+            }
+            if self.selection.resolve(node.name()) == super::select::NodeOverride::Skip {
+                outcome.skip(node.name(), "excluded");
+                continue;
+            }
+            let job = match node.op_type.as_str() {
+                "MatMul" | "Gemm" => weight_matmul(g, id).and_then(|m| {
+                    if m.dtype != DType::F32 {
+                        Err(format!(
+                            "weight is {}; dynamic quantization takes float32 activations",
+                            m.dtype
+                        ))
+                    } else {
+                        Ok(Job::MatMul(m))
+                    }
+                }),
+                "Conv" => const_f32_input(g, id, 1).map(|(weight, source)| Job::Conv {
+                    node: id,
+                    weight,
+                    source,
+                }),
+                "Gather" => const_f32_input(g, id, 0).map(|(table, source)| Job::Gather {
+                    node: id,
+                    table,
+                    source,
+                }),
+                _ => continue,
+            };
+            match job {
+                Ok(j) => jobs.push(j),
+                Err(reason) => outcome.skip(node.name(), reason),
+            }
+        }
+        jobs
+    }
+
+    fn weight_spec(&self, axis: Option<usize>, reduce: bool) -> WeightSpec {
+        WeightSpec {
+            qtype: self.config.weight_type.qtype(),
+            symmetric: self.config.weight_type == WeightType::Int8,
+            reduce_range: reduce && self.config.reduce_range,
+            axis,
+        }
+    }
+
+    fn run_graph(&self, g: &mut Graph, outcome: &mut PassOutcome) -> Result<()> {
+        let jobs = self.plan(g, outcome);
+        let mut st = State::default();
+        for job in jobs {
+            match job {
+                Job::MatMul(m) => self.matmul(g, &m, &mut st)?,
+                Job::Conv {
+                    node,
+                    weight,
+                    source,
+                } => self.conv(g, node, weight, source, &mut st)?,
+                Job::Gather {
+                    node,
+                    table,
+                    source,
+                } => self.gather(g, node, table, source, &mut st)?,
+            }
+            outcome.count("nodes quantized", 1);
+            outcome.changed = true;
+        }
+        outcome.count("weights quantized", st.weights.len() as u64);
+        outcome.count("weight bytes before", st.bytes_before);
+        outcome.count("weight bytes after", st.bytes_after);
+        Ok(())
+    }
+
+    fn matmul(
+        &self,
+        g: &mut Graph,
+        m: &crate::rewrite::matchers::WeightMatMul,
+        st: &mut State,
+    ) -> Result<()> {
+        let node = g.node(m.node).clone();
+        let name = node.name().to_string();
+        let a = node.input(0).ok_or_else(|| node_err(&node, "no A input"))?;
+        let out = g
+            .value_name(node.output(0).ok_or_else(|| node_err(&node, "no output"))?)
+            .to_string();
+        let axis = self.config.per_channel.then_some(1);
+        let spec = self.weight_spec(axis, true);
+        let key = (m.weight, m.transposed, spec);
+        let w = match st.weights.get(&key) {
+            Some(w) => *w,
+            None => {
+                let w = quantize_matrix(g, m.weight, m.transposed, &spec, st)?;
+                st.weights.insert(key, w);
+                w
+            }
+        };
+        let (aq, ascale, azp) = dynamic_quantize(g, a, m.node, st)?;
+        let mmi_out = g.fresh_name(&format!("{out}_output_quantized"));
+        let mmi = g.add_node(
+            NodeSpec::new("", "MatMulInteger")
+                .name(g.fresh_node_name(&format!("{name}_quant")))
+                .inputs([Some(aq), Some(w.data), Some(azp), Some(w.zero_point)])
+                .output(mmi_out.clone())
+                .meta(PASS_KEY, NAME),
+        )?;
+        let last = rescale(g, m.node, mmi, &name, &mmi_out, ascale, w.scale)?;
+        let spec = match m.bias {
+            Some(c) => {
+                let scaled = g.add_node(last.output(g.fresh_name(&format!("{out}_MatMul"))))?;
+                g.place_before(scaled, m.node);
+                let scaled = g.node(scaled).output(0).expect("one output");
+                NodeSpec::new("", "Add")
+                    .name(g.fresh_node_name(&format!("{name}_Add")))
+                    .inputs([Some(scaled), Some(c)])
+                    .meta(PASS_KEY, NAME)
+            }
+            None => last,
+        };
+        g.swap_node(m.node, spec)?;
+        remove_orphans(g, m);
+        Ok(())
+    }
+
+    fn conv(
+        &self,
+        g: &mut Graph,
+        id: NodeId,
+        weight: ValueId,
+        source: ConstSource,
+        st: &mut State,
+    ) -> Result<()> {
+        let node = g.node(id).clone();
+        let name = node.name().to_string();
+        let x = node.input(0).ok_or_else(|| node_err(&node, "no input X"))?;
+        let out = g
+            .value_name(node.output(0).ok_or_else(|| node_err(&node, "no output"))?)
+            .to_string();
+        // onnxruntime's ConvInteger path quantizes Conv weights per tensor.
+        let spec = self.weight_spec(None, true);
+        let key = (weight, false, spec);
+        let w = match st.weights.get(&key) {
+            Some(w) => *w,
+            None => {
+                let t = constant(g, weight).expect("matched as constant").1.clone();
+                let w = add_quantized(g, &t, g.value_name(weight).to_string(), None, &spec, st)?;
+                st.weights.insert(key, w);
+                w
+            }
+        };
+        let (xq, xscale, xzp) = dynamic_quantize(g, x, id, st)?;
+        let ci_out = g.fresh_name(&format!("{out}_output_quantized"));
+        let mut spec = NodeSpec::new("", "ConvInteger")
+            .name(g.fresh_node_name(&format!("{name}_quant")))
+            .inputs([Some(xq), Some(w.data), Some(xzp), Some(w.zero_point)])
+            .output(ci_out.clone())
+            .meta(PASS_KEY, NAME);
+        spec.attributes = node.attributes.clone();
+        let ci = g.add_node(spec)?;
+        let last = rescale(g, id, ci, &name, &ci_out, xscale, w.scale)?;
+        let last = match node.input(2) {
+            Some(b) => {
+                let rank = constant(g, weight).map_or(4, |(_, t)| t.dims.len());
+                let bias = broadcast_bias(g, b, rank, id)?;
+                let scaled =
+                    g.add_node(last.output(g.fresh_name(&format!("{out}quant_scaled_output"))))?;
+                g.place_before(scaled, id);
+                let scaled = g.node(scaled).output(0).expect("one output");
+                NodeSpec::new("", "Add")
+                    .name(g.fresh_node_name(&format!("{out}_bias_add")))
+                    .inputs([Some(scaled), Some(bias)])
+                    .meta(PASS_KEY, NAME)
+            }
+            None => last,
+        };
+        g.swap_node(id, last)?;
+        drop_if_unused(g, weight, source);
+        if let Some(b) = node.input(2) {
+            if let Some((src, _)) = constant(g, b) {
+                drop_if_unused(g, b, src);
+            }
+        }
+        Ok(())
+    }
+
+    fn gather(
+        &self,
+        g: &mut Graph,
+        id: NodeId,
+        table: ValueId,
+        source: ConstSource,
+        st: &mut State,
+    ) -> Result<()> {
+        let node = g.node(id).clone();
+        let name = node.name().to_string();
+        let out = g
+            .value_name(node.output(0).ok_or_else(|| node_err(&node, "no output"))?)
+            .to_string();
+        // Tables are quantized like activations: uint8, asymmetric, full range.
+        let spec = WeightSpec {
+            qtype: QType::U8,
+            symmetric: false,
+            reduce_range: false,
+            axis: None,
+        };
+        let key = (table, false, spec);
+        let w = match st.weights.get(&key) {
+            Some(w) => *w,
+            None => {
+                let t = constant(g, table).expect("matched as constant").1.clone();
+                let w = add_quantized(g, &t, g.value_name(table).to_string(), None, &spec, st)?;
+                st.weights.insert(key, w);
+                w
+            }
+        };
+        let mut inputs = node.inputs().to_vec();
+        inputs[0] = Some(w.data);
+        let mut spec = NodeSpec::new("", "Gather")
+            .name(g.fresh_node_name(&format!("{name}_quant")))
+            .inputs(inputs)
+            .output(g.fresh_name(&format!("{out}_quantized")))
+            .meta(PASS_KEY, NAME);
+        spec.attributes = node.attributes.clone();
+        let gq = g.add_node(spec)?;
+        g.place_before(gq, id);
+        let gq_out = g.node(gq).output(0).expect("one output");
+        g.swap_node(
+            id,
+            NodeSpec::new("", "DequantizeLinear")
+                .name(g.fresh_node_name(&format!("{out}_DequantizeLinear")))
+                .inputs([Some(gq_out), Some(w.scale), Some(w.zero_point)])
+                .meta(PASS_KEY, NAME),
+        )?;
+        drop_if_unused(g, table, source);
+        Ok(())
+    }
+}
+
+/// Places `int_node` before `anchor` and adds Cast(int32 → float32) and the Mul of
+/// the two scales; returns the spec of the final Mul (no outputs yet: the caller
+/// swaps it in for the original node or gives it a new output).
+fn rescale(
+    g: &mut Graph,
+    anchor: NodeId,
+    int_node: NodeId,
+    name: &str,
+    int_out: &str,
+    ascale: ValueId,
+    wscale: ValueId,
+) -> Result<NodeSpec> {
+    g.place_before(int_node, anchor);
+    let int_val = g.node(int_node).output(0).expect("one output");
+    let cast = g.add_node(
+        NodeSpec::new("", "Cast")
+            .name(g.fresh_node_name(&format!("{int_out}_cast")))
+            .input(int_val)
+            .output(g.fresh_name(&format!("{int_out}_cast_output")))
+            .attr(Attribute::int("to", DType::F32.code() as i64))
+            .meta(PASS_KEY, NAME),
+    )?;
+    g.place_before(cast, anchor);
+    let scales = g.add_node(
+        NodeSpec::new("", "Mul")
+            .name(g.fresh_node_name(&format!("{name}_quant_scales_mul")))
+            .inputs([Some(ascale), Some(wscale)])
+            .output(g.fresh_name(&format!("{name}_quant_scales_mul:0")))
+            .meta(PASS_KEY, NAME),
+    )?;
+    g.place_before(scales, anchor);
+    let c = g.node(cast).output(0).expect("one output");
+    let s = g.node(scales).output(0).expect("one output");
+    Ok(NodeSpec::new("", "Mul")
+        .name(g.fresh_node_name(&format!("{name}_quant_output_scale_mul")))
+        .inputs([Some(c), Some(s)])
+        .meta(PASS_KEY, NAME))
+}
+
+/// Quantized weight initializers.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QuantInit {
+    pub data: ValueId,
+    pub scale: ValueId,
+    pub zero_point: ValueId,
+}
+
+#[derive(Default)]
+struct State {
+    weights: HashMap<(ValueId, bool, WeightSpec), QuantInit>,
+    /// Activation value → (quantized, scale, zero point) of its DynamicQuantizeLinear.
+    activations: HashMap<ValueId, (ValueId, ValueId, ValueId)>,
+    bytes_before: u64,
+    bytes_after: u64,
+}
+
+fn node_err(node: &crate::ir::Node, reason: &str) -> Error {
+    Error::Node {
+        node: node.name().to_string(),
+        op: node.op_type.clone(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Input `slot` of `node` as a constant float32 tensor, or why not.
+fn const_f32_input(g: &Graph, node: NodeId, slot: usize) -> Result<(ValueId, ConstSource), String> {
+    let v = g.node(node).input(slot).ok_or("missing input")?;
+    let (source, t) = constant(g, v).ok_or_else(|| not_constant_reason(g, v))?;
+    if t.dtype() != DType::F32 {
+        return Err(format!(
+            "'{}' is {}, not float32",
+            g.value_name(v),
+            t.dtype()
+        ));
+    }
+    Ok((v, source))
+}
+
+/// The DynamicQuantizeLinear of activation `a` (one per value), placed before `user`.
+fn dynamic_quantize(
+    g: &mut Graph,
+    a: ValueId,
+    user: NodeId,
+    st: &mut State,
+) -> Result<(ValueId, ValueId, ValueId)> {
+    if let Some(&q) = st.activations.get(&a) {
+        return Ok(q);
+    }
+    let base = g.value_name(a).to_string();
+    let id = g.add_node(
+        NodeSpec::new("", "DynamicQuantizeLinear")
+            .name(g.fresh_node_name(&format!("{base}_QuantizeLinear")))
+            .input(a)
+            .output(g.fresh_name(&format!("{base}_quantized")))
+            .output(g.fresh_name(&format!("{base}_scale")))
+            .output(g.fresh_name(&format!("{base}_zero_point")))
+            .meta(PASS_KEY, NAME),
+    )?;
+    g.place_before(id, user);
+    let n = g.node(id);
+    let q = (
+        n.output(0).expect("output"),
+        n.output(1).expect("output"),
+        n.output(2).expect("output"),
+    );
+    st.activations.insert(a, q);
+    Ok(q)
+}
+
+/// Quantizes a constant 2-D weight as [K, N] (transposing an [N, K] one).
+fn quantize_matrix(
+    g: &mut Graph,
+    weight: ValueId,
+    transposed: bool,
+    spec: &WeightSpec,
+    st: &mut State,
+) -> Result<QuantInit> {
+    let t = constant(g, weight).expect("matched as constant").1.clone();
+    let base = g.value_name(weight).to_string();
+    if !transposed {
+        return add_quantized(g, &t, base, None, spec, st);
+    }
+    let (r, c) = (t.dims[0] as usize, t.dims[1] as usize);
+    let w = super::kernels::read_f32(&t)?;
+    let wt = crate::quant::transpose(&w, r, c);
+    let tt = Tensor::from_f32(t.name(), vec![c as i64, r as i64], &wt).stored_like(&t);
+    add_quantized(
+        g,
+        &tt,
+        format!("{base}_Transposed"),
+        Some(t.stored_len()),
+        spec,
+        st,
+    )
+}
+
+/// Quantizes float tensor `t` and adds `{base}_quantized`, `{base}_scale` and
+/// `{base}_zero_point` initializers (onnxruntime's names).
+fn add_quantized(
+    g: &mut Graph,
+    t: &Tensor,
+    base: String,
+    original_bytes: Option<usize>,
+    spec: &WeightSpec,
+    st: &mut State,
+) -> Result<QuantInit> {
+    let w = super::kernels::read_f32(t)?;
+    let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+    let q = int8::quantize_weight(&w, &dims, spec)
+        .map_err(|e| Error::tensor(t.name(), e.to_string()))?;
+    st.bytes_before += original_bytes.unwrap_or_else(|| t.stored_len()) as u64;
+    let data = codes_tensor("", spec.qtype, t.dims.clone(), &q.codes).stored_like(t);
+    st.bytes_after += data.stored_len() as u64;
+    let pdims = if spec.axis.is_some() {
+        vec![q.params.len() as i64]
+    } else {
+        vec![]
+    };
+    let data = add_named(g, &format!("{base}_quantized"), data)?;
+    let scale = add_named(
+        g,
+        &format!("{base}_scale"),
+        scale_tensor(&q.params, pdims.clone()),
+    )?;
+    let zero_point = add_named(
+        g,
+        &format!("{base}_zero_point"),
+        zp_tensor(&q.params, spec.qtype, pdims),
+    )?;
+    Ok(QuantInit {
+        data,
+        scale,
+        zero_point,
+    })
+}
+
+/// Adds `t` as an initializer under a fresh name derived from `name`.
+pub(crate) fn add_named(g: &mut Graph, name: &str, mut t: Tensor) -> Result<ValueId> {
+    t.name = Some(g.fresh_name(name));
+    g.add_initializer(t)
+}
+
+pub(crate) fn qtype_dtype(q: QType) -> DType {
+    match q {
+        QType::U8 => DType::U8,
+        QType::I8 => DType::I8,
+        QType::U16 => DType::U16,
+        QType::I16 => DType::I16,
+    }
+}
+
+pub(crate) fn codes_tensor(name: &str, q: QType, dims: Vec<i64>, codes: &[i32]) -> Tensor {
+    Tensor::from_raw(name, qtype_dtype(q), dims, Bytes::from(q.encode(codes)))
+}
+
+pub(crate) fn scale_tensor(params: &[ScaleZp], dims: Vec<i64>) -> Tensor {
+    let s: Vec<f32> = params.iter().map(|p| p.scale).collect();
+    Tensor::from_f32("", dims, &s)
+}
+
+pub(crate) fn zp_tensor(params: &[ScaleZp], q: QType, dims: Vec<i64>) -> Tensor {
+    let z: Vec<i32> = params.iter().map(|p| p.zero_point).collect();
+    codes_tensor("", q, dims, &z)
+}
+
+/// The bias of a Conv shaped [1, M, 1, ...] so it broadcasts over the output.
+fn broadcast_bias(g: &mut Graph, b: ValueId, rank: usize, anchor: NodeId) -> Result<ValueId> {
+    let mut shape = vec![1i64; rank.max(2)];
+    shape[1] = -1;
+    let base = g.value_name(b).to_string();
+    if let Some((_, t)) = constant(g, b) {
+        if t.dims.len() == 1 {
+            let mut dims = vec![1i64; rank.max(2)];
+            dims[1] = t.dims[0];
+            let mut r = t.clone();
+            r.dims = dims;
+            return add_named(g, &format!("{base}_reshaped"), r);
+        }
+    }
+    let s = add_named(
+        g,
+        &format!("{base}_reshape_shape"),
+        Tensor::from_i64("", vec![shape.len() as i64], &shape),
+    )?;
+    let id = g.add_node(
+        NodeSpec::new("", "Reshape")
+            .name(g.fresh_node_name(&format!("{base}_Reshape")))
+            .inputs([Some(b), Some(s)])
+            .output(g.fresh_name(&format!("{base}_reshaped")))
+            .meta(PASS_KEY, NAME),
+    )?;
+    g.place_before(id, anchor);
+    Ok(g.node(id).output(0).expect("one output"))
+}
+
+/// Removes a constant (initializer or Constant node) nothing reads any more.
+pub(crate) fn drop_if_unused(g: &mut Graph, v: ValueId, source: ConstSource) {
+    if !g.value(v).uses().is_empty() || g.is_graph_output(v) {
+        return;
+    }
+    match source {
+        ConstSource::Initializer(v) => {
+            let _ = g.remove_initializer(v);
+        }
+        ConstSource::ConstantNode(n) => {
+            if g.contains_node(n) {
+                let _ = g.remove_node(n);
+            }
+        }
+    }
+}

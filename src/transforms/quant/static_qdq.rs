@@ -1,0 +1,1272 @@
+//! Static (calibrated) 8-bit quantization in QDQ form.
+//!
+//! Runs the float model on calibration samples (crate::calib) to learn the range
+//! of every activation it will quantize, then inserts `QuantizeLinear →
+//! DequantizeLinear` pairs on activations and stores weights quantized behind a
+//! `DequantizeLinear` (int32 biases for Conv/Gemm), choosing tensors as
+//! onnxruntime's `quantize_static` (QDQ) does for the same op types:
+//! - Conv/ConvTranspose, Gemm, MatMul: activation inputs and outputs; constant
+//!   weights (initializers or Constant nodes, directly or through Transpose) per
+//!   tensor or per output channel; constant biases as int32 with scale
+//!   input_scale·weight_scale (weight scales enlarged when that would overflow);
+//! - Relu/Clip after a quantized tensor: removed, their range given to the
+//!   producer's output (Conv+Relu folding) when activations are asymmetric;
+//! - MaxPool, AveragePool, Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Slice,
+//!   Resize, Split, TopK: output shares the input's scale when the input is
+//!   quantized;
+//! - any other listed op: every float input and output.
+//!
+//! Never quantized: ops in `keep-float` (Softmax and normalizations by default),
+//! attention ops, nodes matching `exclude`, values already produced by a
+//! DequantizeLinear. Graph outputs keep their float value (their consumers inside
+//! the graph read the quantized copy). Main graph only.
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::Deserialize;
+
+use super::dynamic::{
+    add_named, codes_tensor, drop_if_unused, scale_tensor, zp_tensor, WeightType,
+};
+use super::select::{NodeOverride, Selection};
+use crate::calib::{self, Method, Source};
+use crate::error::{Error, Result};
+use crate::ir::{Attribute, DType, Graph, Model, NodeId, NodeSpec, Tensor, ValueId};
+use crate::pass::{Pass, PassCx, PassOutcome, PASS_KEY};
+use crate::quant::int8::{self, QType, ScaleZp, WeightSpec};
+use crate::rewrite::matchers::{constant, ConstSource};
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum CalibMethod {
+    #[default]
+    Minmax,
+    Entropy,
+    Percentile,
+    Distribution,
+}
+
+/// Integer type of quantized activations.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ActivationType {
+    #[default]
+    Int8,
+    Uint8,
+    /// Needs opset 21 (raised when possible, else com.microsoft Q/DQ).
+    Int16,
+}
+
+impl ActivationType {
+    pub fn qtype(self) -> QType {
+        match self {
+            ActivationType::Int8 => QType::I8,
+            ActivationType::Uint8 => QType::U8,
+            ActivationType::Int16 => QType::I16,
+        }
+    }
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct StaticConfig {
+    /// Calibration data: a directory of .npz samples (or of <input>.npy
+    /// directories), or one .npz file. Without it, `calib-samples` seeded random
+    /// inputs are used (and the report says so).
+    pub calib: Option<String>,
+    pub calib_samples: usize,
+    pub calib_method: CalibMethod,
+    /// Percentile method: share of values kept, in %.
+    pub percentile: f64,
+    /// Histogram bins (Entropy, Percentile).
+    pub num_bins: usize,
+    /// Entropy: quantized levels the histogram is compared against.
+    pub num_quantized_bins: usize,
+    /// Percentile: histogram of |x| and a symmetric range (onnxruntime's default).
+    pub percentile_symmetric: bool,
+    pub activation_type: ActivationType,
+    /// Symmetric activation ranges (zero point at the middle code).
+    pub activation_symmetric: bool,
+    pub weight_type: WeightType,
+    pub per_channel: bool,
+    pub reduce_range: bool,
+    /// Op types to quantize (see the module docs for what each means).
+    pub op_types: Vec<String>,
+    /// Op types never quantized, even when listed in `op-types`.
+    pub keep_float: Vec<String>,
+    /// Node name patterns (`*` wildcards) to leave in float.
+    pub exclude: Vec<String>,
+    /// Leave float the N groups of MatMul/Gemm/Conv nodes (nodes reading the same
+    /// activation) whose quantization hurts the output most: each group is
+    /// quantized alone and measured on the calibration samples (outlier channels
+    /// show up here first). Reported.
+    pub exclude_worst: usize,
+    /// Also quantize graph outputs (as onnxruntime does); by default they stay exact.
+    pub quantize_outputs: bool,
+    /// Quantize only MatMuls whose B is a constant: products of two activations
+    /// (attention scores) stay float. onnxruntime's QDQ quantizer quantizes both.
+    pub matmul_const_b_only: bool,
+    /// Op types whose outputs are not quantized (their inputs still are).
+    pub exclude_output_ops: Vec<String>,
+    /// Runtime calibration runs on: tract (default: embedded, the same ranges on
+    /// every machine), ort (ONNX Runtime: faster on large models) or auto.
+    pub runtime: String,
+}
+
+impl Default for StaticConfig {
+    fn default() -> Self {
+        StaticConfig {
+            calib: None,
+            calib_samples: 8,
+            calib_method: CalibMethod::Minmax,
+            percentile: 99.999,
+            num_bins: 2048,
+            num_quantized_bins: 128,
+            percentile_symmetric: true,
+            activation_type: ActivationType::Int8,
+            activation_symmetric: false,
+            weight_type: WeightType::Int8,
+            per_channel: false,
+            reduce_range: false,
+            op_types: DEFAULT_OPS.iter().map(|s| s.to_string()).collect(),
+            keep_float: KEEP_FLOAT.iter().map(|s| s.to_string()).collect(),
+            exclude: Vec::new(),
+            exclude_worst: 0,
+            quantize_outputs: false,
+            matmul_const_b_only: true,
+            exclude_output_ops: Vec::new(),
+            runtime: "tract".into(),
+        }
+    }
+}
+
+pub const STATIC_KEYS: &[&str] = &[
+    "calib",
+    "calib-samples",
+    "calib-method",
+    "percentile",
+    "num-bins",
+    "num-quantized-bins",
+    "percentile-symmetric",
+    "activation-type",
+    "activation-symmetric",
+    "weight-type",
+    "per-channel",
+    "reduce-range",
+    "op-types",
+    "keep-float",
+    "exclude",
+    "exclude-worst",
+    "quantize-outputs",
+    "matmul-const-b-only",
+    "exclude-output-ops",
+    "runtime",
+];
+
+/// Ops quantized by default: the compute-heavy ones and those a quantized tensor
+/// passes through unchanged. Elementwise Add/Mul are left out: in decoders they
+/// carry the residual stream and the normalizations, which int8 destroys.
+pub const DEFAULT_OPS: &[&str] = &[
+    "Conv",
+    "ConvTranspose",
+    "MatMul",
+    "Gemm",
+    "Relu",
+    "Clip",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "Reshape",
+    "Flatten",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+];
+
+/// Ops that must stay float: their inputs and outputs need the dynamic range.
+pub const KEEP_FLOAT: &[&str] = &[
+    "Softmax",
+    "LogSoftmax",
+    "LayerNormalization",
+    "RMSNormalization",
+    "SimplifiedLayerNormalization",
+    "SkipLayerNormalization",
+    "SkipSimplifiedLayerNormalization",
+    "GroupNormalization",
+    "InstanceNormalization",
+    "BatchNormalization",
+    "LpNormalization",
+];
+
+/// Never quantized whatever the configuration (onnxruntime's tools would rewrite
+/// some of these into ops that do not load).
+const ATTENTION: &[&str] = &[
+    "Attention",
+    "MultiHeadAttention",
+    "GroupQueryAttention",
+    "RotaryEmbedding",
+];
+
+const SHARING: &[&str] = &[
+    "MaxPool",
+    "AveragePool",
+    "Reshape",
+    "Flatten",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Slice",
+    "Resize",
+    "Split",
+    "TopK",
+];
+
+const NAME: &str = "int8-static-qdq";
+
+pub struct StaticQdq {
+    pub config: StaticConfig,
+    selection: Selection,
+    source: Option<Source>,
+}
+
+impl StaticQdq {
+    pub fn new(config: StaticConfig) -> Result<Self> {
+        let source = match &config.calib {
+            Some(p) => Some(Source::open(std::path::Path::new(p))?),
+            None => None,
+        };
+        if config.calib.is_none() && config.calib_samples == 0 {
+            return Err(Error::invalid(
+                "calib-samples = 0 and no calibration data: nothing to calibrate on",
+            ));
+        }
+        if !(0.0..=100.0).contains(&config.percentile) {
+            return Err(Error::invalid(format!(
+                "percentile {} is not within [0, 100]",
+                config.percentile
+            )));
+        }
+        if config.calib_method == CalibMethod::Entropy
+            && (config.num_quantized_bins == 0
+                || config.num_quantized_bins / 2 > config.num_bins / 2)
+        {
+            return Err(Error::invalid(format!(
+                "entropy calibration needs num-quantized-bins ({}) <= num-bins ({})",
+                config.num_quantized_bins, config.num_bins
+            )));
+        }
+        if config.activation_type == ActivationType::Int8 && config.weight_type == WeightType::Uint8
+        {
+            return Err(Error::invalid(
+                "int8 activations with uint8 weights have no kernels in ONNX Runtime; use \
+                 weight-type = \"int8\" or activation-type = \"uint8\"",
+            ));
+        }
+        config
+            .runtime
+            .parse::<crate::runtime::RuntimeKind>()
+            .map_err(Error::invalid)?;
+        let selection = Selection::new(&config.exclude, &config.op_types, None)?;
+        Ok(StaticQdq {
+            config,
+            selection,
+            source,
+        })
+    }
+
+    /// The runtime calibration runs on.
+    fn runtime(&self) -> Result<Box<dyn crate::runtime::Runtime>> {
+        runtime_named(&self.config.runtime)
+    }
+
+    fn method(&self) -> Method {
+        let c = &self.config;
+        match c.calib_method {
+            CalibMethod::Minmax => Method::MinMax,
+            CalibMethod::Distribution => Method::Distribution,
+            CalibMethod::Entropy => Method::Entropy {
+                bins: c.num_bins,
+                quantized_bins: c.num_quantized_bins,
+            },
+            CalibMethod::Percentile => Method::Percentile {
+                bins: c.num_bins,
+                percentile: c.percentile,
+                symmetric: c.percentile_symmetric,
+            },
+        }
+    }
+
+    fn weight_spec(&self, axis: Option<usize>) -> WeightSpec {
+        let per_channel = axis.is_some();
+        WeightSpec {
+            qtype: self.config.weight_type.qtype(),
+            // Per-channel weights are symmetric: QLinear kernels want one zero point.
+            symmetric: per_channel || self.config.weight_type == WeightType::Int8,
+            reduce_range: self.config.reduce_range,
+            axis,
+        }
+    }
+
+    /// Constants read by an elementwise op are quantized like activations.
+    fn const_act_spec(&self) -> WeightSpec {
+        WeightSpec {
+            qtype: self.config.activation_type.qtype(),
+            symmetric: self.config.activation_symmetric,
+            reduce_range: self.config.reduce_range,
+            axis: None,
+        }
+    }
+
+    fn skipped_op(&self, op: &str) -> bool {
+        ATTENTION.contains(&op) || self.config.keep_float.iter().any(|k| k == op)
+    }
+}
+
+/// The runtime named `name` (tract, ort or auto).
+pub(crate) fn runtime_named(name: &str) -> Result<Box<dyn crate::runtime::Runtime>> {
+    let kind = name
+        .parse::<crate::runtime::RuntimeKind>()
+        .map_err(Error::invalid)?;
+    Ok(crate::runtime::select(&crate::runtime::RuntimeOptions {
+        kind,
+        ..Default::default()
+    })?
+    .runtime)
+}
+
+/// How a node reads one constant weight.
+#[derive(Clone, Debug)]
+pub(crate) struct WeightUse {
+    pub node: NodeId,
+    pub slot: usize,
+    /// The constant value (behind the Transpose, if any).
+    pub value: ValueId,
+    pub source: ConstSource,
+    pub transpose: Option<NodeId>,
+    pub spec: WeightSpec,
+}
+
+#[derive(Clone, Debug)]
+struct BiasUse {
+    node: NodeId,
+    value: ValueId,
+    source: ConstSource,
+    input: ValueId,
+    /// Index into `Plan::weights` of the node's weight.
+    weight: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mark {
+    /// Its own calibrated range.
+    Act,
+    /// Shares the scale/zero point of another quantized tensor.
+    Shared(ValueId),
+}
+
+/// What the pass will do, decided on the unmodified graph.
+#[derive(Default)]
+struct Plan {
+    order: Vec<ValueId>,
+    marks: HashMap<ValueId, Mark>,
+    weights: Vec<WeightUse>,
+    biases: Vec<BiasUse>,
+    /// (Relu/Clip, its producer): the producer takes over the activation's output.
+    merges: Vec<(NodeId, NodeId)>,
+    /// Relu/Clip whose input takes the output's range.
+    range_from_output: Vec<(ValueId, ValueId)>,
+    nodes: usize,
+    /// Every node the pass quantizes: only these read the dequantized copies.
+    members: BTreeSet<NodeId>,
+}
+
+impl Plan {
+    fn is_marked(&self, v: ValueId) -> bool {
+        self.marks.contains_key(&v)
+    }
+
+    /// An own-range mark never replaces an existing one; sharing always does (as
+    /// onnxruntime's QDQ quantizer).
+    fn mark(&mut self, v: ValueId, m: Mark) {
+        match self.marks.get(&v) {
+            Some(_) if m == Mark::Act => return,
+            Some(_) => {}
+            None => self.order.push(v),
+        }
+        self.marks.insert(v, m);
+    }
+
+    fn unmark(&mut self, v: ValueId) {
+        self.marks.remove(&v);
+        self.order.retain(|&x| x != v);
+    }
+}
+
+/// A weight input of `node` at `slot`: the constant read directly or through a
+/// 2-D Transpose.
+fn weight_at(
+    g: &Graph,
+    node: NodeId,
+    slot: usize,
+) -> Option<(ValueId, ConstSource, Option<NodeId>)> {
+    let v = g.node(node).input(slot)?;
+    if let Some((src, t)) = constant(g, v) {
+        return t.dtype().is_float().then_some((v, src, None));
+    }
+    let p = g.producer(v)?;
+    let t = g.node(p);
+    if !t.is("", "Transpose") || g.value(v).uses().len() != 1 {
+        return None;
+    }
+    let perm = t.attr("perm").map(|a| a.ints.clone());
+    let w = t.input(0)?;
+    let (src, tensor) = constant(g, w)?;
+    let two_d = tensor.dims.len() == 2 && perm.as_ref().is_none_or(|p| p == &[1, 0]);
+    (two_d && tensor.dtype().is_float()).then_some((w, src, Some(p)))
+}
+
+impl StaticQdq {
+    fn plan(&self, g: &Graph, outcome: &mut PassOutcome, excluded: &BTreeSet<String>) -> Plan {
+        let mut plan = Plan::default();
+        let from_dq: BTreeSet<ValueId> = g
+            .nodes()
+            .filter(|(_, n)| n.op_type == "DequantizeLinear")
+            .flat_map(|(_, n)| n.outputs().iter().flatten().copied().collect::<Vec<_>>())
+            .collect();
+        let act = |plan: &mut Plan, v: Option<ValueId>| {
+            if let Some(v) = v {
+                if !from_dq.contains(&v) && constant(g, v).is_none() {
+                    plan.mark(v, Mark::Act);
+                }
+            }
+        };
+        for (id, node) in g.nodes() {
+            let op = node.op_type.as_str();
+            if !node.domain().is_empty()
+                || !self.selection.op_included(op)
+                || op == "QuantizeLinear"
+                || op == "DequantizeLinear"
+            {
+                continue;
+            }
+            if self.skipped_op(op) {
+                outcome.skip(node.name(), format!("{op} stays float (keep-float)"));
+                continue;
+            }
+            if self.selection.resolve(node.name()) == NodeOverride::Skip
+                || excluded.contains(node.name())
+            {
+                outcome.skip(node.name(), "excluded");
+                continue;
+            }
+            plan.members.insert(id);
+            let before = (plan.order.len(), plan.weights.len(), plan.merges.len());
+            match op {
+                "MatMul" if self.config.matmul_const_b_only && weight_at(g, id, 1).is_none() => {
+                    outcome.skip(node.name(), "B is not a constant (matmul-const-b-only)");
+                    continue;
+                }
+                "Conv" | "ConvTranspose" | "Gemm" | "MatMul" => {
+                    self.plan_weighted(g, id, &mut plan, &act, outcome)
+                }
+                "Relu" | "Clip" => {
+                    let (Some(i), Some(o)) = (node.input(0), node.output(0)) else {
+                        continue;
+                    };
+                    if !plan.is_marked(i) {
+                        continue;
+                    }
+                    let producer = g.producer(i);
+                    let mergeable = !self.config.activation_symmetric
+                        && producer.is_some()
+                        && g.value(i).uses().len() == 1
+                        && !g.is_graph_output(i)
+                        && !g.is_graph_input(i)
+                        && plan.marks.get(&i) == Some(&Mark::Act);
+                    if mergeable {
+                        plan.unmark(i);
+                        plan.merges.push((id, producer.expect("checked")));
+                    } else {
+                        plan.range_from_output.push((i, o));
+                    }
+                    act(&mut plan, Some(o));
+                }
+                _ if SHARING.contains(&op) => {
+                    let Some(i) = node.input(0) else { continue };
+                    if plan.is_marked(i) {
+                        for o in node.outputs().iter().flatten() {
+                            plan.mark(*o, Mark::Shared(i));
+                        }
+                    }
+                }
+                "Where" => {
+                    if node.input(1).is_some_and(|v| plan.is_marked(v))
+                        && node.input(2).is_some_and(|v| plan.is_marked(v))
+                    {
+                        for o in node.outputs().iter().flatten() {
+                            act(&mut plan, Some(*o));
+                        }
+                    }
+                }
+                _ => {
+                    for (slot, v) in node.inputs().iter().enumerate() {
+                        let Some(v) = *v else { continue };
+                        match constant(g, v) {
+                            Some((src, t)) if t.dtype().is_float() => {
+                                plan.weights.push(WeightUse {
+                                    node: id,
+                                    slot,
+                                    value: v,
+                                    source: src,
+                                    transpose: None,
+                                    spec: self.const_act_spec(),
+                                })
+                            }
+                            Some(_) => {}
+                            None => act(&mut plan, Some(v)),
+                        }
+                    }
+                    for o in node.outputs().iter().flatten() {
+                        act(&mut plan, Some(*o));
+                    }
+                }
+            }
+            if (plan.order.len(), plan.weights.len(), plan.merges.len()) != before {
+                plan.nodes += 1;
+            }
+        }
+        plan
+    }
+
+    fn plan_weighted(
+        &self,
+        g: &Graph,
+        id: NodeId,
+        plan: &mut Plan,
+        act: &dyn Fn(&mut Plan, Option<ValueId>),
+        outcome: &mut PassOutcome,
+    ) {
+        let node = g.node(id);
+        let op = node.op_type.as_str();
+        let rank_of = |v: ValueId| constant(g, v).map_or(0, |(_, t)| t.dims.len());
+        let (wslot, axis) = match op {
+            "Conv" => (1, 0),
+            "ConvTranspose" => (1, 1),
+            "Gemm" => (
+                1,
+                if node.attr_int("transB").unwrap_or(0) != 0 {
+                    0
+                } else {
+                    1
+                },
+            ),
+            _ => (1, 1),
+        };
+        // MatMul: any constant input is a weight (onnxruntime does the same for A).
+        let mut weight_index = None;
+        for slot in 0..node.inputs().len().min(2) {
+            let w = if slot == wslot || op == "MatMul" {
+                weight_at(g, id, slot)
+            } else {
+                None
+            };
+            match w {
+                Some((value, source, transpose)) => {
+                    let rank = if transpose.is_some() {
+                        2
+                    } else {
+                        rank_of(value)
+                    };
+                    let axis = (self.config.per_channel && axis < rank).then_some(axis);
+                    if slot == wslot {
+                        weight_index = Some(plan.weights.len());
+                    }
+                    plan.weights.push(WeightUse {
+                        node: id,
+                        slot,
+                        value,
+                        source,
+                        transpose,
+                        spec: self.weight_spec(axis),
+                    });
+                }
+                None => act(plan, node.input(slot)),
+            }
+        }
+        if !self.config.exclude_output_ops.iter().any(|o| o == op) {
+            for o in node.outputs().iter().take(1).flatten() {
+                act(plan, Some(*o));
+            }
+        }
+        let Some(bias) = node.input(2) else { return };
+        if op == "MatMul" {
+            return;
+        }
+        let beta = node.attr_float("beta").unwrap_or(1.0);
+        match (constant(g, bias), weight_index, node.input(0)) {
+            (Some((src, t)), Some(w), Some(input))
+                if t.dtype().is_float() && beta == 1.0 && plan.is_marked(input) =>
+            {
+                plan.biases.push(BiasUse {
+                    node: id,
+                    value: bias,
+                    source: src,
+                    input,
+                    weight: w,
+                })
+            }
+            _ => outcome.skip(
+                node.name(),
+                "bias left float (not a constant, beta != 1, or weight not constant)",
+            ),
+        }
+    }
+}
+
+impl Pass for StaticQdq {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn requires(&self, model: &Model) -> Result<()> {
+        if !model.has_graph {
+            return Err(Error::invalid("the model has no graph to quantize"));
+        }
+        Ok(())
+    }
+
+    fn run(&self, model: &mut Model, cx: &mut PassCx) -> Result<PassOutcome> {
+        let mut outcome = PassOutcome::new(NAME);
+        let mut plan = self.plan(&model.graph, &mut PassOutcome::default(), &BTreeSet::new());
+        if plan.order.is_empty() && plan.weights.is_empty() {
+            self.plan(&model.graph, &mut outcome, &BTreeSet::new());
+            return Ok(outcome);
+        }
+        let g = &model.graph;
+        // Folded activations' inputs too, in case their range forbids the fold.
+        let observe: BTreeSet<String> = plan
+            .order
+            .iter()
+            .copied()
+            .chain(plan.merges.iter().filter_map(|&(r, _)| g.node(r).input(0)))
+            .map(|v| g.value_name(v).to_string())
+            .collect();
+        let source = match &self.source {
+            Some(s) => s.clone(),
+            None => {
+                outcome.notes.push(format!(
+                    "no calibration data: ranges come from {} seeded random inputs shaped like \
+                     the model's inputs; pass --calib DIR for ranges that match real data",
+                    self.config.calib_samples
+                ));
+                Source::Random {
+                    samples: self.config.calib_samples,
+                    seed: cx.seed,
+                    dims: BTreeMap::new(),
+                }
+            }
+        };
+        let progress = super::kernels::progress_bar(cx.progress, 0, "calibrating");
+        let cal = calib::calibrate(
+            model,
+            &observe,
+            &source,
+            self.method(),
+            self.runtime()?.as_ref(),
+            &progress,
+        )?;
+        progress.finish_and_clear();
+        outcome.notes.extend(cal.notes.iter().cloned());
+        outcome.count("calibration samples", cal.samples as u64);
+        let mut excluded = BTreeSet::new();
+        if self.config.exclude_worst > 0 {
+            excluded = self.worst_nodes(model, &cal, &source, &mut outcome)?;
+            plan = self.plan(&model.graph, &mut PassOutcome::default(), &excluded);
+        }
+        self.plan(&model.graph, &mut outcome, &excluded);
+        self.check_folds(&model.graph, &mut plan, &cal, &mut outcome);
+        let params = self.activation_params(&model.graph, &plan, &cal)?;
+        let qdq_domain = self.prepare_opset(model)?;
+        let g = &mut model.graph;
+        apply(self, g, &plan, &params, &qdq_domain, &mut outcome)?;
+        outcome.count("nodes quantized", plan.nodes as u64);
+        outcome.changed = true;
+        Ok(outcome)
+    }
+}
+
+impl StaticQdq {
+    /// A Relu/Clip is folded into its producer's QuantizeLinear only when the
+    /// quantized range clips as it would: [0, ·] for Relu, within [min, max] for
+    /// Clip. Symmetric ranges (Distribution calibration) keep the activation.
+    fn check_folds(
+        &self,
+        g: &Graph,
+        plan: &mut Plan,
+        cal: &calib::Calibration,
+        outcome: &mut PassOutcome,
+    ) {
+        let mut keep = Vec::new();
+        for (act, producer) in std::mem::take(&mut plan.merges) {
+            let node = g.node(act);
+            let (Some(i), Some(o)) = (node.input(0), node.output(0)) else {
+                continue;
+            };
+            let range = cal.ranges.get(g.value_name(o)).copied();
+            let bound = |slot: usize, attr: &str, default: f32| {
+                node.input(slot)
+                    .and_then(|v| constant(g, v))
+                    .and_then(|(_, t)| t.to_f32().ok())
+                    .and_then(|v| v.first().copied())
+                    .or_else(|| node.attr_float(attr))
+                    .unwrap_or(default)
+            };
+            let foldable = match (node.op_type.as_str(), range) {
+                ("Relu", Some((lo, _))) => lo >= 0.0,
+                ("Clip", Some((lo, hi))) => {
+                    lo >= bound(1, "min", f32::NEG_INFINITY) && hi <= bound(2, "max", f32::INFINITY)
+                }
+                _ => false,
+            };
+            if foldable {
+                keep.push((act, producer));
+            } else {
+                outcome.skip(
+                    node.name(),
+                    "kept: the calibrated range would not clip as the activation does",
+                );
+                plan.mark(i, Mark::Act);
+                plan.range_from_output.push((i, o));
+            }
+        }
+        plan.merges = keep;
+    }
+
+    /// Scale/zero point of every calibrated activation, after onnxruntime's range
+    /// adjustments (a Relu/Clip input takes its output's range).
+    fn activation_params(
+        &self,
+        g: &Graph,
+        plan: &Plan,
+        cal: &calib::Calibration,
+    ) -> Result<HashMap<ValueId, ScaleZp>> {
+        let mut ranges: HashMap<ValueId, (f32, f32)> = HashMap::new();
+        for (name, r) in &cal.ranges {
+            if let Some(v) = g.find(name) {
+                ranges.insert(v, *r);
+            }
+        }
+        for &(i, o) in &plan.range_from_output {
+            if g.value(i).uses().len() == 1 {
+                if let Some(r) = ranges.get(&o).copied() {
+                    ranges.insert(i, r);
+                }
+            }
+        }
+        let qt = self.config.activation_type.qtype();
+        let sym = self.config.activation_symmetric;
+        let (qmin, qmax) = qt.range(false, sym);
+        let mut out = HashMap::new();
+        for &v in &plan.order {
+            if plan.marks.get(&v) != Some(&Mark::Act) {
+                continue;
+            }
+            let Some(&(lo, hi)) = ranges.get(&v) else {
+                continue; // not float
+            };
+            let p = int8::scale_zp(lo, hi, qmin, qmax, sym)
+                .map_err(|e| Error::tensor(g.value_name(v), e.to_string()))?;
+            out.insert(v, p);
+        }
+        Ok(out)
+    }
+
+    /// Raises the opset for per-axis DQ (13) or 16-bit Q/DQ (21); returns the
+    /// domain Q/DQ nodes use ("" or com.microsoft when 21 is refused).
+    fn prepare_opset(&self, model: &mut Model) -> Result<String> {
+        if self.config.activation_type == ActivationType::Int16 {
+            if super::opset::raise_default_opset(model, 21).is_ok() {
+                if model.ir_version.unwrap_or(0) < 10 {
+                    model.ir_version = Some(10);
+                }
+                return Ok(String::new());
+            }
+            model.require_opset("com.microsoft", 1);
+            return Ok("com.microsoft".into());
+        }
+        if model.opset("").unwrap_or(1) < 13 {
+            super::opset::raise_default_opset(model, 13)?;
+        }
+        Ok(String::new())
+    }
+
+    /// Quantizes each group of MatMul/Gemm/Conv reading the same activation alone
+    /// (they share that activation's quantization), measures the output error on
+    /// the calibration samples, and returns the nodes of the `exclude-worst` worst
+    /// groups.
+    fn worst_nodes(
+        &self,
+        model: &Model,
+        cal: &calib::Calibration,
+        source: &Source,
+        outcome: &mut PassOutcome,
+    ) -> Result<BTreeSet<String>> {
+        let g = &model.graph;
+        let full = self.plan(g, &mut PassOutcome::default(), &BTreeSet::new());
+        let mut groups: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for w in &full.weights {
+            let n = g.node(w.node);
+            if matches!(n.op_type.as_str(), "MatMul" | "Gemm" | "Conv") {
+                let x = n
+                    .input(0)
+                    .map(|v| g.value_name(v).to_string())
+                    .unwrap_or_default();
+                groups.entry(x).or_default().insert(n.name().to_string());
+            }
+        }
+        let candidates: BTreeSet<String> = groups.values().flatten().cloned().collect();
+        let specs = g.input_specs();
+        let hints = crate::verify::inputs::InputHints::from_model(model);
+        let rt = self.runtime()?;
+        let mut reference = Vec::with_capacity(source.len());
+        {
+            let mut session = crate::runtime::open_model(rt.as_ref(), model, &[])?;
+            for i in 0..source.len() {
+                reference.push(session.run(&source.sample(i, &specs, &hints)?)?);
+            }
+        }
+        let mut scored = Vec::new();
+        for (x, members) in &groups {
+            let others: BTreeSet<String> = candidates.difference(members).cloned().collect();
+            let mut m = model.clone();
+            let plan = self.plan(&m.graph, &mut PassOutcome::default(), &others);
+            let mut plan = plan;
+            self.check_folds(&m.graph, &mut plan, cal, &mut PassOutcome::default());
+            let params = self.activation_params(&m.graph, &plan, cal)?;
+            let domain = self.prepare_opset(&mut m)?;
+            apply(
+                self,
+                &mut m.graph,
+                &plan,
+                &params,
+                &domain,
+                &mut PassOutcome::default(),
+            )?;
+            m.graph.toposort()?;
+            let mut session = crate::runtime::open_model(rt.as_ref(), &m, &[])?;
+            drop(m);
+            let mut acc = crate::verify::metrics::Accumulator::default();
+            for (i, want) in reference.iter().enumerate() {
+                let got = session.run(&source.sample(i, &specs, &hints)?)?;
+                for ((name, a), (_, b)) in want.iter().zip(&got) {
+                    if a.is_float() {
+                        acc.add(name, a, b)?;
+                    }
+                }
+            }
+            scored.push((acc.finish("").rel_l2, x.clone(), members.clone()));
+        }
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut out = BTreeSet::new();
+        for (rank, (err, x, members)) in scored
+            .into_iter()
+            .take(self.config.exclude_worst)
+            .enumerate()
+        {
+            let names: Vec<&str> = members.iter().map(String::as_str).collect();
+            outcome.notes.push(format!(
+                "left float {}: quantized alone, their input '{x}' and weights give rel L2 \
+                 {err:.3e} on the calibration samples (worst #{})",
+                names.join(", "),
+                rank + 1
+            ));
+            outcome.count("nodes left float (worst)", members.len() as u64);
+            out.extend(members);
+        }
+        Ok(out)
+    }
+}
+
+/// Scale/zero point initializers of one quantized tensor.
+#[derive(Clone, Copy)]
+struct ParamVals {
+    scale: ValueId,
+    zero_point: ValueId,
+}
+
+fn apply(
+    pass: &StaticQdq,
+    g: &mut Graph,
+    plan: &Plan,
+    params: &HashMap<ValueId, ScaleZp>,
+    domain: &str,
+    outcome: &mut PassOutcome,
+) -> Result<()> {
+    let act_q = pass.config.activation_type.qtype();
+    // Relu/Clip folding: the producer takes over the activation's output value.
+    let mut remap: HashMap<NodeId, NodeId> = HashMap::new();
+    for &(relu, producer) in &plan.merges {
+        let p = g.node(producer).clone();
+        let mut spec = NodeSpec::new(p.domain(), &p.op_type)
+            .name(p.name().to_string())
+            .inputs(p.inputs().to_vec())
+            .meta(PASS_KEY, NAME);
+        spec.attributes = p.attributes.clone();
+        let new = g.swap_node(relu, spec)?;
+        g.remove_node(producer)?;
+        remap.insert(producer, new);
+        outcome.count("activations folded", 1);
+    }
+    let outputs = pass.config.quantize_outputs;
+    let root_of = |mut v: ValueId| {
+        while let Some(Mark::Shared(up)) = plan.marks.get(&v) {
+            v = *up;
+        }
+        v
+    };
+    let mut made: HashMap<ValueId, ParamVals> = HashMap::new();
+    // Activations with their own range, then those sharing one (in plan order, so a
+    // provider is always done first).
+    for &v in &plan.order {
+        let Mark::Act = plan.marks[&v] else { continue };
+        let Some(p) = params.get(&v) else { continue };
+        let base = g.value_name(v).to_string();
+        let pv = ParamVals {
+            scale: add_named(g, &format!("{base}_scale"), scale_tensor(&[*p], vec![]))?,
+            zero_point: add_named(
+                g,
+                &format!("{base}_zero_point"),
+                zp_tensor(&[*p], act_q, vec![]),
+            )?,
+        };
+        made.insert(v, pv);
+        insert_qdq(g, v, pv, domain, outputs, &plan.members, &mut remap)?;
+        outcome.count("activations quantized", 1);
+    }
+    for &v in &plan.order {
+        let Mark::Shared(_) = plan.marks[&v] else {
+            continue;
+        };
+        let Some(&pv) = made.get(&root_of(v)) else {
+            continue;
+        };
+        made.insert(v, pv);
+        insert_qdq(g, v, pv, domain, outputs, &plan.members, &mut remap)?;
+        outcome.count("activations quantized", 1);
+    }
+    let node_of = |old: NodeId| remap.get(&old).copied().unwrap_or(old);
+    // Parameters nobody reads (graph outputs without consumers) go again.
+    for pv in made.values() {
+        if g.value(pv.scale).uses().is_empty() && g.initializer(pv.scale).is_some() {
+            g.remove_initializer(pv.scale)?;
+            g.remove_initializer(pv.zero_point)?;
+        }
+    }
+    // Weights: parameters first, enlarged for int32 biases, then codes.
+    let mut wparams: Vec<Option<Vec<ScaleZp>>> = vec![None; plan.weights.len()];
+    let mut wdata: Vec<Option<(Vec<f32>, Vec<usize>)>> = vec![None; plan.weights.len()];
+    for (i, w) in plan.weights.iter().enumerate() {
+        let (vals, dims) = read_weight(g, w)?;
+        let p = int8::weight_params(&vals, &dims, &w.spec)
+            .map_err(|e| Error::tensor(g.value_name(w.value), e.to_string()))?;
+        wparams[i] = Some(p);
+        wdata[i] = Some((vals, dims));
+    }
+    let mut bias_inputs = Vec::new();
+    for b in &plan.biases {
+        let Some(&in_p) = params.get(&root_of(b.input)) else {
+            continue;
+        };
+        let Some(Some(wp)) = wparams.get_mut(b.weight) else {
+            continue;
+        };
+        let spec = plan.weights[b.weight].spec;
+        let symmetric_int =
+            matches!(spec.qtype, QType::I8 | QType::I16) && wp.iter().all(|p| p.zero_point == 0);
+        let bias = super::kernels::read_f32(constant(g, b.value).expect("constant").1)?;
+        if symmetric_int && int8::adjust_scales_for_bias(&bias, in_p.scale, wp) {
+            outcome.count("weight scales enlarged for int32 biases", 1);
+        }
+        bias_inputs.push((b, in_p, bias));
+    }
+    // A weight read by several nodes with the same settings is quantized once.
+    let mut shared: HashMap<(ValueId, bool, WeightSpec), ParamVals> = HashMap::new();
+    let mut dq_of: HashMap<(ValueId, bool, WeightSpec), ValueId> = HashMap::new();
+    for (i, w) in plan.weights.iter().enumerate() {
+        let key = (w.value, w.transpose.is_some(), w.spec);
+        let consumer = node_of(w.node);
+        if !g.contains_node(consumer) {
+            continue;
+        }
+        let dq = match dq_of.get(&key) {
+            Some(&dq) => dq,
+            None => {
+                let (vals, dims) = wdata[i].take().expect("read once per use");
+                let p = wparams[i].clone().expect("computed");
+                let q = int8::quantize_with(&vals, &dims, &p, w.spec.axis, w.spec.qtype)
+                    .map_err(|e| Error::tensor(g.value_name(w.value), e.to_string()))?;
+                let original = constant(g, w.value).expect("constant").1.clone();
+                let base = if w.transpose.is_some() {
+                    format!("{}_Transposed", g.value_name(w.value))
+                } else {
+                    g.value_name(w.value).to_string()
+                };
+                let pdims = if w.spec.axis.is_some() {
+                    vec![p.len() as i64]
+                } else {
+                    vec![]
+                };
+                let data = codes_tensor(
+                    "",
+                    w.spec.qtype,
+                    dims.iter().map(|&d| d as i64).collect(),
+                    &q,
+                )
+                .stored_like(&original);
+                outcome.count("weight bytes before", original.stored_len() as u64);
+                outcome.count("weight bytes after", data.stored_len() as u64);
+                let data = add_named(g, &format!("{base}_quantized"), data)?;
+                let pv = ParamVals {
+                    scale: add_named(g, &format!("{base}_scale"), scale_tensor(&p, pdims.clone()))?,
+                    zero_point: add_named(
+                        g,
+                        &format!("{base}_zero_point"),
+                        zp_tensor(&p, w.spec.qtype, pdims),
+                    )?,
+                };
+                let dq = add_dq(
+                    g,
+                    data,
+                    pv,
+                    &format!("{base}_DequantizeLinear"),
+                    w.spec.axis,
+                    domain,
+                    consumer,
+                )?;
+                shared.insert(key, pv);
+                dq_of.insert(key, dq);
+                outcome.count("weights quantized", 1);
+                dq
+            }
+        };
+        g.set_input(consumer, w.slot, Some(dq));
+        if let Some(t) = w.transpose {
+            if g.contains_node(t)
+                && g.node(t)
+                    .outputs()
+                    .iter()
+                    .flatten()
+                    .all(|&o| g.value(o).uses().is_empty() && !g.is_graph_output(o))
+            {
+                g.remove_node(t)?;
+            }
+        }
+        drop_if_unused(g, w.value, w.source);
+    }
+    for (b, in_p, bias) in bias_inputs {
+        let w = &plan.weights[b.weight];
+        let key = (w.value, w.transpose.is_some(), w.spec);
+        let Some(&wp) = shared.get(&key) else {
+            continue;
+        };
+        let wscales = g
+            .initializer(wp.scale)
+            .map(|t| t.to_f32())
+            .transpose()?
+            .unwrap_or_default();
+        let wparams: Vec<ScaleZp> = wscales
+            .iter()
+            .map(|&s| ScaleZp {
+                scale: s,
+                zero_point: 0,
+            })
+            .collect();
+        let (codes, scales) = int8::quantize_bias(&bias, in_p.scale, &wparams);
+        let base = g.value_name(b.value).to_string();
+        let t = constant(g, b.value).expect("constant").1.clone();
+        let per_channel = scales.len() > 1;
+        let sdims = if per_channel {
+            vec![scales.len() as i64]
+        } else {
+            vec![]
+        };
+        let data = Tensor::from_raw(
+            "",
+            DType::I32,
+            t.dims.clone(),
+            bytes::Bytes::from(
+                codes
+                    .iter()
+                    .flat_map(|c| c.to_le_bytes())
+                    .collect::<Vec<u8>>(),
+            ),
+        )
+        .stored_like(&t);
+        let data = add_named(g, &format!("{base}_quantized"), data)?;
+        let pv = ParamVals {
+            scale: add_named(
+                g,
+                &format!("{base}_quantized_scale"),
+                Tensor::from_f32("", sdims.clone(), &scales),
+            )?,
+            zero_point: add_named(
+                g,
+                &format!("{base}_quantized_zero_point"),
+                Tensor::from_raw(
+                    "",
+                    DType::I32,
+                    sdims,
+                    bytes::Bytes::from(vec![0u8; 4 * if per_channel { scales.len() } else { 1 }]),
+                ),
+            )?,
+        };
+        let consumer = node_of(b.node);
+        let dq = add_dq(
+            g,
+            data,
+            pv,
+            &format!("{base}_DequantizeLinear"),
+            per_channel.then_some(0),
+            domain,
+            consumer,
+        )?;
+        g.set_input(consumer, 2, Some(dq));
+        drop_if_unused(g, b.value, b.source);
+        outcome.count("biases quantized", 1);
+    }
+    Ok(())
+}
+
+/// Reads the tensor a weight use sees (transposed through its Transpose node).
+fn read_weight(g: &Graph, w: &WeightUse) -> Result<(Vec<f32>, Vec<usize>)> {
+    let t = constant(g, w.value).expect("constant").1;
+    let vals = super::kernels::read_f32(t)?;
+    let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+    if w.transpose.is_some() {
+        let (r, c) = (dims[0], dims[1]);
+        return Ok((crate::quant::transpose(&vals, r, c), vec![c, r]));
+    }
+    Ok((vals, dims))
+}
+
+fn add_dq(
+    g: &mut Graph,
+    data: ValueId,
+    pv: ParamVals,
+    name: &str,
+    axis: Option<usize>,
+    domain: &str,
+    before: NodeId,
+) -> Result<ValueId> {
+    let out = g.fresh_name(&format!("{}_Output", name));
+    let mut spec = NodeSpec::new(domain, "DequantizeLinear")
+        .name(g.fresh_node_name(name))
+        .inputs([Some(data), Some(pv.scale), Some(pv.zero_point)])
+        .output(out)
+        .meta(PASS_KEY, NAME);
+    if let Some(a) = axis {
+        spec = spec.attr(Attribute::int("axis", a as i64));
+    }
+    let id = g.add_node(spec)?;
+    g.place_before(id, before);
+    Ok(g.node(id).output(0).expect("one output"))
+}
+
+/// `v → Q → DQ`, readers of `v` reading the DQ output instead: all of them when a
+/// quantized node (`members`) produces `v`, else only the quantized ones. A graph output keeps its
+/// float value unless `outputs` is set: then its producer writes a new value and
+/// the DQ takes over the output's name (the producer's id moves, recorded in
+/// `remap`). Without quantized consumers nothing is inserted.
+fn insert_qdq(
+    g: &mut Graph,
+    v: ValueId,
+    pv: ParamVals,
+    domain: &str,
+    outputs: bool,
+    members: &BTreeSet<NodeId>,
+    remap: &mut HashMap<NodeId, NodeId>,
+) -> Result<()> {
+    let base = g.value_name(v).to_string();
+    if outputs && g.is_graph_output(v) {
+        if let Some(p) = g.producer(v).filter(|&p| g.node(p).outputs().len() == 1) {
+            let node = g.node(p).clone();
+            let mut spec = NodeSpec::new(node.domain(), &node.op_type)
+                .name(node.name().to_string())
+                .inputs(node.inputs().to_vec())
+                .output(g.fresh_name(&format!("{base}_QuantizeLinear_Input")))
+                .meta(PASS_KEY, NAME);
+            spec.attributes = node.attributes.clone();
+            let new = g.add_node(spec)?;
+            g.place_before(new, p);
+            let raw = g.node(new).output(0).expect("one output");
+            let q = g.add_node(
+                NodeSpec::new(domain, "QuantizeLinear")
+                    .name(g.fresh_node_name(&format!("{base}_QuantizeLinear")))
+                    .inputs([Some(raw), Some(pv.scale), Some(pv.zero_point)])
+                    .output(g.fresh_name(&format!("{base}_QuantizeLinear_Output")))
+                    .meta(PASS_KEY, NAME),
+            )?;
+            g.place_before(q, p);
+            let qo = g.node(q).output(0).expect("one output");
+            g.swap_node(
+                p,
+                NodeSpec::new(domain, "DequantizeLinear")
+                    .name(g.fresh_node_name(&format!("{base}_DequantizeLinear")))
+                    .inputs([Some(qo), Some(pv.scale), Some(pv.zero_point)])
+                    .meta(PASS_KEY, NAME),
+            )?;
+            for old in remap.values_mut().filter(|n| **n == p) {
+                *old = new;
+            }
+            remap.insert(p, new);
+            return Ok(());
+        }
+    }
+    let member = |n: NodeId| {
+        members.contains(&n)
+            || remap
+                .iter()
+                .any(|(old, new)| *new == n && members.contains(old))
+    };
+    // The output of a quantized op is quantized for every reader (as onnxruntime);
+    // anything else only for the quantized readers, so a node left float reads float.
+    let all = g.producer(v).is_some_and(member);
+    let users: Vec<(NodeId, usize)> = g
+        .value(v)
+        .uses()
+        .iter()
+        .filter_map(|u| match u {
+            crate::ir::Use::Input(n, s) if all || member(*n) => Some((*n, *s)),
+            _ => None,
+        })
+        .collect();
+    if users.is_empty() {
+        return Ok(());
+    }
+    let first = g
+        .node_ids()
+        .into_iter()
+        .find(|n| users.iter().any(|(u, _)| u == n))
+        .unwrap_or(users[0].0);
+    let q = g.add_node(
+        NodeSpec::new(domain, "QuantizeLinear")
+            .name(g.fresh_node_name(&format!("{base}_QuantizeLinear")))
+            .inputs([Some(v), Some(pv.scale), Some(pv.zero_point)])
+            .output(g.fresh_name(&format!("{base}_QuantizeLinear_Output")))
+            .meta(PASS_KEY, NAME),
+    )?;
+    g.place_before(q, first);
+    let qo = g.node(q).output(0).expect("one output");
+    let dq = g.add_node(
+        NodeSpec::new(domain, "DequantizeLinear")
+            .name(g.fresh_node_name(&format!("{base}_DequantizeLinear")))
+            .inputs([Some(qo), Some(pv.scale), Some(pv.zero_point)])
+            .output(g.fresh_name(&format!("{base}_DequantizeLinear_Output")))
+            .meta(PASS_KEY, NAME),
+    )?;
+    g.place_before(dq, first);
+    let dqo = g.node(dq).output(0).expect("one output");
+    for (n, s) in users {
+        g.set_input(n, s, Some(dqo));
+    }
+    Ok(())
+}

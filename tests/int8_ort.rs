@@ -1,0 +1,409 @@
+//! 8-bit quantization against onnxruntime's own tools (tests/py/int8_compare.py):
+//! for the same settings and calibration samples, every scale and zero point both
+//! tools write must agree, our output must pass the onnx checker and run in ONNX
+//! Runtime, and its error vs fp32 must be no worse than onnxruntime's output's
+//! (within 1%).
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use onnxq::pass::recipe::Recipe;
+use onnxq::pass::{run_pipeline, PassCx};
+
+/// Op types onnxq quantizes by default, given to onnxruntime to compare like with like.
+const OUR_OPS: &[&str] = &[
+    "Conv",
+    "ConvTranspose",
+    "MatMul",
+    "Gemm",
+    "Relu",
+    "Clip",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "Reshape",
+    "Flatten",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+];
+
+fn fixture(name: &str) -> PathBuf {
+    common::fixtures().join(name)
+}
+
+fn ours(model: &Path, passes: &str, out: &Path) {
+    let m0 = onnxq::load(model).unwrap();
+    let r = Recipe::parse("t", &format!("[recipe]\nname='t'\n{passes}")).unwrap();
+    let mut m = m0.clone();
+    run_pipeline(&mut m, &r.build().unwrap(), &mut PassCx::default()).unwrap();
+    onnxq::save(&m, out, &Default::default()).unwrap();
+}
+
+fn calib_data(py: &Path, model: &Path, dir: &Path, n: usize, dims: &[&str]) {
+    let n = n.to_string();
+    let mut args = vec![
+        "calib-data",
+        model.to_str().unwrap(),
+        dir.to_str().unwrap(),
+        n.as_str(),
+    ];
+    for d in dims {
+        args.extend(["--dim", d]);
+    }
+    common::py(py, "int8_compare.py", &args);
+}
+
+/// Runs the comparison; returns its report (the script exits non-zero on any
+/// mismatch, which fails the test with the script's output).
+fn compare(py: &Path, args: &[&str]) -> String {
+    let out = common::py(py, "int8_compare.py", args);
+    out.lines()
+        .filter(|l| l.starts_with("compared") || l.starts_with("rel L2"))
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+#[test]
+fn dynamic_matches_quantize_dynamic() {
+    let Some(py) = common::python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    // (fixture, onnxq settings, onnxruntime flags, scales expected in common).
+    // onnxruntime's quantize_dynamic fails on the CNN's Constant-node conv2 weight and
+    // leaves Constant-node MatMul weights float: those nodes are excluded in both.
+    let cnn_ex = "exclude=['/conv2/Conv', '/fc1/MatMul']\n";
+    let cases: &[(&str, &str, &[&str], &str)] = &[
+        ("llama-decomposed.onnx", "", &[], "16"),
+        (
+            "llama-decomposed.onnx",
+            "per-channel=true\n",
+            &["--per-channel"],
+            "16",
+        ),
+        (
+            "llama-decomposed.onnx",
+            "reduce-range=true\n",
+            &["--reduce-range"],
+            "16",
+        ),
+        (
+            "llama-decomposed.onnx",
+            "weight-type='uint8'\n",
+            &["--weight-type", "QUInt8"],
+            "16",
+        ),
+        (
+            "llama-decomposed.onnx",
+            "weight-type='uint8'\nper-channel=true\nreduce-range=true\n",
+            &["--weight-type", "QUInt8", "--per-channel", "--reduce-range"],
+            "16",
+        ),
+        (
+            "llama-genai-kv.onnx",
+            "per-channel=true\n",
+            &["--per-channel", "--extra", "DefaultTensorType=1"],
+            "16",
+        ),
+        (
+            "cnn.onnx",
+            cnn_ex,
+            &["--exclude", "/conv2/Conv", "/fc1/MatMul"],
+            "3",
+        ),
+        (
+            "cnn.onnx",
+            "per-channel=true\nreduce-range=true\nexclude=['/conv2/Conv', '/fc1/MatMul']\n",
+            &[
+                "--per-channel",
+                "--reduce-range",
+                "--exclude",
+                "/conv2/Conv",
+                "/fc1/MatMul",
+            ],
+            "3",
+        ),
+    ];
+    for (i, (name, settings, flags, min)) in cases.iter().enumerate() {
+        let out = tmp.path().join(format!("{i}-{name}"));
+        ours(
+            &fixture(name),
+            &format!("[[pass]]\nname='int8-dynamic'\n{settings}"),
+            &out,
+        );
+        let mut args: Vec<String> = vec![
+            "dynamic".into(),
+            fixture(name).to_str().unwrap().to_string(),
+            out.to_str().unwrap().to_string(),
+            "--min-compared".into(),
+            min.to_string(),
+        ];
+        args.extend(flags.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        eprintln!("{name} {settings:?}: {}", compare(&py, &args));
+    }
+}
+
+#[test]
+fn dynamic_leaves_attention_float_and_stays_valid() {
+    let Some(py) = common::python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let orig = fixture("llama-attention23.onnx");
+    let out = tmp.path().join("a23.onnx");
+    ours(&orig, "[[pass]]\nname='int8-dynamic'\n", &out);
+    let m = onnxq::load(&out).unwrap();
+    let attn = m
+        .graph
+        .nodes()
+        .filter(|(_, n)| n.op_type == "Attention")
+        .count();
+    assert_eq!(attn, 2, "Attention nodes must stay as they are");
+    assert!(!m
+        .graph
+        .nodes()
+        .any(|(_, n)| n.op_type.starts_with("QAttention")));
+    let q = m
+        .graph
+        .nodes()
+        .filter(|(_, n)| n.op_type == "MatMulInteger")
+        .count();
+    assert_eq!(q, 15, "14 projections behind Transpose + lm_head");
+    common::py(
+        &py,
+        "ort_check.py",
+        &["run", out.to_str().unwrap(), orig.to_str().unwrap()],
+    );
+    let e: f64 = common::py(
+        &py,
+        "ort_check.py",
+        &["error", orig.to_str().unwrap(), out.to_str().unwrap()],
+    )
+    .trim()
+    .parse()
+    .unwrap();
+    eprintln!("attention23 dynamic: rel L2 in onnxruntime {e:.3e}");
+    assert!(e < 0.1, "{e}");
+}
+
+/// (fixture, calibration, onnxq settings, onnxruntime flags, scales in common,
+/// also compare with onnxruntime's default op types).
+type StaticCase<'a> = (&'a str, &'a Path, &'a str, Vec<&'a str>, &'a str, bool);
+
+#[test]
+fn static_qdq_matches_quantize_static() {
+    let Some(py) = common::python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let cnn_calib = tmp.path().join("calib-cnn");
+    calib_data(&py, &fixture("cnn.onnx"), &cnn_calib, 8, &[]);
+    let llama_calib = tmp.path().join("calib-llama");
+    calib_data(&py, &fixture("llama-decomposed.onnx"), &llama_calib, 8, &[]);
+    // onnxruntime's QDQ quantizer also quantizes activation × activation MatMuls;
+    // matmul-const-b-only = false does the same where the op lists are compared.
+    let cases: Vec<StaticCase> = vec![
+        ("cnn.onnx", &cnn_calib, "", vec![], "12", true),
+        (
+            "cnn.onnx",
+            &cnn_calib,
+            "per-channel=true\n",
+            vec!["--per-channel"],
+            "12",
+            true,
+        ),
+        (
+            "cnn.onnx",
+            &cnn_calib,
+            "activation-type='uint8'\nweight-type='uint8'\n",
+            vec!["--activation-type", "QUInt8", "--weight-type", "QUInt8"],
+            "12",
+            false,
+        ),
+        (
+            "cnn.onnx",
+            &cnn_calib,
+            "reduce-range=true\n",
+            vec!["--reduce-range"],
+            "12",
+            false,
+        ),
+        // Symmetric activations with graph outputs quantized too: the same graph as
+        // onnxruntime's, so the same error.
+        (
+            "cnn.onnx",
+            &cnn_calib,
+            "activation-symmetric=true\nquantize-outputs=true\n",
+            vec!["--extra", "ActivationSymmetric=true"],
+            "14",
+            false,
+        ),
+        (
+            "llama-decomposed.onnx",
+            &llama_calib,
+            "matmul-const-b-only=false\n",
+            vec![],
+            "45",
+            false,
+        ),
+        (
+            "llama-decomposed.onnx",
+            &llama_calib,
+            "matmul-const-b-only=false\nper-channel=true\n",
+            vec!["--per-channel"],
+            "45",
+            false,
+        ),
+        // 16-bit activations (opset 21). Constant-node weights are excluded: onnxruntime
+        // quantizes them like activations (int16 here), onnxq as int8 weights.
+        (
+            "cnn.onnx",
+            &cnn_calib,
+            "activation-type='int16'\nexclude=['/conv2/Conv', '/fc1/MatMul']\n",
+            vec![
+                "--activation-type",
+                "QInt16",
+                "--exclude",
+                "/conv2/Conv",
+                "/fc1/MatMul",
+            ],
+            "8",
+            false,
+        ),
+        // Our defaults against onnxruntime's defaults (which destroy the decoder).
+        (
+            "llama-decomposed.onnx",
+            &llama_calib,
+            "",
+            vec![],
+            "30",
+            true,
+        ),
+    ];
+    for (i, (name, calib, settings, flags, min, default_ops)) in cases.into_iter().enumerate() {
+        let out = tmp.path().join(format!("{i}-{name}"));
+        ours(
+            &fixture(name),
+            &format!(
+                "[[pass]]\nname='int8-static-qdq'\ncalib='{}'\n{settings}",
+                calib.display()
+            ),
+            &out,
+        );
+        let mut args: Vec<String> = vec![
+            "static".into(),
+            fixture(name).to_str().unwrap().into(),
+            out.to_str().unwrap().into(),
+            calib.to_str().unwrap().into(),
+            "--min-compared".into(),
+            min.into(),
+            "--op-types".into(),
+        ];
+        args.extend(OUR_OPS.iter().map(|s| s.to_string()));
+        args.extend(flags.iter().map(|s| s.to_string()));
+        if default_ops {
+            args.push("--also-default-ops".into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        eprintln!("{name} {settings:?}: {}", compare(&py, &args));
+    }
+}
+
+#[test]
+fn static_qoperator_matches_quantize_static() {
+    let Some(py) = common::python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let calib = tmp.path().join("calib");
+    let cnn = fixture("cnn.onnx");
+    calib_data(&py, &cnn, &calib, 8, &[]);
+    // onnxruntime's QOperator quantizer fails on conv2's Constant-node bias.
+    for (settings, flags) in [("", vec![]), ("per-channel=true\n", vec!["--per-channel"])] {
+        let out = tmp.path().join(format!("qop{}.onnx", flags.len()));
+        ours(
+            &cnn,
+            &format!(
+                "[[pass]]\nname='int8-static-qdq'\ncalib='{}'\nexclude=['/conv2/Conv']\n{settings}[[pass]]\nname='int8-qoperator'\n",
+                calib.display()
+            ),
+            &out,
+        );
+        let m = onnxq::load(&out).unwrap();
+        let qlinear = m
+            .graph
+            .nodes()
+            .filter(|(_, n)| n.op_type.starts_with("QLinear"))
+            .count();
+        assert!(qlinear >= 4, "{qlinear} QLinear ops");
+        let mut args: Vec<String> = vec![
+            "static".into(),
+            cnn.to_str().unwrap().into(),
+            out.to_str().unwrap().into(),
+            calib.to_str().unwrap().into(),
+            "--quant-format".into(),
+            "QOperator".into(),
+            "--min-compared".into(),
+            "8".into(),
+            "--exclude".into(),
+            "/conv2/Conv".into(),
+            "--op-types".into(),
+        ];
+        args.extend(OUR_OPS.iter().map(|s| s.to_string()));
+        args.extend(flags.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        eprintln!("QOperator {settings:?}: {}", compare(&py, &args));
+    }
+}
+
+#[test]
+fn every_int8_output_runs_in_onnxruntime() {
+    let Some(py) = common::python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let cnn = fixture("cnn.onnx");
+    let llama = fixture("llama-decomposed.onnx");
+    let genai = fixture("llama-genai-kv.onnx");
+    let genai_calib = tmp.path().join("calib-genai");
+    // tract runs the genai attention from an empty cache (prefill) only.
+    calib_data(&py, &genai, &genai_calib, 2, &["past_sequence_length=0"]);
+    let cnn_calib = tmp.path().join("calib-cnn");
+    calib_data(&py, &cnn, &cnn_calib, 4, &[]);
+    let c = cnn_calib.display();
+    let cases: Vec<(&Path, String)> = vec![
+        (&cnn, format!("[[pass]]\nname='int8-static-qdq'\ncalib='{c}'\nactivation-type='int16'\n")),
+        (&cnn, format!("[[pass]]\nname='int8-static-qdq'\ncalib='{c}'\ncalib-method='entropy'\n")),
+        (&cnn, format!("[[pass]]\nname='int8-static-qdq'\ncalib='{c}'\ncalib-method='percentile'\n")),
+        (&cnn, format!("[[pass]]\nname='int8-static-qdq'\ncalib='{c}'\ncalib-method='distribution'\n")),
+        (
+            &cnn,
+            format!("[[pass]]\nname='int8-static-qdq'\ncalib='{c}'\nper-channel=true\n[[pass]]\nname='int8-qoperator'\n"),
+        ),
+        (&llama, "[[pass]]\nname='smooth-quant'\n[[pass]]\nname='int8-static-qdq'\n[[pass]]\nname='int8-qoperator'\n".into()),
+        (
+            &genai,
+            format!(
+                "[[pass]]\nname='smooth-quant'\ncalib='{0}'\n[[pass]]\nname='int8-static-qdq'\ncalib='{0}'\nper-channel=true\n",
+                genai_calib.display()
+            ),
+        ),
+        (&genai, "[[pass]]\nname='int8-dynamic'\nper-channel=true\n".into()),
+    ];
+    for (i, (model, passes)) in cases.iter().enumerate() {
+        let out = tmp.path().join(format!("{i}.onnx"));
+        ours(model, passes, &out);
+        common::py(
+            &py,
+            "ort_check.py",
+            &["run", out.to_str().unwrap(), model.to_str().unwrap()],
+        );
+        let e: f64 = common::py(
+            &py,
+            "ort_check.py",
+            &["error", model.to_str().unwrap(), out.to_str().unwrap()],
+        )
+        .trim()
+        .parse()
+        .unwrap();
+        eprintln!(
+            "{} {passes:?}: rel L2 in onnxruntime {e:.3e}",
+            model.display()
+        );
+        // Entropy and Percentile clip on purpose; four calibration samples do not
+        // cover every input: loose bounds, the point is that ORT runs them.
+        assert!(e < 0.3, "{e}");
+    }
+}

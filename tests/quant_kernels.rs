@@ -1,0 +1,435 @@
+//! onnxq's quantization kernels against onnxruntime's own quantizers (the C++
+//! kernels its Python MatMulNBitsQuantizer and MatMulBnb4Quantizer call), on
+//! seeded random weights: RTN 2/4/8-bit MatMulNBits (f32 and f16), 4-bit QDQ, and
+//! bnb4 NF4/FP4. Scales, zero points and bnb4 output must be identical; RTN codes
+//! may differ by one step at exact rounding ties only, and rarely.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use onnxq::quant::bnb4::{self, QuantType};
+use onnxq::quant::nbits::{quantize_kn_as, BlockQuant, QuantParams};
+use onnxq::quant::pack::{unpack_ordered, Order};
+use onnxq::quant::FloatType;
+
+// ---------------------------------------------------------------------------
+// Minimal .npy (version 1.0, C order) for the dtypes exchanged here.
+
+fn write_npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) {
+    let dims = match shape {
+        [d] => format!("({d},)"),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {dims}, }}");
+    // Magic (6) + version (2) + length (2) + header, padded to 64 with a newline.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(data);
+    std::fs::write(path, bytes).expect("writing npy");
+}
+
+/// (descr, raw little-endian data) of a 1-D or flattened array.
+fn read_npy(path: &Path) -> (String, Vec<u8>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    assert_eq!(&bytes[..6], b"\x93NUMPY", "{} is not npy", path.display());
+    let (len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        _ => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+    };
+    let header = std::str::from_utf8(&bytes[start..start + len]).expect("npy header");
+    assert!(header.contains("'fortran_order': False"), "{header}");
+    let descr = header
+        .split("'descr':")
+        .nth(1)
+        .and_then(|s| s.split('\'').nth(1))
+        .expect("npy descr")
+        .to_string();
+    (descr, bytes[start + len..].to_vec())
+}
+
+fn read_u8(path: &Path) -> Vec<u8> {
+    let (descr, data) = read_npy(path);
+    assert_eq!(descr, "|u1", "{}", path.display());
+    data
+}
+
+/// f32 values of an f4 or f2 array.
+fn read_float(path: &Path) -> Vec<f32> {
+    let (descr, data) = read_npy(path);
+    let ft = match descr.as_str() {
+        "<f4" => FloatType::F32,
+        "<f2" => FloatType::F16,
+        d => panic!("{}: unexpected dtype {d}", path.display()),
+    };
+    ft.from_le_bytes(&data).expect("float data")
+}
+
+// ---------------------------------------------------------------------------
+// Python plumbing.
+
+/// Python with onnxruntime's quantizers, or None (a loud skip) unless CI requires it.
+fn ort_python() -> Option<PathBuf> {
+    let python = common::python()?;
+    let script = common::repo().join("tests/py/quant_ref.py");
+    let out = Command::new(&python).arg(&script).arg("--probe").output();
+    match out {
+        Ok(o) if o.status.success() => Some(python),
+        other => {
+            let why = match other {
+                Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                !common::required(),
+                "ONNXQ_REQUIRE_ORT=1 but onnxruntime's quantizers are not importable: {why}"
+            );
+            eprintln!(
+                "\n*** SKIPPED: onnxruntime's Python quantizers are not available ({}); \
+                 run .ci/setup-python ***\n",
+                why.lines().last().unwrap_or("")
+            );
+            None
+        }
+    }
+}
+
+fn run_jobs(python: &Path, dir: &Path, jobs: &[serde_json::Value]) {
+    let path = dir.join("jobs.json");
+    std::fs::write(&path, serde_json::to_vec(jobs).unwrap()).unwrap();
+    common::py(python, "quant_ref.py", &[path.to_str().unwrap()]);
+}
+
+// ---------------------------------------------------------------------------
+// Data.
+
+struct Rng(u64);
+
+impl Rng {
+    fn uniform(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+
+    fn gauss(&mut self) -> f32 {
+        let (u, v) = (self.uniform(), self.uniform());
+        ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
+    }
+}
+
+/// [K, N] weights, σ = 0.02, with outlier input channels, one all-zero output
+/// column and one all-positive column (asymmetric zero point clamps to 0).
+fn weights(k: usize, n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut w: Vec<f32> = (0..k * n).map(|_| rng.gauss() * 0.02).collect();
+    for kk in 0..k {
+        if kk % 37 == 3 {
+            for v in &mut w[kk * n..(kk + 1) * n] {
+                *v *= 10.0;
+            }
+        }
+        if n > 2 {
+            w[kk * n] = 0.0;
+            w[kk * n + 1] = w[kk * n + 1].abs();
+        }
+    }
+    w
+}
+
+/// The weights as stored in `ft`, widened back to f32 (what a pass reads).
+fn stored(w: &[f32], ft: FloatType) -> Vec<f32> {
+    w.iter().map(|&v| ft.round(v)).collect()
+}
+
+fn save_weight(dir: &Path, name: &str, w: &[f32], k: usize, n: usize, ft: FloatType) -> PathBuf {
+    let path = dir.join(format!("{name}.npy"));
+    let descr = match ft {
+        FloatType::F16 => "<f2",
+        _ => "<f4",
+    };
+    write_npy(&path, descr, &[k, n], &ft.to_le_bytes(w));
+    path
+}
+
+fn count_bit_mismatches(a: &[f32], b: &[f32]) -> usize {
+    assert_eq!(a.len(), b.len(), "lengths");
+    a.iter()
+        .zip(b)
+        .filter(|(x, y)| x.to_bits() != y.to_bits())
+        .count()
+}
+
+/// Codes that differ, and the largest difference, over `count` codes (as signed
+/// `bits`-wide values when `signed`).
+fn code_diffs(ours: &[u8], theirs: &[u8], bits: u8, count: usize, signed: bool) -> (usize, i32) {
+    let mut a = vec![0u8; count];
+    let mut b = vec![0u8; count];
+    unpack_ordered(ours, bits, Order::LowFirst, &mut a);
+    unpack_ordered(theirs, bits, Order::LowFirst, &mut b);
+    let v = |c: u8| {
+        let shift = 8 - bits as u32;
+        if signed {
+            ((c << shift) as i8 >> shift) as i32
+        } else {
+            c as i32
+        }
+    };
+    let mut diff = 0;
+    let mut worst = 0;
+    for (x, y) in a.iter().zip(&b) {
+        let d = (v(*x) - v(*y)).abs();
+        if d != 0 {
+            diff += 1;
+            worst = worst.max(d);
+        }
+    }
+    (diff, worst)
+}
+
+/// The allowed number of one-step code differences: exact ties are measure-zero on
+/// random data, so a handful per million codes at most.
+fn tie_budget(count: usize) -> usize {
+    count / 100_000 + 2
+}
+
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug)]
+struct NbitsCase {
+    k: usize,
+    n: usize,
+    bits: u8,
+    block_size: usize,
+    symmetric: bool,
+    ft: FloatType,
+}
+
+fn nbits_cases() -> Vec<NbitsCase> {
+    let mut cases = Vec::new();
+    // (K, N): aligned; K padded (even); K odd; N below one tile.
+    let shapes = [(512, 200), (200, 67), (333, 96), (64, 3)];
+    for &(k, n) in &shapes {
+        for symmetric in [true, false] {
+            cases.push(NbitsCase {
+                k,
+                n,
+                bits: 4,
+                block_size: 32,
+                symmetric,
+                ft: FloatType::F32,
+            });
+        }
+    }
+    for (bits, block_size) in [
+        (4u8, 16usize),
+        (4, 128),
+        (4, 256),
+        (8, 32),
+        (8, 128),
+        (2, 16),
+        (2, 64),
+    ] {
+        for symmetric in [true, false] {
+            cases.push(NbitsCase {
+                k: 300,
+                n: 90,
+                bits,
+                block_size,
+                symmetric,
+                ft: FloatType::F32,
+            });
+        }
+    }
+    for bits in [4u8, 8] {
+        for symmetric in [true, false] {
+            cases.push(NbitsCase {
+                k: 256,
+                n: 72,
+                bits,
+                block_size: 32,
+                symmetric,
+                ft: FloatType::F16,
+            });
+        }
+    }
+    cases
+}
+
+#[test]
+fn matmulnbits_rtn_matches_onnxruntime() {
+    let Some(python) = ort_python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cases = nbits_cases();
+    let mut jobs = Vec::new();
+    let mut inputs = Vec::new();
+    for (i, c) in cases.iter().enumerate() {
+        let w = stored(&weights(c.k, c.n, i as u64 + 1), c.ft);
+        let path = save_weight(dir.path(), &format!("w{i}"), &w, c.k, c.n, c.ft);
+        jobs.push(serde_json::json!({
+            "kind": "nbits", "weight": path, "out": dir.path().join(format!("r{i}")),
+            "bits": c.bits, "block_size": c.block_size, "symmetric": c.symmetric,
+        }));
+        inputs.push(w);
+    }
+    run_jobs(&python, dir.path(), &jobs);
+
+    let (mut total_codes, mut total_diff) = (0usize, 0usize);
+    for (i, (c, w)) in cases.iter().zip(&inputs).enumerate() {
+        let p = QuantParams::new(c.bits, c.block_size, c.symmetric).unwrap();
+        let q: BlockQuant = quantize_kn_as(w, c.k, c.n, &p, c.ft).unwrap();
+        let out = |s: &str| dir.path().join(format!("r{i}_{s}.npy"));
+        let packed = read_u8(&out("packed"));
+        let scales = read_float(&out("scales"));
+        assert_eq!(packed.len(), q.packed.len(), "{c:?}: packed size");
+        let scale_mismatch = count_bit_mismatches(&q.scales, &scales);
+        let zp_equal = match &q.zero_points {
+            Some(z) => *z == read_u8(&out("zp")),
+            None => true,
+        };
+        // Codes past K are padding: onnxruntime leaves whole padding bytes 0 (as
+        // we do) but a stale nibble in the byte holding K when K is odd.
+        let rb = q.row_bytes();
+        let (mut diff, mut worst) = (0, 0);
+        for r in 0..c.n {
+            let row = r * rb..(r + 1) * rb;
+            let (d, w) = code_diffs(&q.packed[row.clone()], &packed[row], c.bits, c.k, false);
+            diff += d;
+            worst = worst.max(w);
+        }
+        let bytes_equal = q.packed.iter().zip(&packed).filter(|(a, b)| a == b).count();
+        let codes = c.k * c.n;
+        eprintln!(
+            "{:>3}x{:<3} {}-bit b{:<3} {} {:?}: scales differ {scale_mismatch}, zero points {}, codes differ {diff}/{codes} (max {worst}), packed bytes equal {bytes_equal}/{}",
+            c.k,
+            c.n,
+            c.bits,
+            c.block_size,
+            if c.symmetric { "sym " } else { "asym" },
+            c.ft,
+            if zp_equal { "equal" } else { "DIFFER" },
+            packed.len()
+        );
+        assert_eq!(scale_mismatch, 0, "{c:?}: scales");
+        assert!(zp_equal, "{c:?}: zero points");
+        assert!(worst <= 1, "{c:?}: a code differs by {worst} steps");
+        assert!(diff <= tie_budget(codes), "{c:?}: {diff} codes differ");
+        total_codes += codes;
+        total_diff += diff;
+    }
+    eprintln!("MatMulNBits RTN: {total_diff} of {total_codes} codes differ from onnxruntime");
+}
+
+#[test]
+fn qdq_int4_matches_onnxruntime() {
+    let Some(python) = ort_python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // Odd N: packed int4 bytes straddle rows; K not a multiple of the block.
+    let cases = [(256usize, 96usize, 32usize), (200, 33, 32), (128, 64, 128)];
+    let mut jobs = Vec::new();
+    let mut inputs = Vec::new();
+    for (i, &(k, n, bs)) in cases.iter().enumerate() {
+        for (j, symmetric) in [true, false].into_iter().enumerate() {
+            let w = weights(k, n, 100 + i as u64);
+            let path = save_weight(dir.path(), &format!("w{i}_{j}"), &w, k, n, FloatType::F32);
+            jobs.push(serde_json::json!({
+                "kind": "qdq", "weight": path, "out": dir.path().join(format!("r{i}_{j}")),
+                "bits": 4, "block_size": bs, "symmetric": symmetric,
+            }));
+            inputs.push((k, n, bs, symmetric, w));
+        }
+    }
+    run_jobs(&python, dir.path(), &jobs);
+    for (idx, (k, n, bs, symmetric, w)) in inputs.iter().enumerate() {
+        let (i, j) = (idx / 2, idx % 2);
+        let out = |s: &str| dir.path().join(format!("r{i}_{j}_{s}.npy"));
+        let p = QuantParams::new(4, *bs, *symmetric).unwrap();
+        let d = onnxq::quant::nbits::quantize_kn(w, *k, *n, &p)
+            .unwrap()
+            .to_qdq();
+        let packed = read_u8(&out("packed"));
+        let scales = read_float(&out("scales"));
+        assert_eq!(d.data.len(), packed.len());
+        let scale_mismatch = count_bit_mismatches(&d.scales, &scales);
+        let (diff, worst) = code_diffs(&d.data, &packed, 4, k * n, *symmetric);
+        let zp_equal = match &d.zero_points {
+            Some(z) => *z == read_u8(&out("zp")),
+            None => true,
+        };
+        eprintln!(
+            "QDQ {k}x{n} b{bs} {}: dtype {:?}, scales differ {scale_mismatch}, zero points {}, codes differ {diff}/{} (max {worst})",
+            if *symmetric { "sym " } else { "asym" },
+            d.dtype,
+            if zp_equal { "equal" } else { "DIFFER" },
+            k * n
+        );
+        assert_eq!(scale_mismatch, 0);
+        assert!(zp_equal);
+        assert!(
+            worst <= 1 && diff <= tie_budget(k * n),
+            "{diff} codes differ (max {worst})"
+        );
+    }
+}
+
+#[test]
+fn bnb4_matches_onnxruntime_exactly() {
+    let Some(python) = ort_python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // (K, N, block): blocks crossing rows of [N, K], an odd element count, f16.
+    let shapes = [
+        (256usize, 64usize, 64usize, FloatType::F32),
+        (40, 7, 32, FloatType::F32),
+        (33, 9, 16, FloatType::F32),
+        (512, 48, 256, FloatType::F32),
+        (128, 40, 64, FloatType::F16),
+    ];
+    let mut jobs = Vec::new();
+    let mut inputs = Vec::new();
+    for (i, &(k, n, bs, ft)) in shapes.iter().enumerate() {
+        for qt in [QuantType::Nf4, QuantType::Fp4] {
+            let w = stored(&weights(k, n, 200 + i as u64), ft);
+            let name = format!("b{i}_{}", qt.code());
+            let path = save_weight(dir.path(), &name, &w, k, n, ft);
+            jobs.push(serde_json::json!({
+                "kind": "bnb4", "weight": path, "out": dir.path().join(&name),
+                "block_size": bs, "quant_type": qt.code(),
+            }));
+            inputs.push((name, k, n, bs, ft, qt, w));
+        }
+    }
+    run_jobs(&python, dir.path(), &jobs);
+    for (name, k, n, bs, ft, qt, w) in &inputs {
+        let q = bnb4::quantize_kn(w, *k, *n, *bs, *qt).unwrap();
+        let packed = read_u8(&dir.path().join(format!("{name}_packed.npy")));
+        let absmax = read_float(&dir.path().join(format!("{name}_absmax.npy")));
+        // absmax is stored in the weight's type.
+        let ours_absmax = stored(&q.absmax, *ft);
+        let bytes_differ = q.packed.iter().zip(&packed).filter(|(a, b)| a != b).count();
+        let absmax_differ = count_bit_mismatches(&ours_absmax, &absmax);
+        eprintln!(
+            "bnb4 {qt:?} {k}x{n} b{bs} {ft:?}: packed bytes differ {bytes_differ}/{}, absmax differ {absmax_differ}/{}",
+            packed.len(),
+            absmax.len()
+        );
+        assert_eq!(q.packed.len(), packed.len());
+        assert_eq!(bytes_differ, 0, "{name}");
+        assert_eq!(absmax_differ, 0, "{name}");
+    }
+}
