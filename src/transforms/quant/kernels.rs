@@ -53,9 +53,34 @@ pub fn read_f32(t: &Tensor) -> Result<Vec<f32>> {
     Ok(v)
 }
 
+/// Calls `f` on the tensor's values as f32. An aligned little-endian f32 payload is
+/// borrowed in place (no copy of a multi-hundred-MB weight); anything else is
+/// converted. Mapped external pages are dropped afterwards.
+pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let r = match (&t.storage, t.dtype()) {
+        (Storage::Raw(b) | Storage::External { bytes: b, .. }, DType::F32)
+            if cfg!(target_endian = "little") && (b.as_ptr() as usize) % 4 == 0 =>
+        {
+            t.raw_bytes()?; // checks the length against the dims
+                            // SAFETY: 4-byte aligned, length checked to be numel * 4, every bit
+                            // pattern is a valid f32, and the bytes outlive the borrow.
+            let w = unsafe { std::slice::from_raw_parts(b.as_ptr() as *const f32, b.len() / 4) };
+            f(w)
+        }
+        _ => f(&t.to_f32()?),
+    };
+    if let Storage::External { bytes, .. } = &t.storage {
+        crate::io::release_pages(bytes);
+    }
+    Ok(r)
+}
+
 /// Quantizes a weight tensor stored [K, N] (or [N, K] when `transposed`).
 pub fn quantize_weight(t: &Tensor, transposed: bool, p: &Params) -> Result<NbitsWeight> {
-    let w = read_f32(t)?;
+    with_f32(t, |w| quantize_values(t, w, transposed, p))?
+}
+
+fn quantize_values(t: &Tensor, w: &[f32], transposed: bool, p: &Params) -> Result<NbitsWeight> {
     let (r, c) = (t.dims[0] as usize, t.dims[1] as usize);
     let (k, n) = if transposed { (c, r) } else { (r, c) };
     let qp = quant::nbits::QuantParams {
@@ -68,10 +93,10 @@ pub fn quantize_weight(t: &Tensor, transposed: bool, p: &Params) -> Result<Nbits
     let ft = quant::convert::FloatType::from_dtype(t.dtype()).unwrap_or_default();
     let hqq = quant::hqq::HqqParams::default();
     let q = match (p.algorithm, transposed) {
-        (Algorithm::Rtn, false) => quant::nbits::quantize_kn_as(&w, k, n, &qp, ft),
-        (Algorithm::Rtn, true) => quant::nbits::quantize_rows_as(&w, n, k, &qp, ft),
-        (Algorithm::Hqq, false) => quant::hqq::quantize_kn_as(&w, k, n, &qp, &hqq, ft),
-        (Algorithm::Hqq, true) => quant::hqq::quantize_rows_as(&w, n, k, &qp, &hqq, ft),
+        (Algorithm::Rtn, false) => quant::nbits::quantize_kn_as(w, k, n, &qp, ft),
+        (Algorithm::Rtn, true) => quant::nbits::quantize_rows_as(w, n, k, &qp, ft),
+        (Algorithm::Hqq, false) => quant::hqq::quantize_kn_as(w, k, n, &qp, &hqq, ft),
+        (Algorithm::Hqq, true) => quant::hqq::quantize_rows_as(w, n, k, &qp, &hqq, ft),
     }
     .map_err(|e| Error::tensor(t.name(), e.to_string()))?;
     Ok(NbitsWeight {
