@@ -84,7 +84,13 @@ fn every_weight_form_is_quantized_and_runs_in_tract() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(tmp.path().join("r.json")).unwrap()).unwrap();
     assert!(report["output_bytes"].as_u64().unwrap() * 4 < report["input_bytes"].as_u64().unwrap());
-    assert_eq!(report["verify"]["report"]["outputs"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        report["verify"]["report"]["outputs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
     assert_eq!(report["verify"]["passed"], true);
 }
 

@@ -100,7 +100,7 @@ fn q_after(g: &Graph, v: ValueId) -> Option<Q> {
         return None;
     };
     let node = g.node(*n);
-    if !node.is("", "QuantizeLinear") || node.attr("axis").is_some_and(|_| false) {
+    if !node.is("", "QuantizeLinear") {
         return None;
     }
     let scale = node.input(1)?;

@@ -4,22 +4,27 @@
 //! of every activation it will quantize, then inserts `QuantizeLinear →
 //! DequantizeLinear` pairs on activations and stores weights quantized behind a
 //! `DequantizeLinear` (int32 biases for Conv/Gemm), choosing tensors as
-//! onnxruntime's `quantize_static` (QDQ) does for the same op types:
+//! onnxruntime's `quantize_static` (QDQ) does for the same op types, with the
+//! same scale/zero-point arithmetic:
 //! - Conv/ConvTranspose, Gemm, MatMul: activation inputs and outputs; constant
 //!   weights (initializers or Constant nodes, directly or through Transpose) per
 //!   tensor or per output channel; constant biases as int32 with scale
-//!   input_scale·weight_scale (weight scales enlarged when that would overflow);
+//!   input_scale·weight_scale (weight scales enlarged when that would overflow).
+//!   By default a MatMul of two activations (attention scores) stays float;
 //! - Relu/Clip after a quantized tensor: removed, their range given to the
-//!   producer's output (Conv+Relu folding) when activations are asymmetric;
+//!   producer's output (Conv+Relu folding) when activations are asymmetric and the
+//!   calibrated range clips as the activation would;
 //! - MaxPool, AveragePool, Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Slice,
 //!   Resize, Split, TopK: output shares the input's scale when the input is
 //!   quantized;
 //! - any other listed op: every float input and output.
 //!
+//! The output of a quantized op is dequantized for all its readers; any other
+//! quantized tensor only for the quantized readers, so an excluded node reads
+//! float. Graph outputs keep their float value unless `quantize-outputs`.
 //! Never quantized: ops in `keep-float` (Softmax and normalizations by default),
-//! attention ops, nodes matching `exclude`, values already produced by a
-//! DequantizeLinear. Graph outputs keep their float value (their consumers inside
-//! the graph read the quantized copy). Main graph only.
+//! attention ops, nodes matching `exclude` (or found worst by `exclude-worst`),
+//! values already produced by a DequantizeLinear. Main graph only.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Deserialize;
