@@ -158,15 +158,7 @@ pub fn save(model: &Model, path: &Path, opts: &SaveOptions) -> Result<SaveReport
 
 /// Serialises a model with every tensor inline (for runtimes fed from memory).
 pub fn to_bytes(model: &Model) -> Result<Vec<u8>> {
-    let mut plan = Placer {
-        layout: Layout::Inline,
-        default_file: String::new(),
-        rename_origins: false,
-        force_min: usize::MAX,
-        sinks: None,
-        inline_inits: Vec::new(),
-        moved_for_limit: 0,
-    };
+    let mut plan = Placer::inline();
     let proto = plan.model(model)?;
     if proto.encoded_len() as u64 > PROTOBUF_LIMIT {
         return Err(Error::invalid(
@@ -178,15 +170,7 @@ pub fn to_bytes(model: &Model) -> Result<Vec<u8>> {
 
 /// Serialises one tensor as a TensorProto (data inline).
 pub fn tensor_to_pb_bytes(t: &Tensor) -> Result<Vec<u8>> {
-    let mut plan = Placer {
-        layout: Layout::Inline,
-        default_file: String::new(),
-        rename_origins: false,
-        force_min: usize::MAX,
-        sinks: None,
-        inline_inits: Vec::new(),
-        moved_for_limit: 0,
-    };
+    let mut plan = Placer::inline();
     Ok(plan.tensor(t, false)?.encode_to_vec())
 }
 
@@ -249,6 +233,21 @@ struct Placer {
     /// Sizes of initializers placed inline (dry run).
     inline_inits: Vec<usize>,
     moved_for_limit: usize,
+}
+
+impl Placer {
+    /// Everything inline, nothing written anywhere but the returned proto.
+    fn inline() -> Placer {
+        Placer {
+            layout: Layout::Inline,
+            default_file: String::new(),
+            rename_origins: false,
+            force_min: usize::MAX,
+            sinks: None,
+            inline_inits: Vec::new(),
+            moved_for_limit: 0,
+        }
+    }
 }
 
 fn entries(props: &[(String, String)]) -> Vec<pb::StringStringEntryProto> {

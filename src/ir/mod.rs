@@ -108,8 +108,21 @@ impl Model {
         }
     }
 
-    /// Every graph of the model: main graph, subgraphs, function bodies, training
-    /// graphs — depth first.
+    /// Runs `f` on every graph (as `for_each_graph_mut`), stopping at the first error.
+    pub fn try_for_each_graph_mut<E>(
+        &mut self,
+        f: &mut dyn FnMut(&mut Graph) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut err = None;
+        self.for_each_graph_mut(&mut |g| {
+            if err.is_none() {
+                err = f(g).err();
+            }
+        });
+        err.map_or(Ok(()), Err)
+    }
+
+    /// Every graph of the model: main graph, subgraphs, function bodies — depth first.
     pub fn for_each_graph_mut(&mut self, f: &mut dyn FnMut(&mut Graph)) {
         fn walk(g: &mut Graph, f: &mut dyn FnMut(&mut Graph)) {
             f(g);

@@ -135,17 +135,8 @@ impl Pass for Dynamic {
 
     fn run(&self, model: &mut Model, _cx: &mut PassCx) -> Result<PassOutcome> {
         let mut outcome = PassOutcome::new(NAME);
-        let mut err = None;
-        model.for_each_graph_mut(&mut |g| {
-            if err.is_none() {
-                if let Err(e) = self.run_graph(g, &mut outcome) {
-                    err = Some(e);
-                }
-            }
-        });
-        if let Some(e) = err {
-            return Err(e);
-        }
+        let result = model.try_for_each_graph_mut(&mut |g| self.run_graph(g, &mut outcome));
+        result?;
         if outcome.changed {
             // DynamicQuantizeLinear is opset 11.
             super::opset::raise_default_opset(model, 11)?;

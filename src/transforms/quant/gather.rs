@@ -175,17 +175,8 @@ impl Pass for GatherBlockQuantized {
 
     fn run(&self, model: &mut Model, _cx: &mut PassCx) -> Result<PassOutcome> {
         let mut outcome = PassOutcome::new(self.name());
-        let mut err = None;
-        model.for_each_graph_mut(&mut |g| {
-            if err.is_none() {
-                if let Err(e) = self.run_graph(g, &mut outcome) {
-                    err = Some(e);
-                }
-            }
-        });
-        if let Some(e) = err {
-            return Err(e);
-        }
+        let result = model.try_for_each_graph_mut(&mut |g| self.run_graph(g, &mut outcome));
+        result?;
         if outcome.changed {
             model.require_opset("com.microsoft", 1);
         }

@@ -59,11 +59,12 @@ pub fn read_f32(t: &Tensor) -> Result<Vec<f32>> {
 pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     let r = match (&t.storage, t.dtype()) {
         (Storage::Raw(b) | Storage::External { bytes: b, .. }, DType::F32)
-            if cfg!(target_endian = "little") && (b.as_ptr() as usize) % 4 == 0 =>
+            if cfg!(target_endian = "little") && (b.as_ptr() as usize).is_multiple_of(4) =>
         {
-            t.raw_bytes()?; // checks the length against the dims
-                            // SAFETY: 4-byte aligned, length checked to be numel * 4, every bit
-                            // pattern is a valid f32, and the bytes outlive the borrow.
+            // Checks the length against dtype and dims.
+            t.raw_bytes()?;
+            // SAFETY: 4-byte aligned, length checked to be numel * 4, every bit
+            // pattern is a valid f32, and the bytes outlive the borrow.
             let w = unsafe { std::slice::from_raw_parts(b.as_ptr() as *const f32, b.len() / 4) };
             f(w)
         }
