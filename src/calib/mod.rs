@@ -2,7 +2,10 @@
 //! running the float model on them through a crate::runtime::Runtime, and reducing
 //! the activations seen to ranges.
 pub mod data;
+pub mod hessian;
 pub mod observe;
+pub mod text;
+pub mod tokenizer;
 
 pub use data::Source;
 pub use observe::{calibrate, channel_absmax, Calibration, Method};

@@ -40,7 +40,7 @@ pub enum Command {
     Diff(diff::DiffArgs),
     /// Quantize weights to N bits (MatMulNBits, blocked QDQ, bnb4; RTN or HQQ), then
     /// check the output numerically against the input.
-    Quantize(quantize::QuantizeArgs),
+    Quantize(Box<quantize::QuantizeArgs>),
     /// Run a recipe (a shipped name or a TOML file of passes) on a model.
     Apply(apply::ApplyArgs),
     /// Compare two models on the same inputs: max-abs, mean-abs, relative L2, cosine,

@@ -23,6 +23,12 @@ pub enum AlgorithmArg {
     /// 8-bit weights and calibrated 8/16-bit activations (onnxruntime's
     /// quantize_static): QDQ or QOperator; --calib DIR gives the samples.
     Static,
+    /// GPTQ: 4-bit (2/8) MatMulNBits with calibrated second-order error feedback;
+    /// --calib-text FILE --tokenizer tokenizer.json (or --calib DIR) give the samples.
+    Gptq,
+    /// AWQ: activation-aware per-channel scales (searched on calibration data, folded
+    /// into the norms) and then round to nearest, MatMulNBits; samples as for gptq.
+    Awq,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,6 +141,25 @@ pub struct QuantizeArgs {
     /// inputs); they are reported.
     #[arg(long, value_name = "N")]
     pub exclude_worst: Option<usize>,
+    /// --algorithm gptq|awq: calibration text, tokenized with --tokenizer.
+    #[arg(long, value_name = "FILE")]
+    pub calib_text: Option<String>,
+    /// --algorithm gptq|awq: Hugging Face tokenizer.json (byte-level BPE) for --calib-text.
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<String>,
+    /// --algorithm gptq|awq|static: number of calibration samples (text windows, files
+    /// or random inputs).
+    #[arg(long, value_name = "N")]
+    pub calib_samples: Option<usize>,
+    /// --algorithm gptq|awq: tokens per calibration window.
+    #[arg(long, value_name = "L")]
+    pub calib_seqlen: Option<usize>,
+    /// --algorithm gptq: quantize input channels by decreasing activation energy.
+    #[arg(long)]
+    pub act_order: bool,
+    /// --algorithm gptq: dampening of the Hessian diagonal, relative to its mean (0.01).
+    #[arg(long, value_name = "X")]
+    pub damp: Option<f64>,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
 }
@@ -142,7 +167,23 @@ pub struct QuantizeArgs {
 impl QuantizeArgs {
     /// The shipped recipe for the algorithm with every flag applied.
     pub fn recipe(&self) -> Result<Recipe> {
-        if matches!(self.algorithm, AlgorithmArg::Dynamic | AlgorithmArg::Static) {
+        if matches!(self.algorithm, AlgorithmArg::Gptq | AlgorithmArg::Awq) {
+            return self.gptq_recipe();
+        }
+        if let Some(flag) = self.gptq_only_flag() {
+            return Err(crate::Error::invalid(format!(
+                "{flag} applies to --algorithm gptq|awq"
+            )));
+        }
+        if self.algorithm == AlgorithmArg::Static {
+            let mut r = self.int8_recipe()?;
+            if let Some(n) = self.calib_samples {
+                r.set("calib-samples", toml::Value::Integer(n as i64));
+                r.build()?;
+            }
+            return Ok(r);
+        }
+        if matches!(self.algorithm, AlgorithmArg::Dynamic) {
             return self.int8_recipe();
         }
         if let Some(flag) = self.int8_only_flag() {
@@ -230,6 +271,121 @@ impl QuantizeArgs {
 }
 
 impl QuantizeArgs {
+    /// A flag only GPTQ/AWQ take (for this algorithm), if given.
+    fn gptq_only_flag(&self) -> Option<&'static str> {
+        [
+            (self.calib_text.is_some(), "--calib-text"),
+            (self.tokenizer.is_some(), "--tokenizer"),
+            (
+                self.calib_samples.is_some() && self.algorithm != AlgorithmArg::Static,
+                "--calib-samples",
+            ),
+            (self.calib_seqlen.is_some(), "--calib-seqlen"),
+            (self.act_order, "--act-order"),
+            (self.damp.is_some(), "--damp"),
+        ]
+        .into_iter()
+        .find(|(set, _)| *set)
+        .map(|(_, f)| f)
+    }
+
+    fn gptq_recipe(&self) -> Result<Recipe> {
+        use toml::Value as V;
+        let err = |m: String| crate::Error::invalid(m);
+        for (set, flag) in [
+            (
+                self.calib_method != CalibMethodArg::Minmax,
+                "--calib-method",
+            ),
+            (self.percentile.is_some(), "--percentile"),
+            (self.per_channel, "--per-channel"),
+            (self.reduce_range, "--reduce-range"),
+            (self.activation_type.is_some(), "--activation-type"),
+            (self.weight_type.is_some(), "--weight-type"),
+            (self.smooth_quant.is_some(), "--smooth-quant"),
+            (self.exclude_worst.is_some(), "--exclude-worst"),
+            (self.embeddings, "--embeddings"),
+            (self.nodes_config.is_some(), "--nodes-config"),
+            (self.quant_type != QuantTypeArg::Nf4, "--quant-type"),
+            (
+                !matches!(self.format, None | Some(FormatArg::Matmulnbits)),
+                "--format",
+            ),
+        ] {
+            if set {
+                return Err(err(format!(
+                    "{flag} does not apply to --algorithm gptq|awq (they write MatMulNBits)"
+                )));
+            }
+        }
+        let awq = self.algorithm == AlgorithmArg::Awq;
+        if awq {
+            for (set, flag) in [
+                (self.act_order, "--act-order"),
+                (self.damp.is_some(), "--damp"),
+            ] {
+                if set {
+                    return Err(err(format!("{flag} applies to --algorithm gptq")));
+                }
+            }
+        }
+        let mut r = Recipe::load(if awq { "awq-int4" } else { "gptq-int4" })?;
+        if let Some(b) = self.bits {
+            r.set("bits", V::Integer(b as i64));
+        }
+        if let Some(b) = self.block_size {
+            r.set("block-size", V::Integer(b as i64));
+        }
+        if self.asymmetric {
+            r.set("symmetric", V::Boolean(false));
+        }
+        if let Some(a) = self.accuracy_level {
+            r.set("accuracy-level", V::Integer(a));
+        }
+        let strings = [
+            ("calib", &self.calib),
+            ("calib-text", &self.calib_text),
+            ("tokenizer", &self.tokenizer),
+        ];
+        for (key, v) in strings {
+            if let Some(v) = v {
+                r.set(key, V::String(v.clone()));
+            }
+        }
+        if let Some(n) = self.calib_samples {
+            r.set("calib-samples", V::Integer(n as i64));
+        }
+        if let Some(n) = self.calib_seqlen {
+            r.set("calib-seqlen", V::Integer(n as i64));
+        }
+        if self.act_order {
+            r.set("act-order", V::Boolean(true));
+        }
+        if let Some(d) = self.damp {
+            r.set("damp", V::Float(d));
+        }
+        // Calibration runs on the runtime --runtime names (auto: ONNX Runtime when found).
+        r.set(
+            "runtime",
+            V::String(self.pipeline.verify.runtime.to_string()),
+        );
+        if !self.exclude.is_empty() {
+            r.set(
+                "exclude",
+                V::Array(self.exclude.iter().cloned().map(V::String).collect()),
+            );
+        }
+        if !self.include_op.is_empty() {
+            r.set(
+                "include-ops",
+                V::Array(self.include_op.iter().cloned().map(V::String).collect()),
+            );
+        }
+        // Validate everything (paths, tokenizer, combinations) before any work.
+        r.build()?;
+        Ok(r)
+    }
+
     /// A flag only the int8 algorithms take, if given.
     fn int8_only_flag(&self) -> Option<&'static str> {
         [

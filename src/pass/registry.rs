@@ -5,7 +5,7 @@ use super::Pass;
 use crate::error::{Error, Result};
 use crate::transforms::cleanup::RemoveDead;
 use crate::transforms::quant::{
-    bnb4, dynamic, gather, qoperator, smooth_quant, static_qdq, weight_only,
+    awq, bnb4, dynamic, gather, gptq, qoperator, smooth_quant, static_qdq, weight_only,
 };
 
 /// (name, config keys, what it does).
@@ -14,6 +14,16 @@ pub const PASSES: &[(&str, &[&str], &str)] = &[
         "matmul-nbits",
         weight_only::WEIGHT_ONLY_KEYS,
         "weight-only N-bit MatMul/Gemm weights (MatMulNBits or blocked QDQ; RTN or HQQ)",
+    ),
+    (
+        "gptq",
+        gptq::GPTQ_KEYS,
+        "calibrated weight-only N-bit MatMul/Gemm weights (GPTQ error feedback, MatMulNBits)",
+    ),
+    (
+        "awq",
+        awq::AWQ_KEYS,
+        "activation-aware per-channel weight scaling before N-bit quantization (AWQ), folded into the producer",
     ),
     (
         "gather-block-quantized",
@@ -62,6 +72,8 @@ fn config<T: DeserializeOwned>(table: toml::Table) -> Result<T> {
 pub fn build(name: &str, table: toml::Table) -> Result<Box<dyn Pass>> {
     Ok(match name {
         "matmul-nbits" => Box::new(weight_only::WeightOnly::new(config(table)?)?),
+        "gptq" => Box::new(gptq::Gptq::new(config(table)?)?),
+        "awq" => Box::new(awq::Awq::new(config(table)?)?),
         "gather-block-quantized" => Box::new(gather::GatherBlockQuantized::new(config(table)?)?),
         "bnb4" => Box::new(bnb4::Bnb4::new(config(table)?)?),
         "int8-dynamic" => Box::new(dynamic::Dynamic::new(config(table)?)?),

@@ -40,10 +40,16 @@
 //! - [`bnb4`]: NF4 / FP4 code books.
 //! - [`pack`]: 1/2/4/8-bit packing in either nibble order.
 //! - [`convert`]: f16/bf16 ↔ f32 slices and [`FloatType`].
+//! - [`gptq`]: GPTQ (second-order error feedback; needs `H = XᵀX`, so not a
+//!   per-block [`nbits::BlockSolver`]); [`linalg`]: its Cholesky helpers.
+//! - [`awq`]: AWQ's per-channel scale search (RTN of the scaled weights).
+pub mod awq;
 pub mod bnb4;
 pub mod convert;
+pub mod gptq;
 pub mod hqq;
 pub mod int8;
+pub mod linalg;
 pub mod nbits;
 pub mod pack;
 mod qdq;

@@ -101,6 +101,8 @@ pub fn validate(bits: u8, block_size: usize, format: Format, algorithm: Algorith
 pub struct WeightOnly {
     pub config: WeightOnlyConfig,
     selection: Selection,
+    /// The pass name created nodes carry (`onnxq.pass`).
+    label: &'static str,
 }
 
 impl WeightOnly {
@@ -129,9 +131,24 @@ impl WeightOnly {
                 )?;
             }
         }
-        Ok(WeightOnly { config, selection })
+        Ok(WeightOnly {
+            config,
+            selection,
+            label: "matmul-nbits",
+        })
+    }
+
+    /// The same emission under another pass name (GPTQ, AWQ quantize elsewhere and
+    /// call [`WeightOnly::emit_quantized`]).
+    pub fn labelled(mut self, label: &'static str) -> Self {
+        self.label = label;
+        self
     }
 }
+
+/// A rewrite with its weight already quantized: (MatMul, fused bias Add, index of
+/// the quantized weight).
+pub type Planned = (WeightMatMul, Option<(NodeId, ValueId)>, usize);
 
 /// One planned rewrite.
 struct Job {
@@ -158,18 +175,10 @@ impl Pass for WeightOnly {
             .len()
         });
         let progress = kernels::progress_bar(cx.progress, total as u64, "quantizing");
-        let mut err = None;
-        model.for_each_graph_mut(&mut |g| {
-            if err.is_none() {
-                if let Err(e) = self.run_graph(g, &mut outcome, &progress) {
-                    err = Some(e);
-                }
-            }
-        });
+        let result =
+            model.try_for_each_graph_mut(&mut |g| self.run_graph(g, &mut outcome, &progress));
         progress.finish_and_clear();
-        if let Some(e) = err {
-            return Err(e);
-        }
+        result?;
         if outcome.changed {
             match self.config.format {
                 Format::Matmulnbits => {
@@ -260,26 +269,50 @@ impl WeightOnly {
             })
             .collect();
         let quantized: Vec<NbitsWeight> = quantized.into_iter().collect::<Result<_>>()?;
+        let planned = jobs
+            .into_iter()
+            .map(|j| {
+                let ui = index[&(j.m.weight, j.m.transposed, j.params)];
+                (j.m, j.add, ui)
+            })
+            .collect();
+        self.emit_quantized(g, planned, &quantized, outcome)
+    }
 
+    /// Rewrites each `(matmul, fused bias Add, i)` of `jobs` with the already
+    /// quantized weight `quantized[i]`; jobs sharing an `i` share its initializers.
+    /// The weights must be [K, N] quantizations of the jobs' weights.
+    pub fn emit_quantized(
+        &self,
+        g: &mut Graph,
+        jobs: Vec<Planned>,
+        quantized: &[NbitsWeight],
+        outcome: &mut PassOutcome,
+    ) -> Result<()> {
         // Add the new initializers once per unique weight, in order (deterministic names).
-        let mut names: Vec<Option<(ValueId, ValueId, Option<ValueId>)>> = vec![None; unique.len()];
-        for j in jobs {
-            let ui = index[&(j.m.weight, j.m.transposed, j.params)];
+        let mut names: Vec<Option<(ValueId, ValueId, Option<ValueId>)>> =
+            vec![None; quantized.len()];
+        for (m, add, ui) in jobs {
             let q = &quantized[ui];
             let vals = match names[ui] {
                 Some(v) => v,
                 None => {
-                    let v = self.add_weight_tensors(g, &j.m, q)?;
+                    let v = self.add_weight_tensors(g, &m, q)?;
                     names[ui] = Some(v);
                     v
                 }
+            };
+            let j = Job {
+                m,
+                add,
+                params: q.params,
             };
             self.rewrite(g, &j, q, vals)?;
             outcome.count("matmuls quantized", 1);
             outcome.count("weight bytes before", q.original_bytes as u64);
             outcome.changed = true;
         }
-        for q in &quantized {
+        for q in quantized {
             outcome.count("weight bytes after", q.stored_bytes() as u64);
         }
         Ok(())
@@ -361,7 +394,7 @@ impl WeightOnly {
                     .attr(Attribute::int("N", m.n as i64))
                     .attr(Attribute::int("bits", q.params.bits as i64))
                     .attr(Attribute::int("block_size", q.params.block_size as i64))
-                    .meta(PASS_KEY, "matmul-nbits");
+                    .meta(PASS_KEY, self.label);
                 if self.config.accuracy_level != 0 {
                     spec = spec.attr(Attribute::int("accuracy_level", self.config.accuracy_level));
                 }
@@ -383,7 +416,7 @@ impl WeightOnly {
                     .output(dq_out.clone())
                     .attr(Attribute::int("axis", 0))
                     .attr(Attribute::int("block_size", q.params.block_size as i64))
-                    .meta(PASS_KEY, "matmul-nbits");
+                    .meta(PASS_KEY, self.label);
                 if z.is_none() {
                     dq.inputs.truncate(2);
                 }
@@ -398,7 +431,7 @@ impl WeightOnly {
                 let spec = NodeSpec::new("", op)
                     .name(name.clone())
                     .inputs(inputs)
-                    .meta(PASS_KEY, "matmul-nbits");
+                    .meta(PASS_KEY, self.label);
                 g.swap_node(m.node, spec)?;
             }
         }

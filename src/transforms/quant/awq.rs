@@ -1,0 +1,463 @@
+//! AWQ: activation-aware per-channel scaling of MatMul weights before N-bit
+//! quantization. The pass only rescales (the float model computes the same function,
+//! up to float rounding); the `matmul-nbits` pass that follows in the recipe rounds.
+//!
+//! Matches: groups of float32 weight MatMul/Gemm (as `matmul-nbits` matches them,
+//! main graph) reading the same activation x, each weight read by that MatMul only.
+//! Calibrates: mean|x| per channel over every row and a bounded row sample per x
+//! (one session over the calibration samples, as in `gptq`).
+//! Searches: `crate::quant::awq::search` (α grid, RTN of the configured bits/block/
+//! symmetry). Rewrites, with the chosen s: `W ← diag(s)·W`, and `x ← x / s` folded into
+//! x's producer:
+//! - a normalization's per-channel scale (and bias): LayerNormalization,
+//!   RMSNormalization, SimplifiedLayerNormalization, Skip(Simplified)LayerNormalization;
+//! - `Mul(·, γ)` by a constant [K] γ (a decomposed RMSNorm): γ / s;
+//! - `Mul(a, b)` with one side a private weight MatMul (gated MLP up projection): that
+//!   weight's output channels / s;
+//!
+//! which needs every reader of x to be in the group; otherwise (or for any other
+//! producer) a `Mul(x, 1/s)` is inserted in front of the group when `insert-mul`.
+use std::collections::{BTreeMap, BTreeSet};
+
+use rayon::prelude::*;
+use serde::Deserialize;
+
+use super::gptq::{targets, weight_kn, CalibData, Target};
+use super::select::Selection;
+use crate::error::{Error, Result};
+use crate::ir::{Attribute, DType, Graph, Model, NodeId, NodeSpec, Tensor, Use, ValueId};
+use crate::pass::{Pass, PassCx, PassOutcome, PASS_KEY};
+use crate::quant::awq::{search, ActivationSample};
+use crate::quant::{FloatType, QuantParams};
+use crate::rewrite::matchers::{constant, weight_matmul, ConstSource, WeightMatMul};
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct AwqConfig {
+    /// Quantization the search assumes (the following matmul-nbits pass's).
+    pub bits: u8,
+    pub block_size: usize,
+    pub symmetric: bool,
+    /// α grid points in [0, 1).
+    pub grid: usize,
+    /// Activation rows kept per input for the search.
+    pub max_rows: usize,
+    /// Insert `Mul(x, 1/s)` where x's producer cannot absorb 1/s.
+    pub insert_mul: bool,
+    pub calib: Option<String>,
+    pub calib_text: Option<String>,
+    pub tokenizer: Option<String>,
+    pub calib_samples: usize,
+    pub calib_seqlen: usize,
+    pub seed: Option<u64>,
+    pub exclude: Vec<String>,
+    pub include_ops: Vec<String>,
+    pub runtime: String,
+}
+
+impl Default for AwqConfig {
+    fn default() -> Self {
+        AwqConfig {
+            bits: 4,
+            block_size: 32,
+            symmetric: true,
+            grid: 20,
+            max_rows: 256,
+            insert_mul: true,
+            calib: None,
+            calib_text: None,
+            tokenizer: None,
+            calib_samples: 16,
+            calib_seqlen: 128,
+            seed: None,
+            exclude: Vec::new(),
+            include_ops: vec!["MatMul".into(), "Gemm".into()],
+            runtime: "tract".into(),
+        }
+    }
+}
+
+pub const AWQ_KEYS: &[&str] = &[
+    "bits",
+    "block-size",
+    "symmetric",
+    "grid",
+    "max-rows",
+    "insert-mul",
+    "calib",
+    "calib-text",
+    "tokenizer",
+    "calib-samples",
+    "calib-seqlen",
+    "seed",
+    "exclude",
+    "include-ops",
+    "runtime",
+];
+
+const NAME: &str = "awq";
+
+const NORMS: &[(&str, &str, usize, Option<usize>)] = &[
+    ("", "LayerNormalization", 1, Some(2)),
+    ("", "RMSNormalization", 1, None),
+    ("", "SimplifiedLayerNormalization", 1, None),
+    ("com.microsoft", "SimplifiedLayerNormalization", 1, None),
+    ("com.microsoft", "SkipSimplifiedLayerNormalization", 2, None),
+    ("com.microsoft", "SkipLayerNormalization", 2, Some(3)),
+];
+
+pub struct Awq {
+    pub config: AwqConfig,
+    selection: Selection,
+    data: CalibData,
+}
+
+impl Awq {
+    pub fn new(config: AwqConfig) -> Result<Self> {
+        QuantParams::new(config.bits, config.block_size, config.symmetric)
+            .map_err(|e| Error::invalid(format!("awq: {e}")))?;
+        if config.grid == 0 || config.max_rows == 0 {
+            return Err(Error::invalid("awq grid and max-rows must be at least 1"));
+        }
+        if config.calib_samples == 0 || config.calib_seqlen == 0 {
+            return Err(Error::invalid(
+                "awq calib-samples and calib-seqlen must be at least 1",
+            ));
+        }
+        config
+            .runtime
+            .parse::<crate::runtime::RuntimeKind>()
+            .map_err(Error::invalid)?;
+        let selection = Selection::new(&config.exclude, &config.include_ops, None)?;
+        let data = CalibData::open(
+            config.calib.as_deref(),
+            config.calib_text.as_deref(),
+            config.tokenizer.as_deref(),
+        )?;
+        Ok(Awq {
+            config,
+            selection,
+            data,
+        })
+    }
+}
+
+/// Where `x / s` goes.
+#[derive(Clone, Debug)]
+enum Fold {
+    /// Per-channel constants divided by s.
+    Constants(Vec<ValueId>),
+    /// Output channels of a private weight MatMul divided by s.
+    Columns(WeightMatMul),
+    /// A new `Mul(x, 1/s)` feeding the group.
+    Insert,
+}
+
+struct Group {
+    x: ValueId,
+    targets: Vec<WeightMatMul>,
+    fold: Fold,
+}
+
+fn single_use(g: &Graph, v: ValueId) -> bool {
+    g.value(v).uses().len() == 1 && !g.is_graph_output(v) && !g.is_graph_input(v)
+}
+
+fn weight_private(g: &Graph, m: &WeightMatMul) -> bool {
+    match m.transpose {
+        Some(t) => single_use(g, m.weight) && g.node(t).output(0).is_some_and(|o| single_use(g, o)),
+        None => single_use(g, m.weight),
+    }
+}
+
+fn per_channel_const(g: &Graph, v: ValueId, k: usize) -> bool {
+    constant(g, v).is_some_and(|(_, t)| {
+        t.dtype() == DType::F32
+            && t.dims.iter().product::<i64>() == k as i64
+            && t.dims.last() == Some(&(k as i64))
+    }) && single_use(g, v)
+}
+
+fn fold_site(g: &Graph, x: ValueId, k: usize) -> Option<Fold> {
+    let p = g.producer(x)?;
+    let node = g.node(p);
+    if node.output(0) != Some(x) {
+        return None;
+    }
+    for (domain, op, scale, bias) in NORMS {
+        if node.is(domain, op) {
+            if node.attr_int("axis").is_some_and(|a| a != -1) {
+                return None;
+            }
+            let mut vals = vec![node.input(*scale)?];
+            if let Some(b) = bias.and_then(|b| node.input(b)) {
+                vals.push(b);
+            }
+            return vals
+                .iter()
+                .all(|&v| per_channel_const(g, v, k))
+                .then_some(Fold::Constants(vals));
+        }
+    }
+    if node.is("", "Mul") {
+        let (a, b) = (node.input(0)?, node.input(1)?);
+        for c in [b, a] {
+            if per_channel_const(g, c, k) {
+                return Some(Fold::Constants(vec![c]));
+            }
+        }
+        for side in [a, b] {
+            let Some(mp) = g.producer(side) else { continue };
+            let Ok(m) = weight_matmul(g, mp) else {
+                continue;
+            };
+            if m.n == k
+                && m.dtype == DType::F32
+                && single_use(g, side)
+                && weight_private(g, &m)
+                && m.bias.is_none()
+            {
+                return Some(Fold::Columns(m));
+            }
+        }
+    }
+    None
+}
+
+impl Awq {
+    fn groups(&self, g: &Graph, found: Vec<Target>, outcome: &mut PassOutcome) -> Vec<Group> {
+        let mut by_x: BTreeMap<ValueId, Vec<WeightMatMul>> = BTreeMap::new();
+        for t in found {
+            let name = g.node(t.m.node).name().to_string();
+            if t.m.dtype != DType::F32 {
+                outcome.skip(&name, "AWQ scales float32 weights only");
+            } else if !weight_private(g, &t.m) {
+                outcome.skip(&name, "its weight is shared with other nodes");
+            } else {
+                by_x.entry(t.x).or_default().push(t.m);
+            }
+        }
+        let mut out = Vec::new();
+        for (x, targets) in by_x {
+            let name = g.node(targets[0].node).name().to_string();
+            let consumers: BTreeSet<NodeId> = g
+                .value(x)
+                .uses()
+                .iter()
+                .map(|u| match u {
+                    Use::Input(n, _) | Use::Capture(n) => *n,
+                })
+                .collect();
+            let members: BTreeSet<NodeId> = targets.iter().map(|m| m.node).collect();
+            let exclusive = consumers == members && !g.is_graph_output(x);
+            let k = targets[0].k;
+            let fold = if exclusive { fold_site(g, x, k) } else { None };
+            match fold.or(self.config.insert_mul.then_some(Fold::Insert)) {
+                Some(fold) => out.push(Group { x, targets, fold }),
+                None => outcome.skip(
+                    &name,
+                    "its input comes from no norm, constant Mul or gated MatMul that could absorb \
+                     the scales (insert-mul = false)",
+                ),
+            }
+        }
+        out
+    }
+}
+
+fn replace_constant(g: &mut Graph, v: ValueId, source: ConstSource, t: Tensor) {
+    match source {
+        ConstSource::Initializer(_) => g.set_initializer(v, t),
+        ConstSource::ConstantNode(n) => g.node_mut(n).set_attr(Attribute::tensor("value", t)),
+    }
+}
+
+/// Multiplies the K rows of a weight the node reads as [K, N] by `s` (`along_k`),
+/// or divides its N output columns by `s`.
+fn scale_weight(g: &mut Graph, m: &WeightMatMul, s: &[f32], along_k: bool) -> Result<()> {
+    let t = constant(g, m.weight)
+        .ok_or_else(|| Error::tensor(g.value_name(m.weight), "weight is no longer a constant"))?
+        .1
+        .clone();
+    let mut w = super::kernels::read_f32(&t)?;
+    let c = t.dims[1] as usize;
+    // Stored [K, N] unless transposed ([N, K]).
+    let along_rows = along_k != m.transposed;
+    for (i, v) in w.iter_mut().enumerate() {
+        let j = if along_rows { i / c } else { i % c };
+        *v = if along_k { *v * s[j] } else { *v / s[j] };
+    }
+    replace_constant(
+        g,
+        m.weight,
+        m.source,
+        Tensor::from_f32(t.name(), t.dims.clone(), &w).stored_like(&t),
+    );
+    Ok(())
+}
+
+impl Pass for Awq {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn run(&self, model: &mut Model, cx: &mut PassCx) -> Result<PassOutcome> {
+        let mut outcome = PassOutcome::new(NAME);
+        let found = targets(&model.graph, &self.selection, false, &mut outcome);
+        let groups = self.groups(&model.graph, found, &mut outcome);
+        if groups.is_empty() {
+            return Ok(outcome);
+        }
+        let g = &model.graph;
+        let names: BTreeMap<String, usize> = groups
+            .iter()
+            .map(|gr| (g.value_name(gr.x).to_string(), gr.targets[0].k))
+            .collect();
+        let seed = self.config.seed.unwrap_or(cx.seed);
+        let (count, mut feeds) = self.data.feeds(
+            model,
+            self.config.calib_samples,
+            self.config.calib_seqlen,
+            seed,
+            &mut outcome,
+        );
+        let per_add = self.config.max_rows.div_ceil(count.max(1));
+        let mut stats: BTreeMap<String, ActivationSample> = names
+            .iter()
+            .map(|(n, &k)| {
+                (
+                    n.clone(),
+                    ActivationSample::new(k, self.config.max_rows, per_add),
+                )
+            })
+            .collect();
+        let keys: BTreeSet<String> = names.keys().cloned().collect();
+        let rt = super::static_qdq::runtime_named(&self.config.runtime)?;
+        let progress = super::kernels::progress_bar(cx.progress, count as u64, "calibrating");
+        crate::calib::hessian::capture(
+            model,
+            &keys,
+            count,
+            &mut feeds,
+            rt.as_ref(),
+            &progress,
+            &mut |name, values, shape| {
+                if let Some(st) = stats.get_mut(name) {
+                    if shape.last() == Some(&st.k) {
+                        st.add(values);
+                    }
+                }
+            },
+        )?;
+        progress.finish_and_clear();
+        drop(feeds);
+
+        let p = QuantParams::new(
+            self.config.bits,
+            self.config.block_size,
+            self.config.symmetric,
+        )
+        .map_err(|e| Error::invalid(e.to_string()))?;
+        let g = &model.graph;
+        let searched: Vec<Result<Option<crate::quant::awq::AwqSearch>>> = groups
+            .par_iter()
+            .map(|gr| {
+                let st = &stats[g.value_name(gr.x)];
+                if st.row_count() == 0 {
+                    return Ok(None);
+                }
+                let k = gr.targets[0].k;
+                let ws: Vec<Vec<f32>> = gr
+                    .targets
+                    .iter()
+                    .map(|m| weight_kn(g, m))
+                    .collect::<Result<_>>()?;
+                let refs: Vec<(&[f32], usize)> = ws
+                    .iter()
+                    .zip(&gr.targets)
+                    .map(|(w, m)| (w.as_slice(), m.n))
+                    .collect();
+                search(
+                    &refs,
+                    k,
+                    &st.rows,
+                    &st.channel_mean_abs(),
+                    &p,
+                    FloatType::F32,
+                    self.config.grid,
+                )
+                .map(Some)
+                .map_err(|e| Error::tensor(g.value_name(gr.x), e.to_string()))
+            })
+            .collect();
+        let searched: Vec<_> = searched.into_iter().collect::<Result<_>>()?;
+
+        for (gr, res) in groups.iter().zip(searched) {
+            let g = &mut model.graph;
+            let xname = g.value_name(gr.x).to_string();
+            let Some(res) = res else {
+                outcome.skip(&xname, "not observed in calibration");
+                continue;
+            };
+            if res.alpha == 0.0 {
+                outcome.notes.push(format!(
+                    "'{xname}': α = 0 is best (no scaling helps on the calibration rows)"
+                ));
+                continue;
+            }
+            let s = &res.scales;
+            for m in &gr.targets {
+                scale_weight(g, m, s, true)?;
+            }
+            match &gr.fold {
+                Fold::Constants(vals) => {
+                    for &v in vals {
+                        let (src, t) = constant(g, v).expect("checked when grouping");
+                        let t = t.clone();
+                        let vals = super::kernels::read_f32(&t)?;
+                        let scaled: Vec<f32> = vals.iter().zip(s).map(|(x, s)| x / s).collect();
+                        replace_constant(
+                            g,
+                            v,
+                            src,
+                            Tensor::from_f32(t.name(), t.dims.clone(), &scaled).stored_like(&t),
+                        );
+                    }
+                }
+                Fold::Columns(m) => scale_weight(g, m, s, false)?,
+                Fold::Insert => {
+                    let inv: Vec<f32> = s.iter().map(|v| 1.0 / v).collect();
+                    let cname = g.fresh_name(&format!("{xname}_awq_inv_scale"));
+                    let k = s.len() as i64;
+                    let c = g.add_initializer(Tensor::from_f32(cname, vec![k], &inv))?;
+                    let first = gr.targets[0].node;
+                    let out = g.fresh_name(&format!("{xname}_awq"));
+                    let mul = g.add_node(
+                        NodeSpec::new("", "Mul")
+                            .name(g.fresh_node_name(&format!("{xname}_awq_Mul")))
+                            .inputs([Some(gr.x), Some(c)])
+                            .output(out)
+                            .meta(PASS_KEY, NAME),
+                    )?;
+                    g.place_before(mul, first);
+                    let xs = g.node(mul).output(0).expect("one output");
+                    for m in &gr.targets {
+                        g.set_input(m.node, 0, Some(xs));
+                    }
+                    outcome.count("muls inserted", 1);
+                }
+            }
+            outcome.notes.push(format!(
+                "'{xname}' ({} MatMul): α = {:.2}, sampled output error {:.3e} (RTN {:.3e})",
+                gr.targets.len(),
+                res.alpha,
+                res.loss,
+                res.rtn_loss
+            ));
+            outcome.count("activations scaled", 1);
+            outcome.count("weights scaled", gr.targets.len() as u64);
+            outcome.changed = true;
+        }
+        Ok(outcome)
+    }
+}

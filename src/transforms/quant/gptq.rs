@@ -1,0 +1,443 @@
+//! GPTQ: calibrated weight-only N-bit quantization of constant MatMul/Gemm weights.
+//!
+//! Matches: what `matmul-nbits` matches (constant 2-D float B, directly or through
+//! Transpose, Gemm with transB), in the main graph only (subgraph MatMuls are not
+//! calibrated and are left alone).
+//! Calibrates: runs the float model once over the calibration samples with every
+//! distinct MatMul input exposed, accumulating `H = XᵀX / rows` per input value
+//! (MatMuls reading the same value share it); activations are dropped after each
+//! sample. Samples come from `calib` (.npz/.npy sets), from `calib-text` tokenized with
+//! `tokenizer` (seeded windows; ids, all-ones mask, positions, empty past), or else
+//! seeded random inputs.
+//! Emits: com.microsoft MatMulNBits exactly as `matmul-nbits` does (same names,
+//! bias fusion), with codes/scales/zero points from `crate::quant::gptq`.
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rayon::prelude::*;
+use serde::Deserialize;
+
+use super::kernels::{self, NbitsWeight};
+use super::select::{NodeOverride, Selection};
+use super::weight_only::{self, Format, WeightOnly, WeightOnlyConfig};
+use crate::calib::text::{feeds_for_tokens, TextSamples};
+use crate::calib::tokenizer::Tokenizer;
+use crate::calib::Source;
+use crate::error::{Error, Result};
+use crate::ir::{Graph, Model, NodeId, ValueId};
+use crate::pass::{Pass, PassCx, PassOutcome};
+use crate::quant::gptq::GptqOptions;
+use crate::quant::{FloatType, QuantParams};
+use crate::rewrite::matchers::{constant, following_bias_add, weight_matmul, WeightMatMul};
+use crate::runtime::NamedTensors;
+use crate::verify::inputs::InputHints;
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct GptqConfig {
+    pub bits: u8,
+    /// Group (= MatMulNBits block) size along K.
+    pub block_size: usize,
+    pub symmetric: bool,
+    /// MatMulNBits accuracy_level (0 = unset).
+    pub accuracy_level: i64,
+    /// Dampening added to H's diagonal, relative to its mean.
+    pub damp: f64,
+    /// Quantize input channels by decreasing activation energy (groups stay contiguous).
+    pub act_order: bool,
+    /// Calibration samples: a directory of .npz files / <input>.npy folders, or one .npz.
+    pub calib: Option<String>,
+    /// Calibration text (needs `tokenizer`).
+    pub calib_text: Option<String>,
+    /// Hugging Face tokenizer.json (byte-level BPE) for `calib-text`.
+    pub tokenizer: Option<String>,
+    /// Number of samples (text windows or random inputs; files: at most this many).
+    pub calib_samples: usize,
+    /// Tokens per text window.
+    pub calib_seqlen: usize,
+    /// Seed of the window choice and random inputs (default: the pipeline's seed).
+    pub seed: Option<u64>,
+    /// Node name patterns (`*` wildcards) to leave alone.
+    pub exclude: Vec<String>,
+    pub include_ops: Vec<String>,
+    pub fuse_bias: bool,
+    /// Runtime calibration runs on (tract, ort, auto).
+    pub runtime: String,
+}
+
+impl Default for GptqConfig {
+    fn default() -> Self {
+        GptqConfig {
+            bits: 4,
+            block_size: 32,
+            symmetric: true,
+            accuracy_level: 0,
+            damp: 0.01,
+            act_order: false,
+            calib: None,
+            calib_text: None,
+            tokenizer: None,
+            calib_samples: 16,
+            calib_seqlen: 128,
+            seed: None,
+            exclude: Vec::new(),
+            include_ops: vec!["MatMul".into(), "Gemm".into()],
+            fuse_bias: true,
+            runtime: "tract".into(),
+        }
+    }
+}
+
+pub const GPTQ_KEYS: &[&str] = &[
+    "bits",
+    "block-size",
+    "symmetric",
+    "accuracy-level",
+    "damp",
+    "act-order",
+    "calib",
+    "calib-text",
+    "tokenizer",
+    "calib-samples",
+    "calib-seqlen",
+    "seed",
+    "exclude",
+    "include-ops",
+    "fuse-bias",
+    "runtime",
+];
+
+const NAME: &str = "gptq";
+
+/// Where calibration inputs come from, checked when the pass is built.
+#[derive(Clone)]
+pub(crate) enum CalibData {
+    Files(Source),
+    /// Token ids of the whole text.
+    Text(Vec<i64>),
+    Random,
+}
+
+impl CalibData {
+    pub(crate) fn open(
+        calib: Option<&str>,
+        text: Option<&str>,
+        tokenizer: Option<&str>,
+    ) -> Result<CalibData> {
+        match (calib, text, tokenizer) {
+            (Some(_), Some(_), _) => Err(Error::invalid(
+                "calib and calib-text are exclusive: give one source of calibration data",
+            )),
+            (Some(p), None, _) => Ok(CalibData::Files(Source::open(Path::new(p))?)),
+            (None, Some(t), Some(tok)) => {
+                let tok = Tokenizer::from_file(Path::new(tok))?;
+                let text = std::fs::read_to_string(t).map_err(|e| Error::io(t, e))?;
+                let ids = tok.encode(&text)?;
+                if ids.is_empty() {
+                    return Err(Error::invalid(format!(
+                        "{t}: the calibration text has no tokens"
+                    )));
+                }
+                Ok(CalibData::Text(ids))
+            }
+            (None, Some(_), None) => Err(Error::invalid(
+                "calib-text needs a tokenizer (tokenizer = \"tokenizer.json\")",
+            )),
+            (None, None, _) => Ok(CalibData::Random),
+        }
+    }
+
+    /// A feed builder for `model` and how many samples it gives.
+    pub(crate) fn feeds<'a>(
+        &'a self,
+        model: &Model,
+        samples: usize,
+        seqlen: usize,
+        seed: u64,
+        outcome: &mut PassOutcome,
+    ) -> (usize, Box<dyn FnMut(usize) -> Result<NamedTensors> + 'a>) {
+        let specs = model.graph.input_specs();
+        match self {
+            CalibData::Files(src) => {
+                let hints = InputHints::from_model(model);
+                let n = src.len().min(samples.max(1));
+                outcome
+                    .notes
+                    .push(format!("calibration: {n} of {}", src.describe()));
+                (n, Box::new(move |i| src.sample(i, &specs, &hints)))
+            }
+            CalibData::Text(ids) => {
+                let w = TextSamples::windows(ids, samples, seqlen, seed);
+                outcome.notes.push(format!(
+                    "calibration: {} windows of {} tokens from a text of {} tokens (seed {seed})",
+                    w.windows.len(),
+                    w.windows[0].len(),
+                    w.tokens
+                ));
+                let n = w.windows.len();
+                (
+                    n,
+                    Box::new(move |i| feeds_for_tokens(&specs, &w.windows[i])),
+                )
+            }
+            CalibData::Random => {
+                let hints = InputHints::from_model(model);
+                outcome.notes.push(format!(
+                    "no calibration data: {samples} seeded random inputs (seed {seed})"
+                ));
+                let src = Source::Random {
+                    samples,
+                    seed,
+                    dims: BTreeMap::new(),
+                };
+                (samples, Box::new(move |i| src.sample(i, &specs, &hints)))
+            }
+        }
+    }
+}
+
+pub struct Gptq {
+    pub config: GptqConfig,
+    selection: Selection,
+    data: CalibData,
+}
+
+impl Gptq {
+    pub fn new(config: GptqConfig) -> Result<Self> {
+        weight_only::validate(
+            config.bits,
+            config.block_size,
+            Format::Matmulnbits,
+            kernels::Algorithm::Rtn,
+        )?;
+        if !(config.damp >= 0.0 && config.damp.is_finite()) {
+            return Err(Error::invalid(format!(
+                "gptq damp {} must be a finite value >= 0",
+                config.damp
+            )));
+        }
+        if config.calib_samples == 0 || config.calib_seqlen == 0 {
+            return Err(Error::invalid(
+                "gptq calib-samples and calib-seqlen must be at least 1",
+            ));
+        }
+        config
+            .runtime
+            .parse::<crate::runtime::RuntimeKind>()
+            .map_err(Error::invalid)?;
+        let selection = Selection::new(&config.exclude, &config.include_ops, None)?;
+        let data = CalibData::open(
+            config.calib.as_deref(),
+            config.calib_text.as_deref(),
+            config.tokenizer.as_deref(),
+        )?;
+        Ok(Gptq {
+            config,
+            selection,
+            data,
+        })
+    }
+
+    fn params(&self) -> kernels::Params {
+        kernels::Params {
+            bits: self.config.bits,
+            block_size: self.config.block_size,
+            symmetric: self.config.symmetric,
+            algorithm: kernels::Algorithm::Rtn,
+        }
+    }
+}
+
+/// A matched MatMul and the value its activations come from.
+pub(crate) struct Target {
+    pub m: WeightMatMul,
+    pub add: Option<(NodeId, ValueId)>,
+    pub x: ValueId,
+}
+
+/// Weight MatMuls of the main graph the selection allows.
+pub(crate) fn targets(
+    g: &Graph,
+    sel: &Selection,
+    fuse_bias: bool,
+    outcome: &mut PassOutcome,
+) -> Vec<Target> {
+    let mut out = Vec::new();
+    for (id, node) in g.nodes() {
+        if !sel.op_included(&node.op_type) || !node.domain().is_empty() {
+            continue;
+        }
+        let m = match weight_matmul(g, id) {
+            Ok(m) => m,
+            Err(reason) => {
+                outcome.skip(node.name(), reason);
+                continue;
+            }
+        };
+        if sel.resolve(node.name()) == NodeOverride::Skip {
+            outcome.skip(node.name(), "excluded");
+            continue;
+        }
+        let Some(x) = node.input(0) else {
+            outcome.skip(node.name(), "no A input");
+            continue;
+        };
+        if constant(g, x).is_some() {
+            outcome.skip(node.name(), "A is a constant (nothing to calibrate)");
+            continue;
+        }
+        let add = if fuse_bias {
+            following_bias_add(g, &m)
+        } else {
+            None
+        };
+        out.push(Target { m, add, x });
+    }
+    out
+}
+
+/// The [K, N] values of a matched weight as f32.
+pub(crate) fn weight_kn(g: &Graph, m: &WeightMatMul) -> Result<Vec<f32>> {
+    let t = constant(g, m.weight)
+        .ok_or_else(|| Error::tensor(g.value_name(m.weight), "weight is no longer a constant"))?
+        .1;
+    let w = kernels::read_f32(t)?;
+    Ok(if m.transposed {
+        crate::quant::transpose(&w, m.n, m.k)
+    } else {
+        w
+    })
+}
+
+impl Pass for Gptq {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn run(&self, model: &mut Model, cx: &mut PassCx) -> Result<PassOutcome> {
+        let mut outcome = PassOutcome::new(NAME);
+        let targets = targets(
+            &model.graph,
+            &self.selection,
+            self.config.fuse_bias,
+            &mut outcome,
+        );
+        if targets.is_empty() {
+            return Ok(outcome);
+        }
+        let g = &model.graph;
+        let mut k_of: BTreeMap<String, usize> = BTreeMap::new();
+        for t in &targets {
+            let name = g.value_name(t.x).to_string();
+            if let Some(&k) = k_of.get(&name) {
+                if k != t.m.k {
+                    return Err(Error::tensor(
+                        &name,
+                        format!("read by MatMuls with K = {k} and K = {}", t.m.k),
+                    ));
+                }
+            }
+            k_of.insert(name, t.m.k);
+        }
+        let seed = self.config.seed.unwrap_or(cx.seed);
+        let (count, mut feeds) = self.data.feeds(
+            model,
+            self.config.calib_samples,
+            self.config.calib_seqlen,
+            seed,
+            &mut outcome,
+        );
+        let rt = super::static_qdq::runtime_named(&self.config.runtime)?;
+        let progress = kernels::progress_bar(cx.progress, count as u64, "calibrating");
+        let started = std::time::Instant::now();
+        let acc = crate::calib::hessian::hessians(
+            model,
+            &k_of,
+            count,
+            &mut feeds,
+            rt.as_ref(),
+            &progress,
+        )?;
+        progress.finish_and_clear();
+        drop(feeds);
+        let mut hs: BTreeMap<String, (Vec<f64>, u64)> = BTreeMap::new();
+        for (name, h) in acc {
+            let rows = h.rows;
+            if rows == 0 {
+                outcome.notes.push(format!(
+                    "'{name}' was not observed in calibration: its MatMuls are quantized by RTN"
+                ));
+            }
+            hs.insert(name, (h.finish(), rows));
+        }
+        outcome.count("hessians", hs.len() as u64);
+        let calibrated = std::time::Instant::now();
+
+        // One quantization per (weight, input) pair.
+        let g = &model.graph;
+        let mut unique: Vec<(usize, String)> = Vec::new();
+        let mut index: BTreeMap<(ValueId, String), usize> = BTreeMap::new();
+        let mut planned = Vec::new();
+        for (ti, t) in targets.iter().enumerate() {
+            let x = g.value_name(t.x).to_string();
+            let ui = *index.entry((t.m.weight, x.clone())).or_insert_with(|| {
+                unique.push((ti, x));
+                unique.len() - 1
+            });
+            planned.push((t.m.clone(), t.add, ui));
+        }
+        let params = self.params();
+        let qp = QuantParams {
+            bits: params.bits,
+            block_size: params.block_size,
+            symmetric: params.symmetric,
+        };
+        let opts = GptqOptions {
+            damp: self.config.damp,
+            act_order: self.config.act_order,
+        };
+        let progress = kernels::progress_bar(cx.progress, unique.len() as u64, "gptq");
+        let quantized: Vec<Result<NbitsWeight>> = unique
+            .par_iter()
+            .map(|(ti, x)| {
+                let m = &targets[*ti].m;
+                let t = constant(g, m.weight).expect("matched as constant").1;
+                let w = weight_kn(g, m)?;
+                let ft = FloatType::from_dtype(t.dtype()).unwrap_or_default();
+                let h = &hs[x].0;
+                let q = crate::quant::gptq::quantize_kn(&w, m.k, m.n, h, &qp, ft, &opts)
+                    .map_err(|e| Error::tensor(t.name(), e.to_string()))?;
+                progress.inc(1);
+                Ok(NbitsWeight {
+                    params,
+                    k: m.k,
+                    n: m.n,
+                    dtype: t.dtype(),
+                    q,
+                    original_bytes: t.stored_len(),
+                })
+            })
+            .collect();
+        progress.finish_and_clear();
+        let quantized: Vec<NbitsWeight> = quantized.into_iter().collect::<Result<_>>()?;
+        outcome.notes.push(format!(
+            "time: calibration {:.1}s, GPTQ solve {:.1}s",
+            (calibrated - started).as_secs_f64(),
+            calibrated.elapsed().as_secs_f64()
+        ));
+        let emit = WeightOnly::new(WeightOnlyConfig {
+            bits: self.config.bits,
+            block_size: self.config.block_size,
+            symmetric: self.config.symmetric,
+            accuracy_level: self.config.accuracy_level,
+            fuse_bias: self.config.fuse_bias,
+            ..Default::default()
+        })?
+        .labelled(NAME);
+        emit.emit_quantized(&mut model.graph, planned, &quantized, &mut outcome)?;
+        if outcome.changed {
+            model.require_opset("com.microsoft", 1);
+        }
+        Ok(outcome)
+    }
+}

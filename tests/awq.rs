@@ -1,0 +1,234 @@
+//! AWQ: the scaling pass leaves the float model's function unchanged (scales folded
+//! into norms, gated MatMuls or an inserted Mul), and AWQ + RTN is no worse than RTN
+//! on held-out text of the tiny Llama fixtures; outputs run in ONNX Runtime.
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use onnxq::calib::text::{feeds_for_tokens, TextSamples};
+use onnxq::calib::tokenizer::Tokenizer;
+use onnxq::pass::recipe::Recipe;
+use onnxq::pass::{run_pipeline, PassCx, PassOutcome};
+use onnxq::runtime::{self, RuntimeKind, RuntimeOptions};
+
+fn split_sample() -> (String, String) {
+    let text = std::fs::read_to_string(common::fixtures().join("sample.txt")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let cut = lines.len() * 2 / 3;
+    (lines[..cut].join("\n"), lines[cut..].join("\n"))
+}
+
+fn apply(model: &onnxq::Model, recipe: &str, path: &Path) -> Vec<PassOutcome> {
+    let r = Recipe::parse("t", recipe).unwrap();
+    let mut m = model.clone();
+    let o = run_pipeline(&mut m, &r.build().unwrap(), &mut PassCx::default()).unwrap();
+    onnxq::save(&m, path, &Default::default()).unwrap();
+    o
+}
+
+/// Relative L2 of the first output (logits) of `cand` vs `reference` over `windows`.
+fn logits_error(reference: &Path, cand: &Path, windows: &[Vec<i64>]) -> f64 {
+    let sel = runtime::select(&RuntimeOptions {
+        kind: RuntimeKind::Auto,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut a = sel.runtime.open(reference).unwrap();
+    let mut b = sel.runtime.open(cand).unwrap();
+    let (mut num, mut den) = (0f64, 0f64);
+    for w in windows {
+        let feeds = feeds_for_tokens(a.inputs(), w).unwrap();
+        let la = a.run(&feeds).unwrap()[0].1.to_f32_vec().unwrap();
+        let lb = b.run(&feeds).unwrap()[0].1.to_f32_vec().unwrap();
+        for (x, y) in la.iter().zip(&lb) {
+            num += ((x - y) as f64).powi(2);
+            den += (*x as f64).powi(2);
+        }
+    }
+    (num / den).sqrt()
+}
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    calib: PathBuf,
+    tokenizer: PathBuf,
+    eval: Vec<Vec<i64>>,
+}
+
+fn setup() -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let (calib, held_out) = split_sample();
+    let calib_path = dir.join("calib.txt");
+    std::fs::write(&calib_path, calib).unwrap();
+    let tokenizer = common::fixtures().join("tokenizer.json");
+    let tok = Tokenizer::from_file(&tokenizer).unwrap();
+    let eval = TextSamples::windows(&tok.encode(&held_out).unwrap(), 4, 48, 99).windows;
+    Setup {
+        _tmp: tmp,
+        dir,
+        calib: calib_path,
+        tokenizer,
+        eval,
+    }
+}
+
+fn awq_table(s: &Setup, sym: bool) -> String {
+    format!(
+        "[[pass]]\nname='awq'\nbits=4\nblock-size=32\nsymmetric={sym}\ncalib-text='{}'\n\
+         tokenizer='{}'\ncalib-samples=8\ncalib-seqlen=64\nmax-rows=256\n",
+        s.calib.display(),
+        s.tokenizer.display()
+    )
+}
+
+#[test]
+fn scaling_alone_keeps_the_float_model_within_1e_5() {
+    let s = setup();
+    // decomposed: Mul(γ) norms, a gated MLP and inserted Muls; attention23:
+    // RMSNormalization; genai: (Skip)SimplifiedLayerNormalization.
+    for (fixture, want_folds) in [
+        ("llama-decomposed.onnx", true),
+        ("llama-attention23.onnx", true),
+        ("llama-genai-kv.onnx", true),
+    ] {
+        let orig = common::fixtures().join(fixture);
+        let model = onnxq::load(&orig).unwrap();
+        let out = s.dir.join(format!("scaled-{fixture}"));
+        let o = apply(
+            &model,
+            &format!("[recipe]\nname='a'\n{}", awq_table(&s, true)),
+            &out,
+        );
+        let scaled = o[0]
+            .counters
+            .get("activations scaled")
+            .copied()
+            .unwrap_or(0);
+        assert!(
+            !want_folds || scaled >= 4,
+            "{fixture}: {:?} {:?}",
+            o[0].counters,
+            o[0].notes
+        );
+        // The weights did change.
+        let m = onnxq::load(&out).unwrap();
+        let (_, w0) = model
+            .graph
+            .initializers()
+            .find(|(_, t)| t.name().contains("q_proj"))
+            .unwrap();
+        let w1 = m
+            .graph
+            .initializer(m.graph.find(w0.name()).unwrap())
+            .unwrap();
+        assert_ne!(w0.to_f32().unwrap(), w1.to_f32().unwrap(), "{fixture}");
+        let e = logits_error(&orig, &out, &s.eval);
+        eprintln!("{fixture}: scaled float model, logits rel-L2 {e:.2e}");
+        assert!(e < 1e-5, "{fixture}: folding changed the function: {e}");
+    }
+}
+
+#[test]
+fn awq_then_rtn_is_no_worse_than_rtn_on_held_out_text() {
+    let s = setup();
+    let orig = common::fixtures().join("llama-decomposed.onnx");
+    let model = onnxq::load(&orig).unwrap();
+    for sym in [true, false] {
+        let nbits =
+            format!("[[pass]]\nname='matmul-nbits'\nbits=4\nblock-size=32\nsymmetric={sym}\n");
+        let rtn = s.dir.join("rtn.onnx");
+        apply(&model, &format!("[recipe]\nname='r'\n{nbits}"), &rtn);
+        let awq = s.dir.join("awq.onnx");
+        apply(
+            &model,
+            &format!("[recipe]\nname='a'\n{}{nbits}", awq_table(&s, sym)),
+            &awq,
+        );
+        let e_rtn = logits_error(&orig, &rtn, &s.eval);
+        let e_awq = logits_error(&orig, &awq, &s.eval);
+        eprintln!("sym={sym}: logits rel-L2 on held-out text: RTN {e_rtn:.4}, AWQ+RTN {e_awq:.4}");
+        assert!(
+            e_awq <= e_rtn,
+            "sym={sym}: AWQ {e_awq} worse than RTN {e_rtn}"
+        );
+        if let Some(py) = common::python() {
+            common::py(
+                &py,
+                "ort_check.py",
+                &["run", awq.to_str().unwrap(), orig.to_str().unwrap()],
+            );
+        }
+    }
+}
+
+#[test]
+fn quantize_cli_runs_awq() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("a.onnx");
+    let fx = common::fixtures();
+    let o = std::process::Command::new(common::onnxq_bin())
+        .arg("quantize")
+        .arg(fx.join("llama-attention23.onnx"))
+        .arg(&out)
+        .args(["--algorithm", "awq", "--calib-text"])
+        .arg(fx.join("sample.txt"))
+        .arg("--tokenizer")
+        .arg(fx.join("tokenizer.json"))
+        .args([
+            "--calib-samples",
+            "4",
+            "--calib-seqlen",
+            "32",
+            "--block-size",
+            "16",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = onnxq::load(&out).unwrap();
+    let nbits: Vec<_> = m
+        .graph
+        .nodes()
+        .filter(|(_, n)| n.op_type == "MatMulNBits")
+        .collect();
+    assert_eq!(nbits.len(), 15);
+    assert!(nbits
+        .iter()
+        .all(|(_, n)| n.attr_int("block_size") == Some(16)));
+    let bad = std::process::Command::new(common::onnxq_bin())
+        .arg("quantize")
+        .arg(fx.join("llama-attention23.onnx"))
+        .arg(&out)
+        .args(["--algorithm", "awq", "--act-order"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--act-order applies to --algorithm gptq")
+    );
+}
+
+#[test]
+fn inputs_nothing_can_absorb_are_skipped_without_insert_mul() {
+    let model = common::build::mlp(true);
+    let r = Recipe::parse(
+        "r",
+        "[recipe]\nname='r'\n[[pass]]\nname='awq'\ninsert-mul=false\ncalib-samples=2\n",
+    )
+    .unwrap();
+    let mut m = model.clone();
+    let o = run_pipeline(&mut m, &r.build().unwrap(), &mut PassCx::default()).unwrap();
+    assert!(!o[0].changed);
+    assert!(
+        o[0].skipped
+            .iter()
+            .any(|s| s.reason.contains("insert-mul = false")),
+        "{:?}",
+        o[0].skipped
+    );
+    assert_eq!(
+        onnxq::ir::print::diff(&model, &m).lines().next(),
+        Some("nodes: 10 -> 10 (+0)")
+    );
+}

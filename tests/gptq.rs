@@ -1,0 +1,369 @@
+//! GPTQ: the kernel against RTN on matrices (identity Hessian gives RTN exactly;
+//! correlated activations give a lower output error), and the pass end to end on the
+//! tiny Llama fixture calibrated on fixtures/sample.txt, checked in tract/ONNX Runtime.
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use onnxq::calib::text::{feeds_for_tokens, TextSamples};
+use onnxq::calib::tokenizer::Tokenizer;
+use onnxq::pass::recipe::Recipe;
+use onnxq::pass::{run_pipeline, PassCx};
+use onnxq::quant::gptq::{quantize_kn, relative_output_error, GptqOptions};
+use onnxq::quant::nbits::{quantize_kn_as, QuantParams};
+use onnxq::quant::FloatType;
+use onnxq::runtime::{self, RuntimeKind, RuntimeOptions};
+
+/// Seeded standard normal values (Box–Muller over an LCG).
+fn normal(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut u = || {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((s >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    (0..n)
+        .map(|_| {
+            let (a, b) = (u(), u());
+            ((-2.0 * a.ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos()) as f32
+        })
+        .collect()
+}
+
+/// Rows of X = Z·A (correlated channels) with a few outlier channels, and XᵀX / rows.
+fn correlated(rows: usize, k: usize, seed: u64) -> (Vec<f32>, Vec<f64>) {
+    let z = normal(rows * k, seed);
+    let a = normal(k * k, seed + 1);
+    let mut x = vec![0f32; rows * k];
+    for r in 0..rows {
+        for j in 0..k {
+            let mut v = 0f32;
+            for i in 0..k {
+                v += z[r * k + i] * a[i * k + j];
+            }
+            x[r * k + j] = v * if j % 13 == 0 { 6.0 } else { 1.0 };
+        }
+    }
+    let mut h = vec![0f64; k * k];
+    for r in 0..rows {
+        let xr = &x[r * k..(r + 1) * k];
+        for i in 0..k {
+            for j in 0..k {
+                h[i * k + j] += xr[i] as f64 * xr[j] as f64;
+            }
+        }
+    }
+    for v in &mut h {
+        *v /= rows as f64;
+    }
+    (x, h)
+}
+
+#[test]
+fn identity_hessian_gives_rtn_exactly() {
+    let (k, n) = (80, 24); // K not a multiple of the block: a partial last group
+    let w = normal(k * n, 7);
+    let mut h = vec![0f64; k * k];
+    for i in 0..k {
+        h[i * k + i] = 1.0;
+    }
+    for (bits, sym, ft) in [
+        (4, true, FloatType::F32),
+        (4, false, FloatType::F32),
+        (2, false, FloatType::F32),
+        (8, true, FloatType::F32),
+        (4, true, FloatType::F16),
+    ] {
+        let p = QuantParams::new(bits, 32, sym).unwrap();
+        let rtn = quantize_kn_as(&w, k, n, &p, ft).unwrap();
+        for act_order in [false, true] {
+            let opts = GptqOptions {
+                damp: 0.01,
+                act_order,
+            };
+            let g = quantize_kn(&w, k, n, &h, &p, ft, &opts).unwrap();
+            assert_eq!(
+                g.packed, rtn.packed,
+                "{bits} bits sym={sym} {ft:?} {act_order}"
+            );
+            assert_eq!(g.scales, rtn.scales, "{bits} bits sym={sym} {ft:?}");
+            assert_eq!(g.zero_points, rtn.zero_points, "{bits} bits sym={sym}");
+            assert_eq!(g.scale_type, rtn.scale_type);
+        }
+    }
+}
+
+#[test]
+fn correlated_activations_give_lower_output_error_than_rtn() {
+    let (k, n, rows) = (256, 48, 1024);
+    let (_, h) = correlated(rows, k, 3);
+    let w: Vec<f32> = normal(k * n, 11).iter().map(|v| v * 0.02).collect();
+    for (sym, bs) in [(true, 32), (false, 32), (true, 128)] {
+        let p = QuantParams::new(4, bs, sym).unwrap();
+        let rtn = quantize_kn_as(&w, k, n, &p, FloatType::F32).unwrap();
+        let e_rtn = relative_output_error(&w, &rtn.dequantize_kn(), k, n, &h);
+        for act_order in [false, true] {
+            let opts = GptqOptions {
+                damp: 0.01,
+                act_order,
+            };
+            let g = quantize_kn(&w, k, n, &h, &p, FloatType::F32, &opts).unwrap();
+            let e_g = relative_output_error(&w, &g.dequantize_kn(), k, n, &h);
+            eprintln!("sym={sym} block={bs} act_order={act_order}: rel ‖XΔW‖² RTN {e_rtn:.5} GPTQ {e_g:.5}");
+            assert!(
+                e_g < 0.7 * e_rtn,
+                "sym={sym} block={bs} act_order={act_order}: GPTQ {e_g} vs RTN {e_rtn}"
+            );
+        }
+    }
+}
+
+/// The fixture text split at a line boundary: (calibration part, held-out part).
+fn split_sample() -> (String, String) {
+    let text = std::fs::read_to_string(common::fixtures().join("sample.txt")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let cut = lines.len() * 2 / 3;
+    (lines[..cut].join("\n"), lines[cut..].join("\n"))
+}
+
+fn quantize(model: &onnxq::Model, recipe: &str, dir: &Path, name: &str) -> PathBuf {
+    let r = Recipe::parse(name, recipe).unwrap();
+    let mut m = model.clone();
+    run_pipeline(&mut m, &r.build().unwrap(), &mut PassCx::default()).unwrap();
+    let p = dir.join(name);
+    onnxq::save(&m, &p, &Default::default()).unwrap();
+    p
+}
+
+/// Relative L2 of the logits of `cand` vs `reference` over the held-out windows.
+fn logits_error(reference: &Path, cand: &Path, windows: &[Vec<i64>]) -> f64 {
+    let sel = runtime::select(&RuntimeOptions {
+        kind: RuntimeKind::Auto,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut a = sel.runtime.open(reference).unwrap();
+    let mut b = sel.runtime.open(cand).unwrap();
+    let (mut num, mut den) = (0f64, 0f64);
+    for w in windows {
+        let feeds = feeds_for_tokens(a.inputs(), w).unwrap();
+        let ya = a.run(&feeds).unwrap();
+        let yb = b.run(&feeds).unwrap();
+        let la = ya[0].1.to_f32_vec().unwrap();
+        let lb = yb[0].1.to_f32_vec().unwrap();
+        for (x, y) in la.iter().zip(&lb) {
+            num += ((x - y) as f64).powi(2);
+            den += (*x as f64).powi(2);
+        }
+    }
+    (num / den).sqrt()
+}
+
+#[test]
+fn gptq_on_the_llama_fixture_is_no_worse_than_rtn_on_held_out_text() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (calib, held_out) = split_sample();
+    let calib_path = tmp.path().join("calib.txt");
+    std::fs::write(&calib_path, &calib).unwrap();
+    let tok_path = common::fixtures().join("tokenizer.json");
+    let tok = Tokenizer::from_file(&tok_path).unwrap();
+    let eval = TextSamples::windows(&tok.encode(&held_out).unwrap(), 4, 48, 99).windows;
+    let orig = common::fixtures().join("llama-decomposed.onnx");
+    let model = onnxq::load(&orig).unwrap();
+    for (sym, act_order) in [(true, false), (false, false), (true, true)] {
+        let rtn = quantize(
+            &model,
+            &format!(
+                "[recipe]\nname='r'\n[[pass]]\nname='matmul-nbits'\nbits=4\nblock-size=32\nsymmetric={sym}\n"
+            ),
+            tmp.path(),
+            "rtn.onnx",
+        );
+        let gptq = quantize(
+            &model,
+            &format!(
+                "[recipe]\nname='g'\n[[pass]]\nname='gptq'\nbits=4\nblock-size=32\nsymmetric={sym}\n\
+                 act-order={act_order}\ncalib-text='{}'\ntokenizer='{}'\ncalib-samples=16\ncalib-seqlen=64\n",
+                calib_path.display(),
+                tok_path.display()
+            ),
+            tmp.path(),
+            "gptq.onnx",
+        );
+        let e_rtn = logits_error(&orig, &rtn, &eval);
+        let e_gptq = logits_error(&orig, &gptq, &eval);
+        eprintln!("sym={sym} act_order={act_order}: logits rel-L2 on held-out text: RTN {e_rtn:.4}, GPTQ {e_gptq:.4}");
+        assert!(
+            e_gptq <= e_rtn,
+            "sym={sym} act_order={act_order}: GPTQ {e_gptq} worse than RTN {e_rtn}"
+        );
+        if let Some(py) = common::python() {
+            common::py(
+                &py,
+                "ort_check.py",
+                &["run", gptq.to_str().unwrap(), orig.to_str().unwrap()],
+            );
+        }
+    }
+}
+
+#[test]
+fn the_fixture_tokenizer_round_trips_the_sample_text_with_merges() {
+    let tok = Tokenizer::from_file(&common::fixtures().join("tokenizer.json")).unwrap();
+    let text = std::fs::read_to_string(common::fixtures().join("sample.txt")).unwrap();
+    let ids = tok.encode(&text).unwrap();
+    // The post-processor's <s> (id 1) first, then the text.
+    assert_eq!(ids[0], 1);
+    assert_eq!(tok.decode(&ids[1..]), text.as_bytes());
+    // Merges apply: fewer tokens than bytes, and every id is in the 320-entry vocabulary.
+    assert!(
+        ids.len() < text.len() * 3 / 4,
+        "{} ids for {} bytes",
+        ids.len(),
+        text.len()
+    );
+    assert!(ids.iter().all(|&i| (0..320).contains(&i)));
+    // " the" is a learned merge ("Ġt he"): one token.
+    let the = tok.encode(" the").unwrap();
+    assert_eq!(the.len(), 2, "{the:?}");
+}
+
+#[test]
+fn quantize_cli_runs_gptq_from_text_and_refuses_foreign_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("g.onnx");
+    let fx = common::fixtures();
+    let run = |extra: &[&str]| {
+        std::process::Command::new(common::onnxq_bin())
+            .arg("quantize")
+            .arg(fx.join("llama-decomposed.onnx"))
+            .arg(&out)
+            .args(["--algorithm", "gptq"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let text = fx.join("sample.txt");
+    let tok = fx.join("tokenizer.json");
+    let o = run(&[
+        "--calib-text",
+        text.to_str().unwrap(),
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--calib-samples",
+        "4",
+        "--calib-seqlen",
+        "32",
+        "--act-order",
+        "--damp",
+        "0.05",
+        "--asymmetric",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = onnxq::load(&out).unwrap();
+    let nbits: Vec<_> = m
+        .graph
+        .nodes()
+        .filter(|(_, n)| n.op_type == "MatMulNBits")
+        .collect();
+    // 7 projections per layer × 2 layers + lm_head.
+    assert_eq!(nbits.len(), 15);
+    assert!(nbits
+        .iter()
+        .all(|(_, n)| n.input(3).is_some() && n.attr_int("bits") == Some(4)));
+    let bad = run(&["--calib-text", text.to_str().unwrap()]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("tokenizer"));
+    let bad = run(&["--per-channel"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--per-channel"));
+    let rtn = std::process::Command::new(common::onnxq_bin())
+        .arg("quantize")
+        .arg(fx.join("llama-decomposed.onnx"))
+        .arg(&out)
+        .arg("--act-order")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&rtn.stderr).contains("--act-order applies to --algorithm gptq")
+    );
+}
+
+#[test]
+fn invalid_gptq_settings_are_rejected_before_any_model_is_read() {
+    let fx = common::fixtures();
+    let text = fx.join("sample.txt");
+    let tok = fx.join("tokenizer.json");
+    for (table, want) in [
+        ("bits=3".to_string(), "bits=3"),
+        ("damp=-0.1".to_string(), "damp"),
+        ("block-size=24".to_string(), "block size 24"),
+        ("calib-seqlen=0".to_string(), "calib-seqlen"),
+        (format!("calib-text='{}'", text.display()), "tokenizer"),
+        (
+            format!(
+                "calib-text='{}'\ntokenizer='{}'\ncalib='{}'",
+                text.display(),
+                tok.display(),
+                fx.display()
+            ),
+            "exclusive",
+        ),
+        (
+            format!(
+                "calib-text='{}'\ntokenizer='{}'",
+                text.display(),
+                text.display()
+            ),
+            "not JSON",
+        ),
+        ("runtime='gpu'".to_string(), "unknown runtime"),
+    ] {
+        let e = Recipe::parse(
+            "r",
+            &format!("[recipe]\nname='r'\n[[pass]]\nname='gptq'\n{table}\n"),
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{table} was accepted"))
+        .to_string();
+        assert!(e.contains(want), "{table}: {e}");
+    }
+}
+
+#[test]
+fn excluded_and_non_constant_matmuls_are_reported_and_left_alone() {
+    let model = common::build::mlp(true);
+    let r = Recipe::parse(
+        "r",
+        "[recipe]\nname='r'\n[[pass]]\nname='gptq'\nexclude=['fc1/*']\ncalib-samples=2\n",
+    )
+    .unwrap();
+    let mut m = model.clone();
+    let o = run_pipeline(&mut m, &r.build().unwrap(), &mut PassCx::default()).unwrap();
+    assert!(o[0]
+        .skipped
+        .iter()
+        .any(|s| s.node == "fc1/MatMul" && s.reason == "excluded"));
+    assert!(o[0]
+        .notes
+        .iter()
+        .any(|n| n.contains("seeded random inputs")));
+    let ops: Vec<String> = m.graph.nodes().map(|(_, n)| n.op_type.clone()).collect();
+    assert_eq!(
+        ops.iter().filter(|o| *o == "MatMulNBits").count(),
+        4,
+        "{ops:?}"
+    );
+    assert_eq!(ops.iter().filter(|o| *o == "MatMul").count(), 1, "{ops:?}");
+    // Every created node names the pass.
+    assert!(m
+        .graph
+        .nodes()
+        .filter(|(_, n)| n.op_type == "MatMulNBits")
+        .all(|(_, n)| n
+            .metadata_props
+            .iter()
+            .any(|(k, v)| k == "onnxq.pass" && v == "gptq")));
+}
