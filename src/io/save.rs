@@ -18,9 +18,10 @@ pub const PROTOBUF_LIMIT: u64 = (1 << 31) - 1;
 /// Where tensor data goes.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Layout {
-    /// Tensors that were external stay external (in files named as before, or
-    /// `<model>.data` when writing next to the input); new tensors follow the tensor
-    /// they replace; everything else stays inline.
+    /// Tensors that were external stay external: the input's `<model>.data` becomes
+    /// `<output>.data`, other data files keep their names (all go to `<output>.data`
+    /// when writing next to the input); new tensors follow the tensor they replace;
+    /// everything else stays inline.
     Keep,
     /// Everything inline (fails beyond the protobuf limit).
     Inline,
@@ -83,6 +84,11 @@ pub fn save(model: &Model, path: &Path, opts: &SaveOptions) -> Result<SaveReport
         layout: opts.layout.clone(),
         default_file: default_file.clone(),
         rename_origins,
+        source_data: model
+            .source
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .map(|n| format!("{}.data", n.to_string_lossy())),
         force_min: usize::MAX,
         sinks: None,
         inline_inits: Vec::new(),
@@ -226,6 +232,9 @@ struct Placer {
     layout: Layout,
     default_file: String,
     rename_origins: bool,
+    /// `<input model>.data`: the conventional data file of the input, renamed after
+    /// the output so two outputs in one folder never share (and overwrite) it.
+    source_data: Option<String>,
     /// Initializers at least this large go external regardless (size limit).
     force_min: usize,
     /// None in the dry run.
@@ -242,6 +251,7 @@ impl Placer {
             layout: Layout::Inline,
             default_file: String::new(),
             rename_origins: false,
+            source_data: None,
             force_min: usize::MAX,
             sinks: None,
             inline_inits: Vec::new(),
@@ -474,7 +484,7 @@ impl Placer {
     }
 
     fn map_location(&self, location: &str) -> String {
-        if self.rename_origins {
+        if self.rename_origins || self.source_data.as_deref() == Some(location) {
             self.default_file.clone()
         } else {
             location.to_string()

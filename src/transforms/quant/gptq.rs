@@ -434,7 +434,7 @@ impl Pass for Gptq {
             ..Default::default()
         })?
         .labelled(NAME);
-        emit.emit_quantized(&mut model.graph, planned, &quantized, &mut outcome)?;
+        emit.emit_quantized(&mut model.graph, planned, quantized, &mut outcome)?;
         if outcome.changed {
             model.require_opset("com.microsoft", 1);
         }

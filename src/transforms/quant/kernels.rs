@@ -142,32 +142,37 @@ impl NbitsWeight {
     }
 
     /// MatMulNBits inputs: B uint8 [N, k_blocks, blob], scales [N, k_blocks] and
-    /// packed uint8 zero points [N, ceil(k_blocks·bits/8)].
-    pub fn matmulnbits_tensors(&self) -> WeightTensors {
+    /// packed uint8 zero points [N, ceil(k_blocks·bits/8)]. Consumes the weight so the
+    /// packed bytes move into the tensors instead of being copied.
+    pub fn into_matmulnbits_tensors(self) -> WeightTensors {
         let (n, kb) = (self.n as i64, self.k_blocks() as i64);
         let blob = (self.params.block_size * self.params.bits as usize / 8) as i64;
+        let per_row = self
+            .q
+            .zero_points
+            .as_ref()
+            .map(|z| (z.len() / self.n.max(1)) as i64);
         WeightTensors {
+            scales: float_tensor("scales", self.dtype, vec![n, kb], &self.q.scales),
             data: Tensor::from_raw(
                 "B",
                 DType::U8,
                 vec![n, kb, blob],
-                Bytes::from(self.q.packed.clone()),
+                Bytes::from(self.q.packed),
             ),
-            scales: float_tensor("scales", self.dtype, vec![n, kb], &self.q.scales),
-            zero_points: self.q.zero_points.as_ref().map(|z| {
-                let per_row = (z.len() / self.n.max(1)) as i64;
+            zero_points: self.q.zero_points.map(|z| {
                 Tensor::from_raw(
                     "zero_points",
                     DType::U8,
-                    vec![n, per_row],
-                    Bytes::from(z.clone()),
+                    vec![n, per_row.unwrap_or(0)],
+                    Bytes::from(z),
                 )
             }),
         }
     }
 
     /// DequantizeLinear (opset 21, axis 0, blocked) inputs for the [K, N] weight.
-    pub fn qdq_tensors(&self) -> WeightTensors {
+    pub fn into_qdq_tensors(self) -> WeightTensors {
         let d = self.q.to_qdq();
         let (k, n, kb) = (self.k as i64, self.n as i64, self.k_blocks() as i64);
         let dtype = d.dtype;

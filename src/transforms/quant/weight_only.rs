@@ -276,7 +276,7 @@ impl WeightOnly {
                 (j.m, j.add, ui)
             })
             .collect();
-        self.emit_quantized(g, planned, &quantized, outcome)
+        self.emit_quantized(g, planned, quantized, outcome)
     }
 
     /// Rewrites each `(matmul, fused bias Add, i)` of `jobs` with the already
@@ -286,34 +286,35 @@ impl WeightOnly {
         &self,
         g: &mut Graph,
         jobs: Vec<Planned>,
-        quantized: &[NbitsWeight],
+        quantized: Vec<NbitsWeight>,
         outcome: &mut PassOutcome,
     ) -> Result<()> {
+        // Each weight is consumed into its initializers when first used, so the
+        // quantized bytes are never held twice.
+        let params: Vec<(kernels::Params, usize)> = quantized
+            .iter()
+            .map(|q| (q.params, q.original_bytes))
+            .collect();
+        let mut pending: Vec<Option<NbitsWeight>> = quantized.into_iter().map(Some).collect();
         // Add the new initializers once per unique weight, in order (deterministic names).
-        let mut names: Vec<Option<(ValueId, ValueId, Option<ValueId>)>> =
-            vec![None; quantized.len()];
+        let mut names: Vec<Option<(ValueId, ValueId, Option<ValueId>)>> = vec![None; pending.len()];
         for (m, add, ui) in jobs {
-            let q = &quantized[ui];
             let vals = match names[ui] {
                 Some(v) => v,
                 None => {
+                    let q = pending[ui].take().expect("each weight is consumed once");
+                    outcome.count("weight bytes after", q.stored_bytes() as u64);
                     let v = self.add_weight_tensors(g, &m, q)?;
                     names[ui] = Some(v);
                     v
                 }
             };
-            let j = Job {
-                m,
-                add,
-                params: q.params,
-            };
-            self.rewrite(g, &j, q, vals)?;
+            let (params, original_bytes) = params[ui];
+            let j = Job { m, add, params };
+            self.rewrite(g, &j, vals)?;
             outcome.count("matmuls quantized", 1);
-            outcome.count("weight bytes before", q.original_bytes as u64);
+            outcome.count("weight bytes before", original_bytes as u64);
             outcome.changed = true;
-        }
-        for q in quantized {
-            outcome.count("weight bytes after", q.stored_bytes() as u64);
         }
         Ok(())
     }
@@ -323,7 +324,7 @@ impl WeightOnly {
         &self,
         g: &mut Graph,
         m: &WeightMatMul,
-        q: &NbitsWeight,
+        q: NbitsWeight,
     ) -> Result<(ValueId, ValueId, Option<ValueId>)> {
         let original = crate::rewrite::matchers::constant(g, m.weight)
             .expect("constant")
@@ -343,8 +344,8 @@ impl WeightOnly {
             ),
         };
         let tensors = match self.config.format {
-            Format::Matmulnbits => q.matmulnbits_tensors(),
-            Format::Qdq => q.qdq_tensors(),
+            Format::Matmulnbits => q.into_matmulnbits_tensors(),
+            Format::Qdq => q.into_qdq_tensors(),
         };
         let mut add = |name: String, t: Tensor| -> Result<ValueId> {
             let name = g.fresh_name(&name);
@@ -365,7 +366,6 @@ impl WeightOnly {
         &self,
         g: &mut Graph,
         j: &Job,
-        q: &NbitsWeight,
         (d, s, z): (ValueId, ValueId, Option<ValueId>),
     ) -> Result<()> {
         let m = &j.m;
@@ -388,12 +388,12 @@ impl WeightOnly {
                     inputs.pop();
                 }
                 let mut spec = NodeSpec::new("com.microsoft", "MatMulNBits")
-                    .name(g.fresh_node_name(&format!("{name}_Q{}", q.params.bits)))
+                    .name(g.fresh_node_name(&format!("{name}_Q{}", j.params.bits)))
                     .inputs(inputs)
                     .attr(Attribute::int("K", m.k as i64))
                     .attr(Attribute::int("N", m.n as i64))
-                    .attr(Attribute::int("bits", q.params.bits as i64))
-                    .attr(Attribute::int("block_size", q.params.block_size as i64))
+                    .attr(Attribute::int("bits", j.params.bits as i64))
+                    .attr(Attribute::int("block_size", j.params.block_size as i64))
                     .meta(PASS_KEY, self.label);
                 if self.config.accuracy_level != 0 {
                     spec = spec.attr(Attribute::int("accuracy_level", self.config.accuracy_level));
@@ -415,7 +415,7 @@ impl WeightOnly {
                     .inputs([Some(d), Some(s), z])
                     .output(dq_out.clone())
                     .attr(Attribute::int("axis", 0))
-                    .attr(Attribute::int("block_size", q.params.block_size as i64))
+                    .attr(Attribute::int("block_size", j.params.block_size as i64))
                     .meta(PASS_KEY, self.label);
                 if z.is_none() {
                     dq.inputs.truncate(2);
