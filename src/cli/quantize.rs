@@ -367,7 +367,7 @@ impl QuantizeArgs {
         // Calibration runs on the runtime --runtime names (auto: ONNX Runtime when found).
         r.set(
             "runtime",
-            V::String(self.pipeline.verify.runtime.to_string()),
+            V::String(self.pipeline.verify.rt.runtime.to_string()),
         );
         if !self.exclude.is_empty() {
             r.set(

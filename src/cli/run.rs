@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::runtime::{self, HostTensor, RuntimeKind, RuntimeOptions};
+use crate::runtime::{self, HostTensor, RuntimeOptions};
 use crate::tensorfile::{self, Format};
 use crate::verify::{random_inputs, InputHints};
 
@@ -23,19 +23,8 @@ pub struct RunArgs {
     /// File format in an --out directory: npy (<name>.npy) or pb (output_N.pb TensorProtos).
     #[arg(long, default_value = "npy", value_name = "npy|pb")]
     pub format: Format,
-    /// Runtime: tract (embedded), ort (ONNX Runtime) or auto (ORT when found).
-    #[arg(long, default_value = "auto", value_name = "auto|tract|ort")]
-    pub runtime: RuntimeKind,
-    /// ONNX Runtime intra-op threads (default: available cores).
-    #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
-    /// ONNX Runtime session config entry, e.g.
-    /// --ort-config session.qdq_matmulnbits_accuracy_level=0 (repeatable).
-    #[arg(long = "ort-config", value_name = "KEY=VALUE")]
-    pub ort_config: Vec<String>,
-    /// Value of a symbolic input dim for random inputs, e.g. --dim batch_size=1.
-    #[arg(long = "dim", value_name = "NAME=N")]
-    pub dims: Vec<String>,
+    #[command(flatten)]
+    pub rt: super::verify_gate::RuntimeArgs,
     /// Seed of the random inputs.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -78,9 +67,9 @@ fn summarize(name: &str, t: &HostTensor) -> Summary {
 
 pub fn run(args: &RunArgs) -> Result<i32> {
     let sel = runtime::select(&RuntimeOptions {
-        kind: args.runtime,
-        threads: args.threads,
-        ort_config: super::verify_gate::parse_config(&args.ort_config)?,
+        kind: args.rt.runtime,
+        threads: args.rt.threads,
+        ort_config: super::verify_gate::parse_config(&args.rt.ort_config)?,
     })?;
     if let Some(why) = &sel.fallback {
         eprintln!("note: running on tract; ONNX Runtime not used: {why}");
@@ -93,7 +82,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         Some(p) => tensorfile::bind(tensorfile::read_set(p)?, &specs)?,
         None => random_inputs(
             &specs,
-            &super::verify_gate::parse_dims(&args.dims)?,
+            &super::verify_gate::parse_dims(&args.rt.dims)?,
             &hints,
             args.seed,
         )?,

@@ -7,8 +7,10 @@ use crate::error::{Error, Result};
 use crate::runtime::RuntimeKind;
 use crate::verify::{compare, Report, Thresholds, VerifyOptions};
 
+/// Which runtime runs a model, and how: shared by `run`, `verify` and the
+/// verification of model-writing commands.
 #[derive(clap::Args, Debug, Clone, Default)]
-pub struct VerifyGate {
+pub struct RuntimeArgs {
     /// Runtime: tract (embedded), ort (ONNX Runtime) or auto (ORT when found).
     #[arg(long, default_value = "auto", value_name = "auto|tract|ort")]
     pub runtime: RuntimeKind,
@@ -19,9 +21,16 @@ pub struct VerifyGate {
     /// --ort-config session.qdq_matmulnbits_accuracy_level=0 (repeatable).
     #[arg(long = "ort-config", value_name = "KEY=VALUE")]
     pub ort_config: Vec<String>,
-    /// Value of a symbolic input dim, e.g. --dim batch_size=1 --dim sequence_length=16.
+    /// Value of a symbolic input dim for random inputs, e.g. --dim batch_size=1
+    /// --dim sequence_length=16.
     #[arg(long = "dim", value_name = "NAME=N")]
     pub dims: Vec<String>,
+}
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct VerifyGate {
+    #[command(flatten)]
+    pub rt: RuntimeArgs,
     /// Fail (exit 2) if any output's max absolute error exceeds X.
     #[arg(long, value_name = "X")]
     pub max_abs: Option<f64>,
@@ -76,11 +85,11 @@ pub fn parse_config(entries: &[String]) -> Result<Vec<(String, String)>> {
 impl VerifyGate {
     pub fn options(&self, seed: u64) -> Result<VerifyOptions> {
         Ok(VerifyOptions {
-            dims: parse_dims(&self.dims)?,
+            dims: parse_dims(&self.rt.dims)?,
             seed,
-            runtime: self.runtime,
-            threads: self.threads,
-            ort_config: parse_config(&self.ort_config)?,
+            runtime: self.rt.runtime,
+            threads: self.rt.threads,
+            ort_config: parse_config(&self.rt.ort_config)?,
             ..Default::default()
         })
     }

@@ -644,6 +644,15 @@ impl Graph {
                 )));
             }
         }
+        let node = self.detach(id);
+        self.value_info
+            .retain(|io| !node.outputs.contains(&Some(io.value)));
+        Ok(())
+    }
+
+    /// Takes a node out of the arena: drops its uses and captures and undefines its
+    /// outputs. Callers check that nothing still reads them.
+    fn detach(&mut self, id: NodeId) -> Node {
         let node = self.nodes[id.0 as usize].take().expect("live node");
         for (slot, v) in node.inputs.iter().enumerate() {
             if let Some(v) = v {
@@ -660,9 +669,7 @@ impl Graph {
             self.by_name.remove(&name);
             self.values[v.0 as usize].def = ValueDef::Outer;
         }
-        self.value_info
-            .retain(|io| !node.outputs.contains(&Some(io.value)));
-        Ok(())
+        node
     }
 
     /// Removes an initializer nobody reads (not a graph input).
@@ -713,22 +720,7 @@ impl Graph {
             .collect();
         // Remove consumers before producers.
         for &id in dead_nodes.iter().rev() {
-            let node = self.nodes[id.0 as usize].take().expect("live node");
-            for (slot, v) in node.inputs.iter().enumerate() {
-                if let Some(v) = v {
-                    self.values[v.0 as usize]
-                        .uses
-                        .retain(|u| *u != Use::Input(id, slot));
-                }
-            }
-            for v in self.values.iter_mut() {
-                v.uses.retain(|u| *u != Use::Capture(id));
-            }
-            for v in node.outputs.iter().flatten() {
-                let name = self.values[v.0 as usize].name.clone();
-                self.by_name.remove(&name);
-                self.values[v.0 as usize].def = ValueDef::Outer;
-            }
+            self.detach(id);
         }
         let dead_inits: Vec<ValueId> = self
             .initializer_order

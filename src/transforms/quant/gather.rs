@@ -174,12 +174,6 @@ impl Pass for GatherBlockQuantized {
     }
 
     fn run(&self, model: &mut Model, _cx: &mut PassCx) -> Result<PassOutcome> {
-        let mut outcome = PassOutcome::new(self.name());
-        let result = model.try_for_each_graph_mut(&mut |g| self.run_graph(g, &mut outcome));
-        result?;
-        if outcome.changed {
-            model.require_opset("com.microsoft", 1);
-        }
-        Ok(outcome)
+        super::run_contrib_rewrite(model, self.name(), &mut |g, o| self.run_graph(g, o))
     }
 }
