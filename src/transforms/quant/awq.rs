@@ -23,13 +23,14 @@ use rayon::prelude::*;
 use serde::Deserialize;
 
 use super::gptq::{targets, weight_kn, CalibData, Target};
+use super::scale_fold::{apply_scales, fold_site, weight_private, Fold};
 use super::select::Selection;
 use crate::error::{Error, Result};
-use crate::ir::{Attribute, DType, Graph, Model, NodeId, NodeSpec, Tensor, Use, ValueId};
+use crate::ir::{DType, Graph, Model, NodeId, NodeSpec, Tensor, Use, ValueId};
 use crate::pass::{Pass, PassCx, PassOutcome, PASS_KEY};
 use crate::quant::awq::{search, ActivationSample};
 use crate::quant::{FloatType, QuantParams};
-use crate::rewrite::matchers::{constant, weight_matmul, ConstSource, WeightMatMul};
+use crate::rewrite::matchers::WeightMatMul;
 
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
@@ -97,15 +98,6 @@ pub const AWQ_KEYS: &[&str] = &[
 
 const NAME: &str = "awq";
 
-const NORMS: &[(&str, &str, usize, Option<usize>)] = &[
-    ("", "LayerNormalization", 1, Some(2)),
-    ("", "RMSNormalization", 1, None),
-    ("", "SimplifiedLayerNormalization", 1, None),
-    ("com.microsoft", "SimplifiedLayerNormalization", 1, None),
-    ("com.microsoft", "SkipSimplifiedLayerNormalization", 2, None),
-    ("com.microsoft", "SkipLayerNormalization", 2, Some(3)),
-];
-
 pub struct Awq {
     pub config: AwqConfig,
     selection: Selection,
@@ -142,86 +134,11 @@ impl Awq {
     }
 }
 
-/// Where `x / s` goes.
-#[derive(Clone, Debug)]
-enum Fold {
-    /// Per-channel constants divided by s.
-    Constants(Vec<ValueId>),
-    /// Output channels of a private weight MatMul divided by s.
-    Columns(WeightMatMul),
-    /// A new `Mul(x, 1/s)` feeding the group.
-    Insert,
-}
-
 struct Group {
     x: ValueId,
     targets: Vec<WeightMatMul>,
-    fold: Fold,
-}
-
-fn single_use(g: &Graph, v: ValueId) -> bool {
-    g.value(v).uses().len() == 1 && !g.is_graph_output(v) && !g.is_graph_input(v)
-}
-
-fn weight_private(g: &Graph, m: &WeightMatMul) -> bool {
-    match m.transpose {
-        Some(t) => single_use(g, m.weight) && g.node(t).output(0).is_some_and(|o| single_use(g, o)),
-        None => single_use(g, m.weight),
-    }
-}
-
-fn per_channel_const(g: &Graph, v: ValueId, k: usize) -> bool {
-    constant(g, v).is_some_and(|(_, t)| {
-        t.dtype() == DType::F32
-            && t.dims.iter().product::<i64>() == k as i64
-            && t.dims.last() == Some(&(k as i64))
-    }) && single_use(g, v)
-}
-
-fn fold_site(g: &Graph, x: ValueId, k: usize) -> Option<Fold> {
-    let p = g.producer(x)?;
-    let node = g.node(p);
-    if node.output(0) != Some(x) {
-        return None;
-    }
-    for (domain, op, scale, bias) in NORMS {
-        if node.is(domain, op) {
-            if node.attr_int("axis").is_some_and(|a| a != -1) {
-                return None;
-            }
-            let mut vals = vec![node.input(*scale)?];
-            if let Some(b) = bias.and_then(|b| node.input(b)) {
-                vals.push(b);
-            }
-            return vals
-                .iter()
-                .all(|&v| per_channel_const(g, v, k))
-                .then_some(Fold::Constants(vals));
-        }
-    }
-    if node.is("", "Mul") {
-        let (a, b) = (node.input(0)?, node.input(1)?);
-        for c in [b, a] {
-            if per_channel_const(g, c, k) {
-                return Some(Fold::Constants(vec![c]));
-            }
-        }
-        for side in [a, b] {
-            let Some(mp) = g.producer(side) else { continue };
-            let Ok(m) = weight_matmul(g, mp) else {
-                continue;
-            };
-            if m.n == k
-                && m.dtype == DType::F32
-                && single_use(g, side)
-                && weight_private(g, &m)
-                && m.bias.is_none()
-            {
-                return Some(Fold::Columns(m));
-            }
-        }
-    }
-    None
+    /// What absorbs `1/s`; None: a new `Mul(x, 1/s)` feeds the group.
+    fold: Option<Fold>,
 }
 
 impl Awq {
@@ -252,8 +169,17 @@ impl Awq {
             let exclusive = consumers == members && !g.is_graph_output(x);
             let k = targets[0].k;
             let fold = if exclusive { fold_site(g, x, k) } else { None };
-            match fold.or(self.config.insert_mul.then_some(Fold::Insert)) {
-                Some(fold) => out.push(Group { x, targets, fold }),
+            match fold {
+                Some(fold) => out.push(Group {
+                    x,
+                    targets,
+                    fold: Some(fold),
+                }),
+                None if self.config.insert_mul => out.push(Group {
+                    x,
+                    targets,
+                    fold: None,
+                }),
                 None => outcome.skip(
                     &name,
                     "its input comes from no norm, constant Mul or gated MatMul that could absorb \
@@ -263,37 +189,6 @@ impl Awq {
         }
         out
     }
-}
-
-fn replace_constant(g: &mut Graph, v: ValueId, source: ConstSource, t: Tensor) {
-    match source {
-        ConstSource::Initializer(_) => g.set_initializer(v, t),
-        ConstSource::ConstantNode(n) => g.node_mut(n).set_attr(Attribute::tensor("value", t)),
-    }
-}
-
-/// Multiplies the K rows of a weight the node reads as [K, N] by `s` (`along_k`),
-/// or divides its N output columns by `s`.
-fn scale_weight(g: &mut Graph, m: &WeightMatMul, s: &[f32], along_k: bool) -> Result<()> {
-    let t = constant(g, m.weight)
-        .ok_or_else(|| Error::tensor(g.value_name(m.weight), "weight is no longer a constant"))?
-        .1
-        .clone();
-    let mut w = super::kernels::read_f32(&t)?;
-    let c = t.dims[1] as usize;
-    // Stored [K, N] unless transposed ([N, K]).
-    let along_rows = along_k != m.transposed;
-    for (i, v) in w.iter_mut().enumerate() {
-        let j = if along_rows { i / c } else { i % c };
-        *v = if along_k { *v * s[j] } else { *v / s[j] };
-    }
-    replace_constant(
-        g,
-        m.weight,
-        m.source,
-        Tensor::from_f32(t.name(), t.dims.clone(), &w).stored_like(&t),
-    );
-    Ok(())
 }
 
 impl Pass for Awq {
@@ -406,46 +301,27 @@ impl Pass for Awq {
                 continue;
             }
             let s = &res.scales;
-            for m in &gr.targets {
-                scale_weight(g, m, s, true)?;
-            }
-            match &gr.fold {
-                Fold::Constants(vals) => {
-                    for &v in vals {
-                        let (src, t) = constant(g, v).expect("checked when grouping");
-                        let t = t.clone();
-                        let vals = super::kernels::read_f32(&t)?;
-                        let scaled: Vec<f32> = vals.iter().zip(s).map(|(x, s)| x / s).collect();
-                        replace_constant(
-                            g,
-                            v,
-                            src,
-                            Tensor::from_f32(t.name(), t.dims.clone(), &scaled).stored_like(&t),
-                        );
-                    }
+            apply_scales(g, &gr.targets, gr.fold.as_ref(), s)?;
+            if gr.fold.is_none() {
+                let inv: Vec<f32> = s.iter().map(|v| 1.0 / v).collect();
+                let cname = g.fresh_name(&format!("{xname}_awq_inv_scale"));
+                let k = s.len() as i64;
+                let c = g.add_initializer(Tensor::from_f32(cname, vec![k], &inv))?;
+                let first = gr.targets[0].node;
+                let out = g.fresh_name(&format!("{xname}_awq"));
+                let mul = g.add_node(
+                    NodeSpec::new("", "Mul")
+                        .name(g.fresh_node_name(&format!("{xname}_awq_Mul")))
+                        .inputs([Some(gr.x), Some(c)])
+                        .output(out)
+                        .meta(PASS_KEY, NAME),
+                )?;
+                g.place_before(mul, first);
+                let xs = g.node(mul).output(0).expect("one output");
+                for m in &gr.targets {
+                    g.set_input(m.node, 0, Some(xs));
                 }
-                Fold::Columns(m) => scale_weight(g, m, s, false)?,
-                Fold::Insert => {
-                    let inv: Vec<f32> = s.iter().map(|v| 1.0 / v).collect();
-                    let cname = g.fresh_name(&format!("{xname}_awq_inv_scale"));
-                    let k = s.len() as i64;
-                    let c = g.add_initializer(Tensor::from_f32(cname, vec![k], &inv))?;
-                    let first = gr.targets[0].node;
-                    let out = g.fresh_name(&format!("{xname}_awq"));
-                    let mul = g.add_node(
-                        NodeSpec::new("", "Mul")
-                            .name(g.fresh_node_name(&format!("{xname}_awq_Mul")))
-                            .inputs([Some(gr.x), Some(c)])
-                            .output(out)
-                            .meta(PASS_KEY, NAME),
-                    )?;
-                    g.place_before(mul, first);
-                    let xs = g.node(mul).output(0).expect("one output");
-                    for m in &gr.targets {
-                        g.set_input(m.node, 0, Some(xs));
-                    }
-                    outcome.count("muls inserted", 1);
-                }
+                outcome.count("muls inserted", 1);
             }
             outcome.notes.push(format!(
                 "'{xname}' ({} MatMul): α = {:.2}, sampled output error {:.3e} (RTN {:.3e})",

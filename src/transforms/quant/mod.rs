@@ -7,6 +7,7 @@ pub mod gptq;
 pub mod kernels;
 pub mod opset;
 pub mod qoperator;
+pub mod scale_fold;
 pub mod select;
 pub mod smooth_quant;
 pub mod static_qdq;

@@ -21,12 +21,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 
+use super::scale_fold::{apply_scales, fold_site, weight_private, Fold};
 use super::select::glob_match;
 use crate::calib::{self, Source};
 use crate::error::{Error, Result};
-use crate::ir::{Attribute, Graph, Model, NodeId, Tensor, Use, ValueId};
+use crate::ir::{Graph, Model, NodeId, Use, ValueId};
 use crate::pass::{Pass, PassCx, PassOutcome};
-use crate::rewrite::matchers::{constant, weight_matmul, ConstSource, WeightMatMul};
+use crate::rewrite::matchers::{constant, weight_matmul, WeightMatMul};
 
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
@@ -59,15 +60,6 @@ pub const SMOOTH_QUANT_KEYS: &[&str] = &["alpha", "calib", "calib-samples", "exc
 
 const NAME: &str = "smooth-quant";
 
-const NORMS: &[(&str, &str, usize, Option<usize>)] = &[
-    ("", "LayerNormalization", 1, Some(2)),
-    ("", "RMSNormalization", 1, None),
-    ("", "SimplifiedLayerNormalization", 1, None),
-    ("com.microsoft", "SimplifiedLayerNormalization", 1, None),
-    ("com.microsoft", "SkipSimplifiedLayerNormalization", 2, None),
-    ("com.microsoft", "SkipLayerNormalization", 2, Some(3)),
-];
-
 pub struct SmoothQuant {
     pub config: SmoothQuantConfig,
     source: Option<Source>,
@@ -93,40 +85,11 @@ impl SmoothQuant {
     }
 }
 
-/// Where `X / s` goes.
-#[derive(Clone, Debug)]
-enum Fold {
-    /// Per-channel constants divided by s (norm scale and bias, or a Mul's γ).
-    Constants(Vec<ValueId>),
-    /// Output channels of a weight MatMul divided by s.
-    Columns(WeightMatMul),
-}
-
 #[derive(Clone, Debug)]
 struct Group {
     x: ValueId,
     targets: Vec<WeightMatMul>,
     fold: Fold,
-}
-
-fn single_use(g: &Graph, v: ValueId) -> bool {
-    g.value(v).uses().len() == 1 && !g.is_graph_output(v) && !g.is_graph_input(v)
-}
-
-/// The weight's constant is read by this MatMul only.
-fn weight_private(g: &Graph, m: &WeightMatMul) -> bool {
-    match m.transpose {
-        Some(t) => single_use(g, m.weight) && g.node(t).output(0).is_some_and(|o| single_use(g, o)),
-        None => single_use(g, m.weight),
-    }
-}
-
-fn per_channel_const(g: &Graph, v: ValueId, k: usize) -> bool {
-    constant(g, v).is_some_and(|(_, t)| {
-        t.dtype() == crate::ir::DType::F32
-            && t.dims.iter().product::<i64>() == k as i64
-            && t.dims.last() == Some(&(k as i64))
-    }) && single_use(g, v)
 }
 
 impl SmoothQuant {
@@ -185,76 +148,6 @@ impl SmoothQuant {
             }
         }
         out
-    }
-}
-
-fn fold_site(g: &Graph, x: ValueId, k: usize) -> Option<Fold> {
-    let p = g.producer(x)?;
-    let node = g.node(p);
-    if node.output(0) != Some(x) {
-        return None;
-    }
-    for (domain, op, scale, bias) in NORMS {
-        if node.is(domain, op) {
-            if node.attr_int("axis").is_some_and(|a| a != -1) {
-                return None;
-            }
-            let mut vals = vec![node.input(*scale)?];
-            if let Some(b) = bias.and_then(|b| node.input(b)) {
-                vals.push(b);
-            }
-            return vals
-                .iter()
-                .all(|&v| per_channel_const(g, v, k))
-                .then_some(Fold::Constants(vals));
-        }
-    }
-    if node.is("", "Mul") {
-        let (a, b) = (node.input(0)?, node.input(1)?);
-        for (c, _) in [(b, a), (a, b)] {
-            if per_channel_const(g, c, k) {
-                return Some(Fold::Constants(vec![c]));
-            }
-        }
-        for side in [a, b] {
-            let Some(mp) = g.producer(side) else { continue };
-            let Ok(m) = weight_matmul(g, mp) else {
-                continue;
-            };
-            if m.n == k && single_use(g, side) && weight_private(g, &m) && m.bias.is_none() {
-                return Some(Fold::Columns(m));
-            }
-        }
-    }
-    None
-}
-
-/// Multiplies row `j` (or column, for a transposed [N, K] tensor) of a weight the
-/// node reads as [K, N] by `s[j]` (K axis) — or divides output channels.
-fn scale_weight(g: &mut Graph, m: &WeightMatMul, s: &[f32], along_k: bool) -> Result<()> {
-    let t = constant(g, m.weight).expect("matched").1.clone();
-    let mut w = super::kernels::read_f32(&t)?;
-    let (r, c) = (t.dims[0] as usize, t.dims[1] as usize);
-    // Stored [K, N] unless transposed ([N, K]); s runs along K or along N.
-    let along_rows = along_k != m.transposed;
-    for (i, v) in w.iter_mut().enumerate() {
-        let j = if along_rows { i / c } else { i % c };
-        *v = if along_k { *v * s[j] } else { *v / s[j] };
-    }
-    let _ = r;
-    replace_constant(
-        g,
-        m.weight,
-        m.source,
-        Tensor::from_f32(t.name(), t.dims.clone(), &w).stored_like(&t),
-    );
-    Ok(())
-}
-
-fn replace_constant(g: &mut Graph, v: ValueId, source: ConstSource, t: Tensor) {
-    match source {
-        ConstSource::Initializer(_) => g.set_initializer(v, t),
-        ConstSource::ConstantNode(n) => g.node_mut(n).set_attr(Attribute::tensor("value", t)),
     }
 }
 
@@ -324,26 +217,7 @@ impl Pass for SmoothQuant {
                     }
                 })
                 .collect();
-            for m in &gr.targets {
-                scale_weight(g, m, &s, true)?;
-            }
-            match &gr.fold {
-                Fold::Constants(vals) => {
-                    for &v in vals {
-                        let (src, t) = constant(g, v).expect("checked");
-                        let t = t.clone();
-                        let vals = super::kernels::read_f32(&t)?;
-                        let scaled: Vec<f32> = vals.iter().zip(&s).map(|(x, s)| x / s).collect();
-                        replace_constant(
-                            g,
-                            v,
-                            src,
-                            Tensor::from_f32(t.name(), t.dims.clone(), &scaled).stored_like(&t),
-                        );
-                    }
-                }
-                Fold::Columns(m) => scale_weight(g, m, &s, false)?,
-            }
+            apply_scales(g, &gr.targets, Some(&gr.fold), &s)?;
             let ratio = a.iter().copied().fold(0f32, f32::max)
                 / (a.iter().sum::<f32>() / k as f32).max(f32::MIN_POSITIVE);
             outcome.notes.push(format!(
