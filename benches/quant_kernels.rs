@@ -113,6 +113,7 @@ fn main() {
             });
         }
     }
+    let ps = QuantParams::new(4, 32, true).expect("params");
     let p = QuantParams::new(4, 32, false).expect("params");
     b.run(
         "rtn quantize_kn 4-bit b32 asym, f16 scales",
@@ -141,6 +142,30 @@ fn main() {
 
     b.run("hqq quantize_kn 4-bit b32", input, 2, || {
         hqq::quantize_kn(&w, K, N, &p).expect("hqq")
+    });
+
+    // GPTQ at the 1.1B model's shapes: H of a 512-token window (K = 2048 and the
+    // down projection's 5632), and one solve of this [2048, 5632] weight.
+    let rows = 512;
+    for k in [K, N] {
+        let x = &w[..rows * k];
+        b.run(
+            &format!("hessian add {rows} rows K={k}"),
+            x.len() * 4,
+            3,
+            || {
+                let mut acc = onnxq::calib::hessian::Hessian::new(k);
+                acc.add(x);
+                acc
+            },
+        );
+    }
+    let mut acc = onnxq::calib::hessian::Hessian::new(K);
+    acc.add(&w[..rows * 2 * K]);
+    let hk = acc.finish();
+    let opts = onnxq::quant::gptq::GptqOptions::default();
+    b.run("gptq quantize_kn 4-bit b32 sym", input, 1, || {
+        onnxq::quant::gptq::quantize_kn(&w, K, N, &hk, &ps, FloatType::F32, &opts).expect("gptq")
     });
 
     b.run("transpose f32", input, all, || {

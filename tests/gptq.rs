@@ -367,3 +367,76 @@ fn excluded_and_non_constant_matmuls_are_reported_and_left_alone() {
             .iter()
             .any(|(k, v)| k == "onnxq.pass" && v == "gptq")));
 }
+
+/// Runs a one-pass recipe and returns the saved model and the pass's notes.
+fn quantize_noting(model: &onnxq::Model, recipe: &str, path: &Path) -> Vec<String> {
+    let r = Recipe::parse("r", recipe).unwrap();
+    let mut m = model.clone();
+    let out = run_pipeline(&mut m, &r.build().unwrap(), &mut PassCx::default()).unwrap();
+    onnxq::save(&m, path, &Default::default()).unwrap();
+    out.into_iter().flat_map(|o| o.notes).collect()
+}
+
+#[test]
+fn calibrating_piece_by_piece_gives_the_same_model_as_in_one_session() {
+    // A zero budget cuts the decoder wherever it can: every piece runs as its own
+    // session on carried activations, and the Hessians must come out the same.
+    let tmp = tempfile::tempdir().unwrap();
+    let text = common::fixtures().join("sample.txt");
+    let tok = common::fixtures().join("tokenizer.json");
+    let eval = TextSamples::windows(
+        &Tokenizer::from_file(&tok)
+            .unwrap()
+            .encode(&std::fs::read_to_string(&text).unwrap())
+            .unwrap(),
+        2,
+        32,
+        5,
+    )
+    .windows;
+    for fixture in [
+        "llama-decomposed.onnx",
+        "llama-decomposed-kv.onnx",
+        "llama-attention23.onnx",
+    ] {
+        let orig = common::fixtures().join(fixture);
+        let model = onnxq::load(&orig).unwrap();
+        let mut outs = Vec::new();
+        for budget in [1024, 0] {
+            let path = tmp.path().join(format!("{budget}-{fixture}"));
+            let notes = quantize_noting(
+                &model,
+                &format!(
+                    "[recipe]\nname='g'\n[[pass]]\nname='gptq'\ncalib-text='{}'\ntokenizer='{}'\n\
+                     calib-samples=4\ncalib-seqlen=32\ncalib-memory-mb={budget}\nruntime='auto'\n",
+                    text.display(),
+                    tok.display()
+                ),
+                &path,
+            );
+            let pieces = notes
+                .iter()
+                .find_map(|n| {
+                    n.split('(')
+                        .nth(1)?
+                        .split(' ')
+                        .next()?
+                        .parse::<usize>()
+                        .ok()
+                })
+                .unwrap_or_else(|| panic!("no piece count in {notes:?}"));
+            if budget == 0 {
+                assert!(pieces > 3, "{fixture}: only {pieces} pieces");
+            } else {
+                assert_eq!(pieces, 1, "{fixture}");
+            }
+            outs.push(path);
+        }
+        let diff = logits_error(&outs[0], &outs[1], &eval);
+        eprintln!("{fixture}: one session vs pieces, logits rel-L2 {diff:.2e}");
+        assert!(
+            diff < 1e-3,
+            "{fixture}: piecewise calibration changed the model by {diff}"
+        );
+    }
+}

@@ -2,17 +2,21 @@
 //! accumulated sample by sample (activations are dropped after each sample, so
 //! memory is one K×K matrix per value, not samples × sequence length).
 //!
-//! [`capture`] is the calibration loop: the values to observe become extra outputs of
-//! one session on a temporary copy of the model, which runs once per sample.
-//! A model too large to hold every layer's H at once would run this per chunk of
-//! layers; not done yet.
-use std::collections::{BTreeMap, BTreeSet};
+//! The calibration loop is [`capture`]; a model too large to hold every H at once
+//! is calibrated piece by piece and each piece's H handed on when it is complete.
+use std::collections::BTreeMap;
 
 use rayon::prelude::*;
 
+use super::capture::{capture, Observer, Plan};
 use crate::error::{Error, Result};
 use crate::ir::Model;
 use crate::runtime::{NamedTensors, Runtime};
+
+/// Activation rows per f32 GEMM before the product is added to the f64 total.
+const ROWS_PER_GEMM: usize = 1024;
+/// H rows per parallel task.
+const H_ROWS_PER_TASK: usize = 64;
 
 /// Running `Σ xᵀx` over rows `x` of length `k`.
 #[derive(Clone, Debug)]
@@ -34,6 +38,10 @@ impl Hessian {
 
     /// Adds the rows of `x` (row-major, row length `k`). Non-finite rows are skipped
     /// and counted in the return value.
+    ///
+    /// Rows go through an f32 GEMM in batches of at most [`ROWS_PER_GEMM`] (short
+    /// enough sums for f32), and each batch's product is added to the f64 total.
+    /// The work split is fixed, so the result does not depend on the thread count.
     pub fn add(&mut self, x: &[f32]) -> usize {
         let k = self.k;
         if k == 0 {
@@ -44,33 +52,58 @@ impl Hessian {
             .filter(|r| r.iter().all(|v| v.is_finite()))
             .collect();
         let bad = x.len() / k - rows.len();
-        let xs: Vec<f64> = rows
-            .iter()
-            .flat_map(|r| r.iter().map(|&v| v as f64))
-            .collect();
-        let nr = rows.len();
-        // Tasks own blocks of H rows; each reads every activation row once per block
-        // (not once per H row), and the block's H rows stay in cache.
-        const ROWS_PER_TASK: usize = 32;
+        self.rows += rows.len() as u64;
+        let mut batch: Vec<f32> = Vec::with_capacity(ROWS_PER_GEMM.min(rows.len()) * k);
+        for group in rows.chunks(ROWS_PER_GEMM) {
+            batch.clear();
+            for r in group {
+                batch.extend_from_slice(r);
+            }
+            self.add_gram(&batch, group.len());
+        }
+        bad
+    }
+
+    /// `sum += Rᵀ·R` (upper triangle) for the `nr` rows `r`.
+    fn add_gram(&mut self, r: &[f32], nr: usize) {
+        let k = self.k;
         self.sum
-            .par_chunks_mut(ROWS_PER_TASK * k)
+            .par_chunks_mut(H_ROWS_PER_TASK * k)
             .enumerate()
             .for_each(|(b, hblock)| {
-                let i0 = b * ROWS_PER_TASK;
-                for xr in xs.chunks_exact(k) {
-                    for (ii, hrow) in hblock.chunks_mut(k).enumerate() {
-                        let i = i0 + ii;
-                        let xi = xr[i];
-                        if xi != 0.0 {
-                            for (h, &xj) in hrow[i..].iter_mut().zip(&xr[i..]) {
-                                *h += xi * xj;
-                            }
-                        }
+                let i0 = b * H_ROWS_PER_TASK;
+                let m = hblock.len() / k;
+                // Rows i0..i0+m of Rᵀ·R, columns i0..k (the upper triangle and the
+                // small square below it, which `finish` ignores).
+                let cols = k - i0;
+                let mut c = vec![0f32; m * cols];
+                // SAFETY: A = Rᵀ[i0..i0+m, :] is read through r (k·nr values, strides
+                // 1 and k stay inside it for rows < m ≤ k - i0); B = R[:, i0..k] reads
+                // r with row stride k; C is the m×cols buffer above, row-major.
+                unsafe {
+                    matrixmultiply::sgemm(
+                        m,
+                        nr,
+                        cols,
+                        1.0,
+                        r.as_ptr().add(i0),
+                        1,
+                        k as isize,
+                        r.as_ptr().add(i0),
+                        k as isize,
+                        1,
+                        0.0,
+                        c.as_mut_ptr(),
+                        cols as isize,
+                        1,
+                    );
+                }
+                for (ii, (hrow, crow)) in hblock.chunks_mut(k).zip(c.chunks(cols)).enumerate() {
+                    for (h, &v) in hrow[i0 + ii..].iter_mut().zip(&crow[ii..]) {
+                        *h += v as f64;
                     }
                 }
             });
-        self.rows += nr as u64;
-        bad
     }
 
     /// The symmetric K×K matrix `XᵀX / rows` (zeros when nothing was seen).
@@ -92,113 +125,111 @@ impl Hessian {
     }
 }
 
-/// Receives each observed tensor: (name, values, shape).
-pub type Visit<'a> = dyn FnMut(&str, &[f32], &[usize]) + 'a;
-
-/// Runs `model` on `count` samples (`feeds(i)` builds sample `i`) with the main-graph
-/// values `names` exposed, handing each observed float tensor to `visit(name,
-/// values, shape)`. Values that are graph inputs are observed from the feeds.
-pub fn capture(
-    model: &Model,
-    names: &BTreeSet<String>,
-    count: usize,
-    feeds: &mut dyn FnMut(usize) -> Result<NamedTensors>,
-    runtime: &dyn Runtime,
-    progress: &indicatif::ProgressBar,
-    visit: &mut Visit,
-) -> Result<()> {
-    let g = &model.graph;
-    let inputs: BTreeSet<String> = g.input_specs().into_iter().map(|s| s.name).collect();
-    let mut extra = Vec::new();
-    for name in names {
-        let v = g.find(name).ok_or_else(|| {
-            Error::tensor(
-                name,
-                "is not a value of the main graph; it cannot be observed",
-            )
-        })?;
-        if !inputs.contains(name) && !g.is_graph_output(v) {
-            extra.push(name.clone());
-        }
-    }
-    if count == 0 {
-        return Err(Error::invalid("the calibration set is empty"));
-    }
-    let first = feeds(0)?;
-    let mut session = crate::runtime::open_model(runtime, model, &extra)?;
-    progress.set_length(count as u64);
-    let mut next = Some(first);
-    for i in 0..count {
-        let f = match next.take() {
-            Some(f) => f,
-            None => feeds(i)?,
-        };
-        let outputs = session.run(&f).map_err(|e| {
-            Error::invalid(format!(
-                "calibration sample #{} does not run on {}: {e}",
-                i + 1,
-                runtime.name()
-            ))
-        })?;
-        for (name, t) in f.iter().chain(outputs.iter()) {
-            if names.contains(name) && t.is_float() {
-                let v = t.to_f32_vec()?;
-                visit(name, &v, &t.shape);
-            }
-        }
-        progress.inc(1);
-    }
-    Ok(())
+struct HessianObserver<'a> {
+    k_of: &'a BTreeMap<String, usize>,
+    acc: BTreeMap<String, Hessian>,
+    mismatch: Option<Error>,
+    done: &'a mut dyn FnMut(Vec<(String, Hessian)>) -> Result<()>,
 }
 
-/// `XᵀX / rows` of each value in `k_of` (name → row length K) over the samples.
+impl Observer for HessianObserver<'_> {
+    fn observe(&mut self, name: &str, values: &[f32], shape: &[usize]) {
+        let Some(&k) = self.k_of.get(name) else {
+            return;
+        };
+        if shape.last() != Some(&k) {
+            self.mismatch.get_or_insert_with(|| {
+                Error::tensor(
+                    name,
+                    format!("calibration gave shape {shape:?}, expected last dim {k}"),
+                )
+            });
+            return;
+        }
+        self.acc
+            .entry(name.to_string())
+            .or_insert_with(|| Hessian::new(k))
+            .add(values);
+    }
+
+    fn piece_done(&mut self, completed: &[String]) -> Result<()> {
+        if let Some(e) = self.mismatch.take() {
+            return Err(e);
+        }
+        let finished = completed
+            .iter()
+            .map(|name| {
+                let h = self
+                    .acc
+                    .remove(name)
+                    .unwrap_or_else(|| Hessian::new(self.k_of[name]));
+                (name.clone(), h)
+            })
+            .collect();
+        (self.done)(finished)
+    }
+}
+
+/// `XᵀX / rows` of each value in `k_of` (name → row length K) over the samples,
+/// calibrated piece by piece within `budget` bytes (see [`capture`]): after each
+/// piece, `done` receives the finished matrices of the values it completed (values
+/// never observed come with 0 rows), so at most one piece's Hessians are held.
+/// Returns the number of pieces.
+#[allow(clippy::too_many_arguments)]
 pub fn hessians(
     model: &Model,
     k_of: &BTreeMap<String, usize>,
+    budget: u64,
     count: usize,
     feeds: &mut dyn FnMut(usize) -> Result<NamedTensors>,
     runtime: &dyn Runtime,
     progress: &indicatif::ProgressBar,
-) -> Result<BTreeMap<String, Hessian>> {
-    let mut acc: BTreeMap<String, Hessian> = k_of
-        .iter()
-        .map(|(n, &k)| (n.clone(), Hessian::new(k)))
-        .collect();
-    let names: BTreeSet<String> = k_of.keys().cloned().collect();
-    let mut mismatch: Option<Error> = None;
-    capture(
-        model,
-        &names,
-        count,
-        feeds,
-        runtime,
-        progress,
-        &mut |name, values, shape| {
-            let Some(h) = acc.get_mut(name) else { return };
-            if shape.last() != Some(&h.k) {
-                mismatch.get_or_insert_with(|| {
-                    Error::tensor(
-                        name,
-                        format!(
-                            "calibration gave shape {shape:?}, expected last dim {}",
-                            h.k
-                        ),
-                    )
-                });
-                return;
-            }
-            h.add(values);
-        },
-    )?;
-    if let Some(e) = mismatch {
-        return Err(e);
-    }
-    Ok(acc)
+    done: &mut dyn FnMut(Vec<(String, Hessian)>) -> Result<()>,
+) -> Result<usize> {
+    let plan = Plan {
+        observed: k_of
+            .iter()
+            .map(|(n, &k)| (n.clone(), (k * k * 8) as u64))
+            .collect(),
+        budget,
+    };
+    let mut observer = HessianObserver {
+        k_of,
+        acc: BTreeMap::new(),
+        mismatch: None,
+        done,
+    };
+    let pieces = capture(model, &plan, count, feeds, runtime, progress, &mut observer)?;
+    Ok(pieces)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocked_gemm_matches_the_naive_sum() {
+        // K not a multiple of the task rows, more rows than one GEMM batch.
+        let (k, rows) = (70, 1100);
+        let mut s = 7u32;
+        let x: Vec<f32> = (0..k * rows)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect();
+        let mut h = Hessian::new(k);
+        h.add(&x[..k * 3]);
+        h.add(&x[k * 3..]);
+        let m = h.finish();
+        for i in 0..k {
+            for j in 0..k {
+                let want: f64 =
+                    x.chunks(k).map(|r| r[i] as f64 * r[j] as f64).sum::<f64>() / rows as f64;
+                assert!((m[i * k + j] - want).abs() < 1e-6, "({i},{j})");
+            }
+        }
+    }
 
     #[test]
     fn accumulates_the_mean_outer_product() {

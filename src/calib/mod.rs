@@ -1,6 +1,7 @@
 //! Calibration: reading sample inputs (.npy/.npz through crate::tensorfile),
 //! running the float model on them through a crate::runtime::Runtime, and reducing
 //! the activations seen to ranges.
+pub mod capture;
 pub mod data;
 pub mod hessian;
 pub mod observe;

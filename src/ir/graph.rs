@@ -687,25 +687,36 @@ impl Graph {
         Ok(())
     }
 
-    /// Removes nodes and initializers that do not contribute to a graph output.
-    /// Returns (nodes removed, initializers removed).
-    pub fn remove_dead(&mut self) -> (usize, usize) {
-        let mut live_vals: BTreeSet<ValueId> = self.outputs.iter().map(|o| o.value).collect();
+    /// Nodes that lead to one of `roots` without reading through a value of `stop`.
+    fn live_nodes(
+        &self,
+        roots: impl IntoIterator<Item = ValueId>,
+        stop: &BTreeSet<ValueId>,
+    ) -> BTreeSet<NodeId> {
+        let mut captured: HashMap<NodeId, Vec<ValueId>> = HashMap::new();
+        for (i, val) in self.values.iter().enumerate() {
+            for u in &val.uses {
+                if let Use::Capture(n) = u {
+                    captured.entry(*n).or_default().push(ValueId(i as u32));
+                }
+            }
+        }
+        let mut live_vals: BTreeSet<ValueId> = roots.into_iter().collect();
         let mut live_nodes = BTreeSet::new();
         let mut stack: Vec<ValueId> = live_vals.iter().copied().collect();
         while let Some(v) = stack.pop() {
+            if stop.contains(&v) {
+                continue;
+            }
             if let ValueDef::Node(n, _) = self.value(v).def {
                 if live_nodes.insert(n) {
                     let node = self.node(n);
-                    let mut reads: Vec<ValueId> = node.inputs.iter().flatten().copied().collect();
-                    reads.extend(
-                        self.values
-                            .iter()
-                            .enumerate()
-                            .filter(|(_, val)| val.uses.contains(&Use::Capture(n)))
-                            .map(|(i, _)| ValueId(i as u32)),
-                    );
-                    for r in reads {
+                    let reads = node
+                        .inputs
+                        .iter()
+                        .flatten()
+                        .chain(captured.get(&n).into_iter().flatten());
+                    for &r in reads {
                         if live_vals.insert(r) {
                             stack.push(r);
                         }
@@ -713,6 +724,60 @@ impl Graph {
                 }
             }
         }
+        live_nodes
+    }
+
+    /// The part of this graph that computes `outputs` when the values of `cut` are
+    /// given, as onnx.utils.extract_model cuts a model: the nodes that lead to an
+    /// output without reading through a cut value, the initializers and original
+    /// inputs they read, then the `cut` values as inputs (in the order given) and
+    /// `outputs` as the outputs. A cut value must be a graph input or a node output
+    /// none of the kept nodes computes.
+    pub fn extract(&self, cut: &[GraphIo], outputs: &[GraphIo]) -> Result<Graph> {
+        let stop: BTreeSet<ValueId> = cut.iter().map(|io| io.value).collect();
+        let live = self.live_nodes(outputs.iter().map(|o| o.value), &stop);
+        let mut g = self.clone();
+        let order = self.sorted_node_ids()?;
+        for &id in order.iter().rev() {
+            if !live.contains(&id) {
+                g.detach(id);
+            }
+        }
+        for io in cut {
+            let v = io.value;
+            match g.value(v).def {
+                ValueDef::Input => {}
+                ValueDef::Outer => {
+                    let name = g.value(v).name.clone();
+                    g.value_mut(v).def = ValueDef::Input;
+                    g.by_name.insert(name, v);
+                }
+                _ => {
+                    return Err(g.err(format!(
+                        "cannot cut at '{}': it is an initializer or still computed \
+                         by a kept node",
+                        g.value_name(v)
+                    )))
+                }
+            }
+        }
+        let mut inputs: Vec<GraphIo> = g
+            .inputs
+            .iter()
+            .filter(|io| !stop.contains(&io.value) && !g.value(io.value).uses.is_empty())
+            .cloned()
+            .collect();
+        inputs.extend(cut.iter().cloned());
+        g.inputs = inputs;
+        g.outputs = outputs.to_vec();
+        g.remove_dead();
+        Ok(g)
+    }
+
+    /// Removes nodes and initializers that do not contribute to a graph output.
+    /// Returns (nodes removed, initializers removed).
+    pub fn remove_dead(&mut self) -> (usize, usize) {
+        let live_nodes = self.live_nodes(self.outputs.iter().map(|o| o.value), &BTreeSet::new());
         let dead_nodes: Vec<NodeId> = self
             .nodes()
             .map(|(id, _)| id)

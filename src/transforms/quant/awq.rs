@@ -25,6 +25,7 @@ use serde::Deserialize;
 use super::gptq::{targets, weight_kn, CalibData, Target};
 use super::scale_fold::{apply_scales, fold_site, weight_private, Fold};
 use super::select::Selection;
+use crate::calib::capture::{capture, Observer, Plan};
 use crate::error::{Error, Result};
 use crate::ir::{DType, Graph, Model, NodeId, NodeSpec, Tensor, Use, ValueId};
 use crate::pass::{Pass, PassCx, PassOutcome, PASS_KEY};
@@ -54,6 +55,9 @@ pub struct AwqConfig {
     pub exclude: Vec<String>,
     pub include_ops: Vec<String>,
     pub runtime: String,
+    /// Memory for one calibration piece (its weights + row samples), in MiB; larger
+    /// models are calibrated piece by piece, cut between layers.
+    pub calib_memory_mb: u64,
 }
 
 impl Default for AwqConfig {
@@ -74,6 +78,7 @@ impl Default for AwqConfig {
             exclude: Vec::new(),
             include_ops: vec!["MatMul".into(), "Gemm".into()],
             runtime: "tract".into(),
+            calib_memory_mb: super::gptq::CALIB_MEMORY_MB,
         }
     }
 }
@@ -94,9 +99,27 @@ pub const AWQ_KEYS: &[&str] = &[
     "exclude",
     "include-ops",
     "runtime",
+    "calib-memory-mb",
 ];
 
 const NAME: &str = "awq";
+
+/// Feeds observed tensors to the per-input activation samples.
+struct SampleObserver<'a>(&'a mut BTreeMap<String, ActivationSample>);
+
+impl Observer for SampleObserver<'_> {
+    fn observe(&mut self, name: &str, values: &[f32], shape: &[usize]) {
+        if let Some(st) = self.0.get_mut(name) {
+            if shape.last() == Some(&st.k) {
+                st.add(values);
+            }
+        }
+    }
+
+    fn piece_done(&mut self, _completed: &[String]) -> Result<()> {
+        Ok(())
+    }
+}
 
 pub struct Awq {
     pub config: AwqConfig,
@@ -226,24 +249,29 @@ impl Pass for Awq {
                 )
             })
             .collect();
-        let keys: BTreeSet<String> = names.keys().cloned().collect();
+        let plan = Plan {
+            observed: names
+                .iter()
+                .map(|(n, &k)| (n.clone(), (k * (self.config.max_rows * 4 + 8)) as u64))
+                .collect(),
+            budget: self.config.calib_memory_mb.saturating_mul(1 << 20),
+        };
         let rt = super::static_qdq::runtime_named(&self.config.runtime)?;
         let progress = super::kernels::progress_bar(cx.progress, count as u64, "calibrating");
-        crate::calib::hessian::capture(
+        let pieces = capture(
             model,
-            &keys,
+            &plan,
             count,
             &mut feeds,
             rt.as_ref(),
             &progress,
-            &mut |name, values, shape| {
-                if let Some(st) = stats.get_mut(name) {
-                    if shape.last() == Some(&st.k) {
-                        st.add(values);
-                    }
-                }
-            },
+            &mut SampleObserver(&mut stats),
         )?;
+        if pieces > 1 {
+            outcome
+                .notes
+                .push(format!("calibrated in {pieces} pieces (calib-memory-mb)"));
+        }
         progress.finish_and_clear();
         drop(feeds);
 

@@ -63,7 +63,13 @@ pub struct GptqConfig {
     pub fuse_bias: bool,
     /// Runtime calibration runs on (tract, ort, auto).
     pub runtime: String,
+    /// Memory for one calibration piece (its weights + Hessians), in MiB; larger
+    /// models are calibrated piece by piece, cut between layers.
+    pub calib_memory_mb: u64,
 }
+
+/// Default of `calib-memory-mb`: about two 1B-class decoder layers with their H.
+pub const CALIB_MEMORY_MB: u64 = 1024;
 
 impl Default for GptqConfig {
     fn default() -> Self {
@@ -84,6 +90,7 @@ impl Default for GptqConfig {
             include_ops: vec!["MatMul".into(), "Gemm".into()],
             fuse_bias: true,
             runtime: "tract".into(),
+            calib_memory_mb: CALIB_MEMORY_MB,
         }
     }
 }
@@ -105,6 +112,7 @@ pub const GPTQ_KEYS: &[&str] = &[
     "include-ops",
     "fuse-bias",
     "runtime",
+    "calib-memory-mb",
 ];
 
 const NAME: &str = "gptq";
@@ -347,34 +355,7 @@ impl Pass for Gptq {
             seed,
             &mut outcome,
         );
-        let rt = super::static_qdq::runtime_named(&self.config.runtime)?;
-        let progress = kernels::progress_bar(cx.progress, count as u64, "calibrating");
-        let started = std::time::Instant::now();
-        let acc = crate::calib::hessian::hessians(
-            model,
-            &k_of,
-            count,
-            &mut feeds,
-            rt.as_ref(),
-            &progress,
-        )?;
-        progress.finish_and_clear();
-        drop(feeds);
-        let mut hs: BTreeMap<String, (Vec<f64>, u64)> = BTreeMap::new();
-        for (name, h) in acc {
-            let rows = h.rows;
-            if rows == 0 {
-                outcome.notes.push(format!(
-                    "'{name}' was not observed in calibration: its MatMuls are quantized by RTN"
-                ));
-            }
-            hs.insert(name, (h.finish(), rows));
-        }
-        outcome.count("hessians", hs.len() as u64);
-        let calibrated = std::time::Instant::now();
-
         // One quantization per (weight, input) pair.
-        let g = &model.graph;
         let mut unique: Vec<(usize, String)> = Vec::new();
         let mut index: BTreeMap<(ValueId, String), usize> = BTreeMap::new();
         let mut planned = Vec::new();
@@ -396,34 +377,85 @@ impl Pass for Gptq {
             damp: self.config.damp,
             act_order: self.config.act_order,
         };
-        let progress = kernels::progress_bar(cx.progress, unique.len() as u64, "gptq");
-        let quantized: Vec<Result<NbitsWeight>> = unique
-            .par_iter()
-            .map(|(ti, x)| {
-                let m = &targets[*ti].m;
-                let t = constant(g, m.weight).expect("matched as constant").1;
-                let w = weight_kn(g, m)?;
-                let ft = FloatType::from_dtype(t.dtype()).unwrap_or_default();
-                let h = &hs[x].0;
-                let q = crate::quant::gptq::quantize_kn(&w, m.k, m.n, h, &qp, ft, &opts)
-                    .map_err(|e| Error::tensor(t.name(), e.to_string()))?;
-                progress.inc(1);
-                Ok(NbitsWeight {
-                    params,
-                    k: m.k,
-                    n: m.n,
-                    dtype: t.dtype(),
-                    q,
-                    original_bytes: t.stored_len(),
-                })
-            })
-            .collect();
+        let rt = super::static_qdq::runtime_named(&self.config.runtime)?;
+        let progress = kernels::progress_bar(cx.progress, count as u64, "calibrating");
+        let started = std::time::Instant::now();
+        let mut solving = std::time::Duration::ZERO;
+        let mut results: Vec<Option<NbitsWeight>> = (0..unique.len()).map(|_| None).collect();
+        let mut notes = Vec::new();
+        let mut hessians = 0u64;
+        // Each piece's Hessians are solved and dropped as soon as the piece is done.
+        let pieces = crate::calib::hessian::hessians(
+            model,
+            &k_of,
+            self.config.calib_memory_mb.saturating_mul(1 << 20),
+            count,
+            &mut feeds,
+            rt.as_ref(),
+            &progress,
+            &mut |finished| {
+                let t0 = std::time::Instant::now();
+                let hs: BTreeMap<String, Vec<f64>> = finished
+                    .into_iter()
+                    .map(|(name, h)| {
+                        if h.rows == 0 {
+                            notes.push(format!(
+                                "'{name}' was not observed in calibration: its MatMuls are \
+                                 quantized by RTN"
+                            ));
+                        }
+                        (name, h.finish())
+                    })
+                    .collect();
+                hessians += hs.len() as u64;
+                let jobs: Vec<usize> = (0..unique.len())
+                    .filter(|&ui| hs.contains_key(&unique[ui].1))
+                    .collect();
+                let solved: Vec<Result<NbitsWeight>> = jobs
+                    .par_iter()
+                    .map(|&ui| {
+                        let (ti, x) = &unique[ui];
+                        let m = &targets[*ti].m;
+                        let t = constant(g, m.weight).expect("matched as constant").1;
+                        let w = weight_kn(g, m)?;
+                        let ft = FloatType::from_dtype(t.dtype()).unwrap_or_default();
+                        let q =
+                            crate::quant::gptq::quantize_kn(&w, m.k, m.n, &hs[x], &qp, ft, &opts)
+                                .map_err(|e| Error::tensor(t.name(), e.to_string()))?;
+                        Ok(NbitsWeight {
+                            params,
+                            k: m.k,
+                            n: m.n,
+                            dtype: t.dtype(),
+                            q,
+                            original_bytes: t.stored_len(),
+                        })
+                    })
+                    .collect();
+                for (ui, q) in jobs.into_iter().zip(solved) {
+                    results[ui] = Some(q?);
+                }
+                solving += t0.elapsed();
+                Ok(())
+            },
+        )?;
         progress.finish_and_clear();
-        let quantized: Vec<NbitsWeight> = quantized.into_iter().collect::<Result<_>>()?;
+        drop(feeds);
+        outcome.notes.extend(notes);
+        outcome.count("hessians", hessians);
+        let quantized: Vec<NbitsWeight> = results
+            .into_iter()
+            .zip(&unique)
+            .map(|(q, (_, x))| {
+                q.ok_or_else(|| Error::tensor(x, "no Hessian was computed for this MatMul input"))
+            })
+            .collect::<Result<_>>()?;
+        let total = started.elapsed();
         outcome.notes.push(format!(
-            "time: calibration {:.1}s, GPTQ solve {:.1}s",
-            (calibrated - started).as_secs_f64(),
-            calibrated.elapsed().as_secs_f64()
+            "time: calibration {:.1}s, GPTQ solve {:.1}s ({pieces} calibration piece{})",
+            (total - solving).as_secs_f64(),
+            solving.as_secs_f64(),
+            if pieces == 1 { "" } else { "s" }
         ));
         let emit = WeightOnly::new(WeightOnlyConfig {
             bits: self.config.bits,
