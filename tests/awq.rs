@@ -112,6 +112,20 @@ fn scaling_alone_keeps_the_float_model_within_1e_5() {
             o[0].counters,
             o[0].notes
         );
+        // Every observed group is in the per-layer report, relative errors in
+        // (0, 1) and never above plain RTN's (α = 0 is a grid point).
+        let layers = &o[0].layers;
+        assert!(layers.len() as u64 >= scaled, "{fixture}: {layers:?}");
+        for l in layers {
+            assert!(
+                l.after > 0.0 && l.after <= l.rtn && l.rtn < 1.0,
+                "{fixture}: {l:?}"
+            );
+        }
+        assert!(
+            layers.iter().any(|l| l.after < l.rtn),
+            "{fixture}: {layers:?}"
+        );
         // The weights did change.
         let m = onnxq::load(&out).unwrap();
         let (_, w0) = model

@@ -368,13 +368,13 @@ fn excluded_and_non_constant_matmuls_are_reported_and_left_alone() {
             .any(|(k, v)| k == "onnxq.pass" && v == "gptq")));
 }
 
-/// Runs a one-pass recipe and returns the saved model and the pass's notes.
-fn quantize_noting(model: &onnxq::Model, recipe: &str, path: &Path) -> Vec<String> {
+/// Runs a one-pass recipe, saves the model and returns what the pass reported.
+fn quantize_noting(model: &onnxq::Model, recipe: &str, path: &Path) -> onnxq::pass::PassOutcome {
     let r = Recipe::parse("r", recipe).unwrap();
     let mut m = model.clone();
     let out = run_pipeline(&mut m, &r.build().unwrap(), &mut PassCx::default()).unwrap();
     onnxq::save(&m, path, &Default::default()).unwrap();
-    out.into_iter().flat_map(|o| o.notes).collect()
+    out.into_iter().next().expect("one pass")
 }
 
 #[test]
@@ -404,7 +404,7 @@ fn calibrating_piece_by_piece_gives_the_same_model_as_in_one_session() {
         let mut outs = Vec::new();
         for budget in [1024, 0] {
             let path = tmp.path().join(format!("{budget}-{fixture}"));
-            let notes = quantize_noting(
+            let outcome = quantize_noting(
                 &model,
                 &format!(
                     "[recipe]\nname='g'\n[[pass]]\nname='gptq'\ncalib-text='{}'\ntokenizer='{}'\n\
@@ -414,6 +414,7 @@ fn calibrating_piece_by_piece_gives_the_same_model_as_in_one_session() {
                 ),
                 &path,
             );
+            let notes = &outcome.notes;
             let pieces = notes
                 .iter()
                 .find_map(|n| {
@@ -425,6 +426,17 @@ fn calibrating_piece_by_piece_gives_the_same_model_as_in_one_session() {
                         .ok()
                 })
                 .unwrap_or_else(|| panic!("no piece count in {notes:?}"));
+            // The per-layer report: one entry per quantized weight, GPTQ's output
+            // error below RTN's on average.
+            let layers = &outcome.layers;
+            assert_eq!(layers.len() as u64, outcome.counters["matmuls quantized"]);
+            let mean = |f: fn(&onnxq::pass::LayerError) -> f64| {
+                layers.iter().map(f).sum::<f64>() / layers.len() as f64
+            };
+            assert!(
+                mean(|l| l.after) < 0.8 * mean(|l| l.rtn),
+                "{fixture}: {layers:?}"
+            );
             if budget == 0 {
                 assert!(pieces > 3, "{fixture}: only {pieces} pieces");
             } else {

@@ -92,6 +92,7 @@ pub fn run(recipe: &Recipe, input: &Path, output: &Path, args: &PipelineArgs) ->
         for n in &o.notes {
             eprintln!("  note: {n}");
         }
+        print_layers(&o.layers, args.explain);
         if args.explain {
             for s in &o.skipped {
                 eprintln!("  skipped '{}': {}", s.node, s.reason);
@@ -178,5 +179,27 @@ fn human(b: u64) -> String {
         format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
     } else {
         format!("{:.1} KiB", b as f64 / 1024.0)
+    }
+}
+
+/// The per-layer error summary of a calibrated pass (every layer with --explain).
+fn print_layers(layers: &[crate::pass::LayerError], all: bool) {
+    if layers.is_empty() {
+        return;
+    }
+    let n = layers.len() as f64;
+    let mean = |f: fn(&crate::pass::LayerError) -> f64| layers.iter().map(f).sum::<f64>() / n;
+    let better = layers.iter().filter(|l| l.after < l.rtn).count();
+    eprintln!(
+        "  layer output error on calibration data (relative, mean of {}): RTN {:.3e} -> {:.3e}, lower on {better} of {}",
+        layers.len(),
+        mean(|l| l.rtn),
+        mean(|l| l.after),
+        layers.len()
+    );
+    let mut order: Vec<&crate::pass::LayerError> = layers.iter().collect();
+    order.sort_by(|a, b| b.after.total_cmp(&a.after));
+    for l in order.iter().take(if all { usize::MAX } else { 3 }) {
+        eprintln!("    {:<56} RTN {:.3e} -> {:.3e}", l.name, l.rtn, l.after);
     }
 }

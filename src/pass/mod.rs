@@ -33,6 +33,19 @@ pub struct PassOutcome {
     pub counters: BTreeMap<String, u64>,
     pub skipped: Vec<Skip>,
     pub notes: Vec<String>,
+    /// Per-layer output error of calibrated passes (GPTQ, AWQ).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<LayerError>,
+}
+
+/// Output error of one quantized layer (or group of layers sharing an input) on the
+/// calibration data, relative to the float layer: ‖X·(W − Ŵ)‖² / ‖X·W‖², with plain
+/// round-to-nearest and with the pass's algorithm.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct LayerError {
+    pub name: String,
+    pub rtn: f64,
+    pub after: f64,
 }
 
 impl PassOutcome {

@@ -109,6 +109,8 @@ pub struct AwqSearch {
     /// Loss of the chosen α and of α = 0 (plain RTN).
     pub loss: f64,
     pub rtn_loss: f64,
+    /// ‖X·W‖² summed over the group: the losses relative to it are output errors.
+    pub output_norm: f64,
 }
 
 /// Searches α over `grid` points for weights `ws` ([K, N] each, with their N) read
@@ -146,11 +148,13 @@ pub fn search(
                 scales: s,
                 loss,
                 rtn_loss,
+                output_norm: 0.0,
             });
         }
     }
     let mut b = best.expect("grid has at least one point");
     b.rtn_loss = rtn_loss;
+    b.output_norm = ws.iter().map(|&(w, n)| output_sq(x, w, k, n)).sum();
     Ok(b)
 }
 
@@ -177,18 +181,23 @@ fn loss_for(
             *d = *d / s[j] - wv;
         }
     }
-    Ok(x.par_chunks(k)
+    Ok(output_sq(x, &delta, k, n))
+}
+
+/// ‖X·D‖² for rows `x` ([rows, K]) and a [K, N] matrix `d`.
+fn output_sq(x: &[f32], d: &[f32], k: usize, n: usize) -> f64 {
+    x.par_chunks(k)
         .map(|xr| {
             let mut out = vec![0f64; n];
             for (j, &xv) in xr.iter().enumerate() {
                 if xv != 0.0 {
                     let xv = xv as f64;
-                    for (o, &d) in out.iter_mut().zip(&delta[j * n..(j + 1) * n]) {
+                    for (o, &d) in out.iter_mut().zip(&d[j * n..(j + 1) * n]) {
                         *o += xv * d as f64;
                     }
                 }
             }
             out.iter().map(|v| v * v).sum::<f64>()
         })
-        .sum())
+        .sum()
 }

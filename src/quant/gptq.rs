@@ -303,26 +303,72 @@ fn fit_group(
 /// ‖X·(W − Ŵ)‖² / ‖X·W‖² computed from `h = XᵀX`: the relative output error of a
 /// quantized [K, N] weight on the calibration data.
 pub fn relative_output_error(w: &[f32], w_hat: &[f32], k: usize, n: usize, h: &[f64]) -> f64 {
-    let quad = |d: &(dyn Fn(usize) -> f64 + Sync)| -> f64 {
-        // Σ_c dᶜᵀ H dᶜ over output columns c.
-        (0..n)
-            .into_par_iter()
-            .map(|c| {
-                let v: Vec<f64> = (0..k).map(|i| d(i * n + c)).collect();
-                let mut s = 0.0;
-                for i in 0..k {
-                    let hi = &h[i * k..(i + 1) * k];
-                    s += v[i] * hi.iter().zip(&v).map(|(a, b)| a * b).sum::<f64>();
+    output_errors(w, &[w_hat], k, n, h, n)[0]
+}
+
+/// [`relative_output_error`] of each candidate `Ŵ`, estimated on at most `max_cols`
+/// evenly spaced output columns (the quadratic forms are an f32 GEMM with `h`).
+pub fn output_errors(
+    w: &[f32],
+    candidates: &[&[f32]],
+    k: usize,
+    n: usize,
+    h: &[f64],
+    max_cols: usize,
+) -> Vec<f64> {
+    let step = n.div_ceil(max_cols.max(1)).max(1);
+    let cols: Vec<usize> = (0..n).step_by(step).collect();
+    let m = cols.len();
+    let hf: Vec<f32> = h.iter().map(|&v| v as f32).collect();
+    // Σ_c dᶜᵀ H dᶜ over the chosen columns of d ([K, N]).
+    let quad = |d: &dyn Fn(usize) -> f32| -> f64 {
+        let mut dm = vec![0f32; k * m];
+        for i in 0..k {
+            for (j, &c) in cols.iter().enumerate() {
+                dm[i * m + j] = d(i * n + c);
+            }
+        }
+        let mut hd = vec![0f32; k * m];
+        // Rows of H·D in parallel blocks; each block is one GEMM.
+        const ROWS: usize = 64;
+        hd.par_chunks_mut(ROWS * m)
+            .enumerate()
+            .for_each(|(b, out)| {
+                let r0 = b * ROWS;
+                let rows = out.len() / m;
+                // SAFETY: A = H[r0..r0+rows, :] inside hf (row stride k); B = D (k×m,
+                // row stride m); C = this block of H·D (rows×m, row stride m).
+                unsafe {
+                    matrixmultiply::sgemm(
+                        rows,
+                        k,
+                        m,
+                        1.0,
+                        hf.as_ptr().add(r0 * k),
+                        k as isize,
+                        1,
+                        dm.as_ptr(),
+                        m as isize,
+                        1,
+                        0.0,
+                        out.as_mut_ptr(),
+                        m as isize,
+                        1,
+                    );
                 }
-                s
-            })
-            .sum()
+            });
+        dm.iter().zip(&hd).map(|(a, b)| *a as f64 * *b as f64).sum()
     };
-    let num = quad(&|i| (w[i] - w_hat[i]) as f64);
-    let den = quad(&|i| w[i] as f64);
-    if den > 0.0 {
-        num / den
-    } else {
-        num
-    }
+    let den = quad(&|i| w[i]);
+    candidates
+        .iter()
+        .map(|w_hat| {
+            let num = quad(&|i| w[i] - w_hat[i]);
+            if den > 0.0 {
+                num / den
+            } else {
+                num
+            }
+        })
+        .collect()
 }

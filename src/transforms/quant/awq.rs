@@ -28,7 +28,7 @@ use super::select::Selection;
 use crate::calib::capture::{capture, Observer, Plan};
 use crate::error::{Error, Result};
 use crate::ir::{DType, Graph, Model, NodeId, NodeSpec, Tensor, Use, ValueId};
-use crate::pass::{Pass, PassCx, PassOutcome, PASS_KEY};
+use crate::pass::{LayerError, Pass, PassCx, PassOutcome, PASS_KEY};
 use crate::quant::awq::{search, ActivationSample};
 use crate::quant::{FloatType, QuantParams};
 use crate::rewrite::matchers::WeightMatMul;
@@ -322,6 +322,13 @@ impl Pass for Awq {
                 outcome.skip(&xname, "not observed in calibration");
                 continue;
             };
+            if res.output_norm > 0.0 {
+                outcome.layers.push(LayerError {
+                    name: xname.clone(),
+                    rtn: res.rtn_loss / res.output_norm,
+                    after: res.loss / res.output_norm,
+                });
+            }
             if res.alpha == 0.0 {
                 outcome.notes.push(format!(
                     "'{xname}': α = 0 is best (no scaling helps on the calibration rows)"
@@ -352,11 +359,9 @@ impl Pass for Awq {
                 outcome.count("muls inserted", 1);
             }
             outcome.notes.push(format!(
-                "'{xname}' ({} MatMul): α = {:.2}, sampled output error {:.3e} (RTN {:.3e})",
+                "'{xname}' ({} MatMul): α = {:.2}",
                 gr.targets.len(),
                 res.alpha,
-                res.loss,
-                res.rtn_loss
             ));
             outcome.count("activations scaled", 1);
             outcome.count("weights scaled", gr.targets.len() as u64);

@@ -25,7 +25,7 @@ use crate::calib::tokenizer::Tokenizer;
 use crate::calib::Source;
 use crate::error::{Error, Result};
 use crate::ir::{Graph, Model, NodeId, ValueId};
-use crate::pass::{Pass, PassCx, PassOutcome};
+use crate::pass::{LayerError, Pass, PassCx, PassOutcome};
 use crate::quant::gptq::GptqOptions;
 use crate::quant::{FloatType, QuantParams};
 use crate::rewrite::matchers::{constant, following_bias_add, weight_matmul, WeightMatMul};
@@ -116,6 +116,9 @@ pub const GPTQ_KEYS: &[&str] = &[
 ];
 
 const NAME: &str = "gptq";
+
+/// Output columns the per-layer error report is estimated on.
+const REPORT_COLUMNS: usize = 256;
 
 /// Where calibration inputs come from, checked when the pass is built.
 #[derive(Clone)]
@@ -384,6 +387,7 @@ impl Pass for Gptq {
         let mut results: Vec<Option<NbitsWeight>> = (0..unique.len()).map(|_| None).collect();
         let mut notes = Vec::new();
         let mut hessians = 0u64;
+        let mut layers = Vec::new();
         // Each piece's Hessians are solved and dropped as soon as the piece is done.
         let pieces = crate::calib::hessian::hessians(
             model,
@@ -411,7 +415,7 @@ impl Pass for Gptq {
                 let jobs: Vec<usize> = (0..unique.len())
                     .filter(|&ui| hs.contains_key(&unique[ui].1))
                     .collect();
-                let solved: Vec<Result<NbitsWeight>> = jobs
+                let solved: Vec<Result<(NbitsWeight, LayerError)>> = jobs
                     .par_iter()
                     .map(|&ui| {
                         let (ti, x) = &unique[ui];
@@ -419,21 +423,42 @@ impl Pass for Gptq {
                         let t = constant(g, m.weight).expect("matched as constant").1;
                         let w = weight_kn(g, m)?;
                         let ft = FloatType::from_dtype(t.dtype()).unwrap_or_default();
-                        let q =
-                            crate::quant::gptq::quantize_kn(&w, m.k, m.n, &hs[x], &qp, ft, &opts)
-                                .map_err(|e| Error::tensor(t.name(), e.to_string()))?;
-                        Ok(NbitsWeight {
+                        let err =
+                            |e: crate::quant::QuantError| Error::tensor(t.name(), e.to_string());
+                        let h = &hs[x];
+                        let q = crate::quant::gptq::quantize_kn(&w, m.k, m.n, h, &qp, ft, &opts)
+                            .map_err(err)?;
+                        let rtn = crate::quant::nbits::quantize_kn_as(&w, m.k, m.n, &qp, ft)
+                            .map_err(err)?
+                            .dequantize_kn();
+                        let e = crate::quant::gptq::output_errors(
+                            &w,
+                            &[&rtn, &q.dequantize_kn()],
+                            m.k,
+                            m.n,
+                            h,
+                            REPORT_COLUMNS,
+                        );
+                        let layer = LayerError {
+                            name: t.name().to_string(),
+                            rtn: e[0],
+                            after: e[1],
+                        };
+                        let q = NbitsWeight {
                             params,
                             k: m.k,
                             n: m.n,
                             dtype: t.dtype(),
                             q,
                             original_bytes: t.stored_len(),
-                        })
+                        };
+                        Ok((q, layer))
                     })
                     .collect();
-                for (ui, q) in jobs.into_iter().zip(solved) {
-                    results[ui] = Some(q?);
+                for (ui, r) in jobs.into_iter().zip(solved) {
+                    let (q, layer) = r?;
+                    results[ui] = Some(q);
+                    layers.push(layer);
                 }
                 solving += t0.elapsed();
                 Ok(())
@@ -442,6 +467,7 @@ impl Pass for Gptq {
         progress.finish_and_clear();
         drop(feeds);
         outcome.notes.extend(notes);
+        outcome.layers = layers;
         outcome.count("hessians", hessians);
         let quantized: Vec<NbitsWeight> = results
             .into_iter()
