@@ -452,3 +452,43 @@ fn calibrating_piece_by_piece_gives_the_same_model_as_in_one_session() {
         );
     }
 }
+
+#[test]
+fn text_that_cannot_calibrate_the_model_is_refused_by_name() {
+    let text = common::fixtures().join("sample.txt");
+    let tok = common::fixtures().join("tokenizer.json");
+    let recipe = |seqlen: usize| {
+        format!(
+            "[recipe]\nname='g'\n[[pass]]\nname='gptq'\ncalib-text='{}'\ntokenizer='{}'\n\
+             calib-samples=2\ncalib-seqlen={seqlen}\n",
+            text.display(),
+            tok.display()
+        )
+    };
+    let run = |model: &onnxq::Model, seqlen: usize| {
+        let r = Recipe::parse("g", &recipe(seqlen)).unwrap();
+        let mut m = model.clone();
+        run_pipeline(&mut m, &r.build().unwrap(), &mut PassCx::default())
+            .unwrap_err()
+            .to_string()
+    };
+    let model = onnxq::load(&common::fixtures().join("llama-decomposed.onnx")).unwrap();
+    let e = run(&model, 100_000);
+    assert!(e.contains("fewer than one window of 100000"), "{e}");
+
+    // The same decoder with a 100-row embedding table: the 320-token tokenizer
+    // does not belong to it.
+    let mut small = model.clone();
+    let g = &mut small.graph;
+    let v = g.find("model.embed_tokens.weight").unwrap();
+    let rows: Vec<f32> = g.initializer(v).unwrap().to_f32().unwrap()[..100 * 64].to_vec();
+    g.set_initializer(
+        v,
+        onnxq::ir::Tensor::from_f32("model.embed_tokens.weight", vec![100, 64], &rows),
+    );
+    let e = run(&small, 32);
+    assert!(
+        e.contains("model.embed_tokens.weight") && e.contains("does not belong"),
+        "{e}"
+    );
+}

@@ -179,6 +179,37 @@ impl CalibData {
             }
             CalibData::Text(ids) => {
                 let w = TextSamples::windows(ids, samples, seqlen, seed);
+                // Problems with the text or tokenizer fail the first sample, named.
+                let mut problem = None;
+                if ids.len() < seqlen {
+                    problem = Some((
+                        "calib-text".to_string(),
+                        format!(
+                            "the calibration text has {} tokens, fewer than one window of \
+                             {seqlen} (calib-seqlen): give more text or shorter windows",
+                            ids.len()
+                        ),
+                    ));
+                } else if ids.len() < samples.saturating_mul(seqlen) {
+                    outcome.notes.push(format!(
+                        "the calibration text has {} tokens, fewer than {samples} × {seqlen}: \
+                         windows overlap",
+                        ids.len()
+                    ));
+                }
+                if let Some((table, rows)) = embedding_rows(model) {
+                    let top = ids.iter().copied().max().unwrap_or(0);
+                    if top < 0 || top as u64 >= rows {
+                        problem = Some((
+                            table,
+                            format!(
+                                "the tokenizer gives token id {top}, but this embedding \
+                                 table has {rows} rows: the tokenizer does not belong to \
+                                 this model"
+                            ),
+                        ));
+                    }
+                }
                 outcome.notes.push(format!(
                     "calibration: {} windows of {} tokens from a text of {} tokens (seed {seed})",
                     w.windows.len(),
@@ -188,7 +219,10 @@ impl CalibData {
                 let n = w.windows.len();
                 (
                     n,
-                    Box::new(move |i| feeds_for_tokens(&specs, &w.windows[i])),
+                    Box::new(move |i| match &problem {
+                        Some((name, why)) => Err(Error::tensor(name, why.clone())),
+                        None => feeds_for_tokens(&specs, &w.windows[i]),
+                    }),
                 )
             }
             CalibData::Random => {
@@ -205,6 +239,30 @@ impl CalibData {
             }
         }
     }
+}
+
+/// The embedding table the token ids index and its row count (the vocabulary):
+/// a Gather (or GatherBlockQuantized) of a constant table by the `input_ids` input.
+fn embedding_rows(model: &Model) -> Option<(String, u64)> {
+    let g = &model.graph;
+    let ids = g
+        .inputs
+        .iter()
+        .map(|io| io.value)
+        .find(|&v| g.value_name(v).contains("input_ids"))?;
+    g.value(ids).uses().iter().find_map(|u| {
+        let crate::ir::Use::Input(n, 1) = *u else {
+            return None;
+        };
+        let node = g.node(n);
+        if !(node.op_type == "Gather" || node.op_type == "GatherBlockQuantized") {
+            return None;
+        }
+        let table = node.input(0)?;
+        let (_, t) = constant(g, table)?;
+        let rows = *t.dims.first()?;
+        Some((g.value_name(table).to_string(), rows as u64))
+    })
 }
 
 pub struct Gptq {
