@@ -44,8 +44,8 @@ RESULTS=$WORK/results.jsonl
 # A private copy: a rebuild in the shared tree cannot swap the binary mid-run.
 cp ./target/release/onnxq "$WORK/onnxq"
 ONNXQ=$WORK/onnxq
-CALIB=(--calib-text "$DATA/calib.txt" --tokenizer "$DATA/tokenizer.json"
-  --calib-samples "$CALIB_SAMPLES" --calib-seqlen "$CALIB_SEQLEN" --runtime ort)
+TEXT=(--calib-text "$DATA/calib.txt" --tokenizer "$DATA/tokenizer.json" --calib-seqlen "$CALIB_SEQLEN" --runtime ort)
+CALIB=("${TEXT[@]}" --calib-samples "$CALIB_SAMPLES")
 [ -d "$WORK/calib_npz" ] || "$PY" "$RD/ort_quantize.py" npz "$WORK/calib_npz" --data "$DATA" \
   --samples "$CALIB_SAMPLES" --seqlen "$CALIB_SEQLEN" >/dev/null
 
@@ -104,6 +104,9 @@ for s in sym asym; do
 done
 row awq-sym-b32 "4-bit" onnxq "AWQ sym b32, $CALIB_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm awq --block-size 32 "${CALIB[@]}"
 row gptq-sym-b32 "4-bit" onnxq "GPTQ sym b32, $CALIB_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm gptq --block-size 32 "${CALIB[@]}"
+# The same few samples as onnxruntime's GPTQ below, for a like-for-like comparison.
+row gptq-sym-b128-s$ORT_GPTQ_SAMPLES "4-bit" onnxq "GPTQ sym b128, $ORT_GPTQ_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm gptq --block-size 128 \
+  "${TEXT[@]}" --calib-samples "$ORT_GPTQ_SAMPLES"
 row ort-gptq-sym-b128 "4-bit" onnxruntime "GPTQ (neural_compressor) sym b128, $ORT_GPTQ_SAMPLES x $CALIB_SEQLEN" -- \
   "$PY" "$RD/ort_quantize.py" gptq "$IN" @OUT@ --block-size 128 --samples "$ORT_GPTQ_SAMPLES" --seqlen "$CALIB_SEQLEN" --data "$DATA"
 # 8-bit

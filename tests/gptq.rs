@@ -394,10 +394,14 @@ fn calibrating_piece_by_piece_gives_the_same_model_as_in_one_session() {
         5,
     )
     .windows;
+    // Every attention style: decomposed (with KV inputs, with a tied lm_head),
+    // opset-23 Attention, onnxruntime-genai's GroupQueryAttention.
     for fixture in [
         "llama-decomposed.onnx",
         "llama-decomposed-kv.onnx",
+        "llama-decomposed-tied.onnx",
         "llama-attention23.onnx",
+        "llama-genai-kv.onnx",
     ] {
         let orig = common::fixtures().join(fixture);
         let model = onnxq::load(&orig).unwrap();

@@ -94,6 +94,10 @@ def cmd_gptq(args):
     from onnxruntime.quantization import matmul_nbits_quantizer as mnq  # noqa: PLC0415
 
     inc_util.to_numpy = np.asarray  # the original imports torch first (see the module doc)
+    # Its calibration session is made from the serialized model, so external data
+    # resolves against the working directory: run from the model's folder.
+    args.input, args.output, args.data = map(os.path.abspath, (args.input, args.output, args.data))
+    os.chdir(os.path.dirname(args.input))
     cfg = mnq.GPTQWeightOnlyQuantConfig(calibration_data_reader=reader(args.input, args))
     q = mnq.MatMulNBitsQuantizer(args.input, bits=4, block_size=args.block_size, is_symmetric=not args.asym,
                                  algo_config=cfg)
