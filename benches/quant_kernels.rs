@@ -164,6 +164,15 @@ fn main() {
     acc.add(&w[..rows * 2 * K]);
     let hk = acc.finish();
     let opts = onnxq::quant::gptq::GptqOptions::default();
+    let mut acc = onnxq::calib::hessian::Hessian::new(N);
+    acc.add(&w[..rows * 2 * N]);
+    let hn = acc.finish();
+    b.run(
+        &format!("gptq factor K={N} (Cholesky + inverse)"),
+        N * N * 8,
+        1,
+        || onnxq::quant::gptq::factor(&hn, N, &opts).expect("factor"),
+    );
     b.run("gptq quantize_kn 4-bit b32 sym", input, 1, || {
         onnxq::quant::gptq::quantize_kn(&w, K, N, &hk, &ps, FloatType::F32, &opts).expect("gptq")
     });

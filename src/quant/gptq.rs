@@ -68,24 +68,27 @@ pub fn quantize_kn(
     opts: &GptqOptions,
 ) -> Result<BlockQuant, QuantError> {
     p.check()?;
-    if k.checked_mul(n) != Some(w.len()) {
-        return Err(QuantError(format!(
-            "weight has {} values, expected {k}x{n} ([K, N])",
-            w.len()
-        )));
-    }
+    let f = factor(h, k, opts)?;
+    quantize_factored(w, k, n, &f, p, scale_type)
+}
+
+/// What GPTQ reads of a Hessian, shared by every weight with the same input: the
+/// processing order, dead channels, and the upper Cholesky factor of the damped,
+/// permuted inverse.
+pub struct HessianFactor {
+    k: usize,
+    perm: Vec<usize>,
+    pos: Vec<usize>,
+    dead: Vec<bool>,
+    hinv: Vec<f64>,
+}
+
+/// Damps, permutes and factors the K×K Hessian `h` (see [`quantize_kn`]).
+pub fn factor(h: &[f64], k: usize, opts: &GptqOptions) -> Result<HessianFactor, QuantError> {
     if k.checked_mul(k) != Some(h.len()) {
         return Err(QuantError(format!(
             "Hessian has {} values, expected {k}x{k}",
             h.len()
-        )));
-    }
-    if let Some(i) = w.iter().position(|v| !v.is_finite()) {
-        return Err(QuantError(format!(
-            "non-finite weight value {} at row {}, column {} of [K, N]",
-            w[i],
-            i / n.max(1),
-            i % n.max(1)
         )));
     }
     if !(opts.damp >= 0.0 && opts.damp.is_finite()) {
@@ -134,7 +137,41 @@ pub fn quantize_kn(
         hp[i * k + i] += opts.damp * mean_diag;
     }
     let hinv = super::linalg::inverse_cholesky_upper(&hp, k)?;
-    drop(hp);
+    Ok(HessianFactor {
+        k,
+        perm,
+        pos,
+        dead,
+        hinv,
+    })
+}
+
+/// GPTQ of the [K, N] weight `w` with a prepared [`HessianFactor`] of its input.
+pub fn quantize_factored(
+    w: &[f32],
+    k: usize,
+    n: usize,
+    f: &HessianFactor,
+    p: &QuantParams,
+    scale_type: FloatType,
+) -> Result<BlockQuant, QuantError> {
+    p.check()?;
+    if k.checked_mul(n) != Some(w.len()) || f.k != k {
+        return Err(QuantError(format!(
+            "weight has {} values, expected {}x{n} ([K, N])",
+            w.len(),
+            f.k
+        )));
+    }
+    if let Some(i) = w.iter().position(|v| !v.is_finite()) {
+        return Err(QuantError(format!(
+            "non-finite weight value {} at row {}, column {} of [K, N]",
+            w[i],
+            i / n.max(1),
+            i % n.max(1)
+        )));
+    }
+    let (perm, pos, dead, hinv) = (&f.perm, &f.pos, &f.dead, &f.hinv);
 
     // Rows of W in processing order.
     let mut wp = vec![0f32; k * n];
@@ -161,7 +198,7 @@ pub fn quantize_kn(
             let orig = perm[row];
             let g = orig / bs;
             if fits[g].is_none() {
-                fits[g] = Some(fit_group(&wp, n, g, bs, k, &pos, p, scale_type));
+                fits[g] = Some(fit_group(&wp, n, g, bs, k, pos, p, scale_type));
             }
             let (scales, zps) = fits[g].as_ref().expect("fitted above");
             let d = hinv[row * k + row];
@@ -197,7 +234,7 @@ pub fn quantize_kn(
         // owns a few rows and walks N in tiles, so the tile of E it reads stays in
         // cache across its rows.
         let err_b = &err[..count * n];
-        let hinv_ref = &hinv;
+        let hinv_ref = hinv;
         wp[i2 * n..]
             .par_chunks_mut(UPDATE_ROWS * n)
             .enumerate()

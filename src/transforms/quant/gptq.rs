@@ -470,6 +470,16 @@ impl Pass for Gptq {
                     })
                     .collect();
                 hessians += hs.len() as u64;
+                // One factorization per input, shared by the weights reading it.
+                let factors: BTreeMap<&String, crate::quant::gptq::HessianFactor> = hs
+                    .par_iter()
+                    .map(|(name, h)| {
+                        let k = k_of[name];
+                        crate::quant::gptq::factor(h, k, &opts)
+                            .map(|f| (name, f))
+                            .map_err(|e| Error::tensor(name, e.to_string()))
+                    })
+                    .collect::<Result<_>>()?;
                 let jobs: Vec<usize> = (0..unique.len())
                     .filter(|&ui| hs.contains_key(&unique[ui].1))
                     .collect();
@@ -484,8 +494,15 @@ impl Pass for Gptq {
                         let err =
                             |e: crate::quant::QuantError| Error::tensor(t.name(), e.to_string());
                         let h = &hs[x];
-                        let q = crate::quant::gptq::quantize_kn(&w, m.k, m.n, h, &qp, ft, &opts)
-                            .map_err(err)?;
+                        let q = crate::quant::gptq::quantize_factored(
+                            &w,
+                            m.k,
+                            m.n,
+                            &factors[x],
+                            &qp,
+                            ft,
+                        )
+                        .map_err(err)?;
                         let rtn = crate::quant::nbits::quantize_kn_as(&w, m.k, m.n, &qp, ft)
                             .map_err(err)?
                             .dequantize_kn();
