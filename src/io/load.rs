@@ -342,6 +342,7 @@ impl Cx {
             data_location: t.data_location,
             metadata_props: props(t.metadata_props),
             external_hint: None,
+            quantized_rows_of: Default::default(),
         };
         if let DType::Other(code) = tensor.dtype() {
             return Err(Error::tensor(

@@ -3,6 +3,7 @@ mod external;
 mod load;
 mod save;
 mod sink;
+pub mod spill;
 
 pub use load::{from_bytes_in, load, tensor_from_pb_bytes};
 pub use save::{

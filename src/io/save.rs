@@ -61,6 +61,8 @@ const SMALL_ALIGN: u64 = 64;
 /// Large tensors start on a page so runtimes can map them in place.
 const PAGE_ALIGN: u64 = 4096;
 const PAGE_ALIGN_MIN: usize = 64 * 1024;
+/// Mapped tensors are copied out this much at a time, releasing pages after each.
+const COPY_SLICE: usize = 8 << 20;
 /// A margin under the limit for the non-tensor part of the model.
 const LIMIT_MARGIN: u64 = 16 << 20;
 
@@ -204,7 +206,9 @@ struct DataSinks {
 }
 
 impl DataSinks {
-    fn append(&mut self, location: &str, tensor: &str, bytes: &[u8]) -> Result<u64> {
+    /// Appends a tensor's bytes; when they are a file map (`mapped`), in slices whose
+    /// pages are dropped once written, so a large tensor never becomes resident whole.
+    fn append(&mut self, location: &str, tensor: &str, bytes: &[u8], mapped: bool) -> Result<u64> {
         if !self.files.contains_key(location) {
             let path = super::external::contained_path(&self.dir, location).map_err(|reason| {
                 Error::ExternalData {
@@ -223,7 +227,14 @@ impl DataSinks {
             SMALL_ALIGN
         })?;
         let offset = f.position();
-        f.write_all(bytes)?;
+        if mapped {
+            for part in bytes.chunks(COPY_SLICE) {
+                f.write_all(part)?;
+                release_pages(part);
+            }
+        } else {
+            f.write_all(bytes)?;
+        }
         Ok(offset)
     }
 }
@@ -543,13 +554,18 @@ impl Placer {
         match self.placement(t, initializer) {
             Some(location) => {
                 let raw = t.raw_bytes()?;
+                // Mapped input and spilled tensors are files: the pages the copy
+                // faults in are dropped as it goes, so memory stays near one slice
+                // however large the model.
+                let mapped = match &t.storage {
+                    Storage::External { .. } => true,
+                    Storage::Raw(b) => super::spill::is_spilled(b),
+                    Storage::Fields { .. } => false,
+                };
                 let offset = match &mut self.sinks {
-                    Some(s) => s.append(&location, t.name(), &raw)?,
+                    Some(s) => s.append(&location, t.name(), &raw, mapped)?,
                     None => 0,
                 };
-                if let Storage::External { bytes, .. } = &t.storage {
-                    release_pages(bytes);
-                }
                 let mut ext = vec![
                     ("location".to_string(), location),
                     ("offset".to_string(), offset.to_string()),

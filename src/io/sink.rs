@@ -177,6 +177,24 @@ unsafe impl BufMut for ProtoSink<'_> {
         UninitSlice::uninit(self.buf.spare_capacity_mut())
     }
 
+    /// Contiguous chunks go through `put_slice` (large ones straight to the file);
+    /// pages of spilled tensors (the raw_data of inline initializers) are dropped
+    /// once written.
+    fn put<T: bytes::Buf>(&mut self, mut src: T)
+    where
+        Self: Sized,
+    {
+        while src.has_remaining() {
+            let chunk = src.chunk();
+            let n = chunk.len();
+            self.put_slice(chunk);
+            if n >= SINK_BUF && super::spill::is_spilled(chunk) {
+                release_pages(chunk);
+            }
+            src.advance(n);
+        }
+    }
+
     fn put_slice(&mut self, src: &[u8]) {
         if src.len() >= SINK_BUF {
             self.flush_buf();

@@ -74,6 +74,21 @@ pub struct Tensor {
     /// For tensors a pass created in place of an external one: the data file the
     /// original lived in, so a save that keeps the input's layout puts it there too.
     pub external_hint: Option<String>,
+    /// In memory only (never saved, ignored by `==`): the float value whose rows this
+    /// tensor holds quantized, in MatMulNBits' B layout [rows, k_blocks, blob]. Set
+    /// by the weight-only passes so a tied embedding Gather can read the same bytes.
+    pub quantized_rows_of: Note,
+}
+
+/// A pass's in-memory annotation on a tensor: not part of its value (always equal),
+/// never saved.
+#[derive(Clone, Debug, Default)]
+pub struct Note(pub Option<String>);
+
+impl PartialEq for Note {
+    fn eq(&self, _: &Note) -> bool {
+        true
+    }
 }
 
 /// SparseTensorProto.
@@ -97,6 +112,7 @@ impl Tensor {
             data_location: None,
             metadata_props: Vec::new(),
             external_hint: None,
+            quantized_rows_of: Note::default(),
         }
     }
 
@@ -108,6 +124,18 @@ impl Tensor {
             _ => original.external_hint.clone(),
         };
         self
+    }
+
+    /// Notes (in memory only) that this tensor holds the rows of the float value
+    /// `source` quantized, in MatMulNBits' B layout.
+    pub fn holding_quantized_rows_of(mut self, source: &str) -> Self {
+        self.quantized_rows_of = Note(Some(source.to_string()));
+        self
+    }
+
+    /// The float value whose quantized rows this tensor holds, if a pass noted one.
+    pub fn quantized_rows_source(&self) -> Option<&str> {
+        self.quantized_rows_of.0.as_deref()
     }
 
     pub fn from_f32(name: impl Into<String>, dims: Vec<i64>, values: &[f32]) -> Self {

@@ -373,11 +373,48 @@ fn matmul_bnb4(g: &mut Graph, id: NodeId) -> Result<()> {
     replace_by_matmul(g, id, w, None)
 }
 
+/// The data of a GatherBlockQuantized: an initializer, or a Reshape of one to a
+/// constant 2-D shape (a tied embedding reading a MatMulNBits B), as
+/// (tensor, dims, the Reshape node).
+fn gather_data<'g>(g: &'g Graph, n: &Node) -> Result<(&'g Tensor, Vec<i64>, Option<NodeId>)> {
+    let v = n
+        .input(0)
+        .ok_or_else(|| node_err(n, "input 0 is missing"))?;
+    if let Some(t) = g.initializer(v) {
+        return Ok((t, t.dims.clone(), None));
+    }
+    let reshape = g
+        .producer(v)
+        .filter(|&p| g.node(p).is("", "Reshape"))
+        .ok_or_else(|| node_err(n, "input 0 is not an initializer or a Reshape of one"))?;
+    let r = g.node(reshape);
+    let data = required(g, r, 0)?;
+    let shape = required(g, r, 1)?.to_i64()?;
+    let numel = data.numel()? as i64;
+    let known: i64 = shape.iter().filter(|&&d| d > 0).product();
+    let dims: Vec<i64> = shape
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| match d {
+            0 => data.dims.get(i).copied().unwrap_or(0),
+            -1 if known > 0 => numel / known,
+            d => d,
+        })
+        .collect();
+    if crate::ir::numel(&dims) != Some(numel as usize) {
+        return Err(node_err(
+            n,
+            format!("cannot reshape {:?} to {shape:?}", data.dims),
+        ));
+    }
+    Ok((data, dims, Some(reshape)))
+}
+
 fn gather_bq(g: &mut Graph, id: NodeId) -> Result<()> {
     let n = g.node(id);
     let bits = attr_usize(n, "bits", Some(4))?;
     let block_size = attr_usize(n, "block_size", Some(128))?;
-    let data = required(g, n, 0)?;
+    let (data, dims, reshape) = gather_data(g, n)?;
     let scales = required(g, n, 2)?;
     if data.dtype() != DType::U8 {
         return Err(node_err(
@@ -389,14 +426,14 @@ fn gather_bq(g: &mut Graph, id: NodeId) -> Result<()> {
         return Err(node_err(n, "only gather_axis 0 is supported"));
     }
     let qa = n.attr_int("quantize_axis").unwrap_or(1);
-    if data.dims.len() != 2 || !(qa == 1 || qa == -1) {
+    if dims.len() != 2 || !(qa == 1 || qa == -1) {
         return Err(node_err(
             n,
             "only 2-D tables quantized along the last axis are supported",
         ));
     }
-    let rows = data.dims[0] as usize;
-    let cols = data.dims[1] as usize * 8 / bits;
+    let rows = dims[0] as usize;
+    let cols = dims[1] as usize * 8 / bits;
     if !cols.is_multiple_of(block_size) {
         return Err(node_err(
             n,
@@ -436,6 +473,28 @@ fn gather_bq(g: &mut Graph, id: NodeId) -> Result<()> {
         .input(indices)
         .meta("onnxq.pass", PASS);
     g.swap_node(id, spec)?;
+    // The Reshape (and what only it read) goes once nothing else reads it.
+    if let Some(r) = reshape {
+        let unused = g
+            .node(r)
+            .outputs()
+            .iter()
+            .flatten()
+            .all(|&v| g.value(v).uses().is_empty() && !g.is_graph_output(v));
+        if unused {
+            let inputs: Vec<ValueId> = g.node(r).inputs().iter().flatten().copied().collect();
+            g.remove_node(r)?;
+            for v in inputs {
+                if g.initializer(v).is_some()
+                    && g.value(v).uses().is_empty()
+                    && !g.is_graph_input(v)
+                    && !g.is_graph_output(v)
+                {
+                    g.remove_initializer(v)?;
+                }
+            }
+        }
+    }
     Ok(())
 }
 

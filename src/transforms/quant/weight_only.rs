@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use rayon::prelude::*;
 use serde::Deserialize;
 
-use super::kernels::{self, Algorithm, NbitsWeight};
+use super::kernels::{self, Algorithm, NbitsWeight, ReadyWeight};
 use super::select::{NodeOverride, Selection};
 use crate::error::{Error, Result};
 use crate::ir::{Attribute, Graph, Model, NodeId, NodeSpec, Tensor, ValueId};
@@ -257,18 +257,22 @@ impl WeightOnly {
             });
         }
         let graph: &Graph = g;
-        let quantized: Vec<Result<NbitsWeight>> = unique
+        let format = self.config.format;
+        // Each weight becomes its stored tensors as soon as it is quantized (large
+        // ones spilled), so quantized bytes do not pile up in memory before the save.
+        let quantized: Vec<Result<ReadyWeight>> = unique
             .par_iter()
             .map(|&(w, transposed, params)| {
                 let tensor = crate::rewrite::matchers::constant(graph, w)
                     .expect("matched as constant")
                     .1;
-                let r = kernels::quantize_weight(tensor, transposed, &params);
+                let r = kernels::quantize_weight(tensor, transposed, &params)
+                    .map(|q| q.into_ready(format));
                 progress.inc(1);
                 r
             })
             .collect();
-        let quantized: Vec<NbitsWeight> = quantized.into_iter().collect::<Result<_>>()?;
+        let quantized: Vec<ReadyWeight> = quantized.into_iter().collect::<Result<_>>()?;
         let planned = jobs
             .into_iter()
             .map(|j| {
@@ -276,7 +280,7 @@ impl WeightOnly {
                 (j.m, j.add, ui)
             })
             .collect();
-        self.emit_quantized(g, planned, quantized, outcome)
+        self.emit_ready(g, planned, quantized, outcome)
     }
 
     /// Rewrites each `(matmul, fused bias Add, i)` of `jobs` with the already
@@ -289,13 +293,31 @@ impl WeightOnly {
         quantized: Vec<NbitsWeight>,
         outcome: &mut PassOutcome,
     ) -> Result<()> {
+        let format = self.config.format;
+        let ready = quantized
+            .into_iter()
+            .map(|q| q.into_ready(format))
+            .collect();
+        self.emit_ready(g, jobs, ready, outcome)
+    }
+
+    /// [`WeightOnly::emit_quantized`] with the weights already in stored form
+    /// ([`NbitsWeight::into_ready`] right after quantizing each one spills it, so a
+    /// pass holding many quantized weights does not hold their bytes).
+    pub fn emit_ready(
+        &self,
+        g: &mut Graph,
+        jobs: Vec<Planned>,
+        quantized: Vec<ReadyWeight>,
+        outcome: &mut PassOutcome,
+    ) -> Result<()> {
         // Each weight is consumed into its initializers when first used, so the
         // quantized bytes are never held twice.
         let params: Vec<(kernels::Params, usize)> = quantized
             .iter()
             .map(|q| (q.params, q.original_bytes))
             .collect();
-        let mut pending: Vec<Option<NbitsWeight>> = quantized.into_iter().map(Some).collect();
+        let mut pending: Vec<Option<ReadyWeight>> = quantized.into_iter().map(Some).collect();
         // Add the new initializers once per unique weight, in order (deterministic names).
         let mut names: Vec<Option<(ValueId, ValueId, Option<ValueId>)>> = vec![None; pending.len()];
         for (m, add, ui) in jobs {
@@ -303,7 +325,7 @@ impl WeightOnly {
                 Some(v) => v,
                 None => {
                     let q = pending[ui].take().expect("each weight is consumed once");
-                    outcome.count("weight bytes after", q.stored_bytes() as u64);
+                    outcome.count("weight bytes after", q.stored_bytes as u64);
                     let v = self.add_weight_tensors(g, &m, q)?;
                     names[ui] = Some(v);
                     v
@@ -324,7 +346,7 @@ impl WeightOnly {
         &self,
         g: &mut Graph,
         m: &WeightMatMul,
-        q: NbitsWeight,
+        q: ReadyWeight,
     ) -> Result<(ValueId, ValueId, Option<ValueId>)> {
         let original = crate::rewrite::matchers::constant(g, m.weight)
             .expect("constant")
@@ -343,10 +365,12 @@ impl WeightOnly {
                 format!("{base}_DQ_zero_points"),
             ),
         };
-        let tensors = match self.config.format {
-            Format::Matmulnbits => q.into_matmulnbits_tensors(),
-            Format::Qdq => q.into_qdq_tensors(),
-        };
+        let mut tensors = q.tensors;
+        // B of a weight read transposed holds the rows of the float tensor, in the
+        // layout a GatherBlockQuantized of that tensor reads (tied embeddings).
+        if self.config.format == Format::Matmulnbits && m.transposed {
+            tensors.data = tensors.data.holding_quantized_rows_of(&base);
+        }
         let mut add = |name: String, t: Tensor| -> Result<ValueId> {
             let name = g.fresh_name(&name);
             let mut t = t.stored_like(&original);
