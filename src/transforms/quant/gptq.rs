@@ -442,7 +442,9 @@ impl Pass for Gptq {
         let progress = kernels::progress_bar(cx.progress, count as u64, "calibrating");
         let started = std::time::Instant::now();
         let mut solving = std::time::Duration::ZERO;
-        let mut results: Vec<Option<NbitsWeight>> = (0..unique.len()).map(|_| None).collect();
+        // Stored tensors (spilled out of memory when large) as each piece is solved.
+        let mut results: Vec<Option<kernels::ReadyWeight>> =
+            (0..unique.len()).map(|_| None).collect();
         let mut notes = Vec::new();
         let mut hessians = 0u64;
         let mut layers = Vec::new();
@@ -483,7 +485,7 @@ impl Pass for Gptq {
                 let jobs: Vec<usize> = (0..unique.len())
                     .filter(|&ui| hs.contains_key(&unique[ui].1))
                     .collect();
-                let solved: Vec<Result<(NbitsWeight, LayerError)>> = jobs
+                let solved: Vec<Result<(kernels::ReadyWeight, LayerError)>> = jobs
                     .par_iter()
                     .map(|&ui| {
                         let (ti, x) = &unique[ui];
@@ -527,7 +529,7 @@ impl Pass for Gptq {
                             q,
                             original_bytes: t.stored_len(),
                         };
-                        Ok((q, layer))
+                        Ok((q.into_ready(Format::Matmulnbits), layer))
                     })
                     .collect();
                 for (ui, r) in jobs.into_iter().zip(solved) {
@@ -544,7 +546,7 @@ impl Pass for Gptq {
         outcome.notes.extend(notes);
         outcome.layers = layers;
         outcome.count("hessians", hessians);
-        let quantized: Vec<NbitsWeight> = results
+        let quantized: Vec<kernels::ReadyWeight> = results
             .into_iter()
             .zip(&unique)
             .map(|(q, (_, x))| {
@@ -567,7 +569,7 @@ impl Pass for Gptq {
             ..Default::default()
         })?
         .labelled(NAME);
-        emit.emit_quantized(&mut model.graph, planned, quantized, &mut outcome)?;
+        emit.emit_ready(&mut model.graph, planned, quantized, &mut outcome)?;
         if outcome.changed {
             model.require_opset("com.microsoft", 1);
         }
