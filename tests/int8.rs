@@ -453,6 +453,22 @@ fn smooth_quant_keeps_the_float_function_and_moves_the_outliers() {
     let out = save(&m, tmp.path(), "sq.onnx");
     let e = rel_l2(&orig_path, &out);
     assert!(e < 1e-5, "smoothing changed the function: {e}");
+    // Auto α: every group gets its own α (reported), the function stays the same.
+    let r = Recipe::parse(
+        "t",
+        "[recipe]\nname='t'\n[[pass]]\nname='smooth-quant'\nalpha='auto'\ncalib-samples=2\n",
+    )
+    .unwrap();
+    let mut m = model.clone();
+    let outcome = run_pipeline(&mut m, &r.build().unwrap(), &mut PassCx::default()).unwrap();
+    let o = &outcome[0];
+    let chosen: Vec<&String> = o.notes.iter().filter(|n| n.contains("α=")).collect();
+    assert_eq!(chosen.len(), 7, "{:?}", o.notes);
+    let smoothed = o.counters.get("activations smoothed").copied().unwrap_or(0);
+    assert!(smoothed >= 5, "{o:?}");
+    let out = save(&m, tmp.path(), "sq-auto.onnx");
+    let e = rel_l2(&orig_path, &out);
+    assert!(e < 1e-5, "auto smoothing changed the function: {e}");
 }
 
 #[test]
@@ -471,6 +487,7 @@ fn int16_activations_raise_the_opset() {
 #[test]
 fn bad_settings_are_refused_before_the_model_is_read() {
     let tmp = tempfile::tempdir().unwrap();
+    let tokenizer = fixture("tokenizer.json").display().to_string();
     let out = tmp.path().join("q.onnx");
     let o = out.to_str().unwrap();
     for (args, want) in [
@@ -505,6 +522,29 @@ fn bad_settings_are_refused_before_the_model_is_read() {
         (
             vec!["--algorithm", "static", "--smooth-quant", "1.5"],
             "alpha",
+        ),
+        (
+            vec!["--algorithm", "static", "--smooth-quant", "strong"],
+            "--smooth-quant takes an alpha in [0, 1] or auto",
+        ),
+        (
+            vec!["--algorithm", "dynamic", "--calib-text", "t.txt"],
+            "--calib-text applies to --algorithm gptq|awq|static",
+        ),
+        (
+            vec!["--algorithm", "static", "--calib-text", "t.txt"],
+            "needs a tokenizer",
+        ),
+        (
+            vec![
+                "--algorithm",
+                "static",
+                "--calib-text",
+                "/nonexistent-text.txt",
+                "--tokenizer",
+                tokenizer.as_str(),
+            ],
+            "nonexistent-text.txt",
         ),
     ] {
         let mut a = vec!["/nonexistent.onnx", o];
@@ -791,4 +831,237 @@ fn shipped_int8_recipes_run() {
         "[recipe]\nname='t'\n[[pass]]\nname='int8-dynamic'\nop-types=['Softmax']\n"
     )
     .is_err());
+}
+
+/// The fixture text split at a line boundary: (calibration part, held-out part).
+fn split_sample() -> (String, String) {
+    let text = std::fs::read_to_string(fixture("sample.txt")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let cut = lines.len() * 2 / 3;
+    (lines[..cut].join("\n"), lines[cut..].join("\n"))
+}
+
+/// Held-out text windows for evaluation, and the calibration part written to `dir`.
+fn text_calibration(dir: &Path) -> (PathBuf, Vec<Vec<i64>>) {
+    let (calib, held_out) = split_sample();
+    let path = dir.join("calib.txt");
+    std::fs::write(&path, calib).unwrap();
+    let tok = onnxq::calib::tokenizer::Tokenizer::from_file(&fixture("tokenizer.json")).unwrap();
+    let ids = tok.encode(&held_out).unwrap();
+    let windows = onnxq::calib::text::TextSamples::windows(&ids, 8, 48, 99).windows;
+    (path, windows)
+}
+
+/// Relative L2 of the logits (first output) of `cand` vs `reference` over text
+/// windows, on `kind`.
+fn text_logits_error(
+    reference: &Path,
+    cand: &Path,
+    windows: &[Vec<i64>],
+    kind: onnxq::runtime::RuntimeKind,
+) -> f64 {
+    let sel = onnxq::runtime::select(&onnxq::runtime::RuntimeOptions {
+        kind,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut a = sel.runtime.open(reference).unwrap();
+    let mut b = sel.runtime.open(cand).unwrap();
+    let (mut num, mut den) = (0f64, 0f64);
+    for w in windows {
+        let feeds = onnxq::calib::text::feeds_for_tokens(a.inputs(), w).unwrap();
+        let ya = a.run(&feeds).unwrap();
+        let yb = b.run(&feeds).unwrap();
+        let la = ya[0].1.to_f32_vec().unwrap();
+        let lb = yb[0].1.to_f32_vec().unwrap();
+        for (x, y) in la.iter().zip(&lb) {
+            num += ((x - y) as f64).powi(2);
+            den += (*x as f64).powi(2);
+        }
+    }
+    (num / den).sqrt()
+}
+
+/// Relative L2 over 8 seeded random input sets (as `onnxq verify`), in tract.
+fn random_error(reference: &Path, cand: &Path) -> f64 {
+    let r = compare(
+        reference,
+        cand,
+        &VerifyOptions {
+            samples: 8,
+            runtime: onnxq::runtime::RuntimeKind::Auto,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    r.outputs[0].rel_l2
+}
+
+/// Recipe keys for text calibration on the fixture text's calibration part.
+fn text_keys(calib: &Path, samples: usize, seqlen: usize) -> String {
+    format!(
+        "calib-text='{}'\ntokenizer='{}'\ncalib-samples={samples}\ncalib-seqlen={seqlen}\n",
+        calib.display(),
+        fixture("tokenizer.json").display()
+    )
+}
+
+fn run_recipe(model: &Model, recipe: &str) -> (Model, Vec<onnxq::pass::PassOutcome>) {
+    let r = Recipe::parse("t", &format!("[recipe]\nname='t'\n{recipe}")).unwrap();
+    let mut m = model.clone();
+    let out = run_pipeline(&mut m, &r.build().unwrap(), &mut PassCx::default()).unwrap();
+    (m, out)
+}
+
+#[test]
+fn static_calibrates_on_text_windows_and_fits_text_better_than_random_inputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (calib, eval) = text_calibration(tmp.path());
+    let tract = onnxq::runtime::RuntimeKind::Tract;
+    for name in ["llama-decomposed.onnx", "llama-decomposed-kv.onnx"] {
+        let orig = fixture(name);
+        let model = onnxq::load(&orig).unwrap();
+        let (q, outcome) = run_recipe(
+            &model,
+            &format!(
+                "[[pass]]\nname='int8-static-qdq'\n{}",
+                text_keys(&calib, 16, 64)
+            ),
+        );
+        let o = &outcome[0];
+        assert_eq!(o.counters["calibration samples"], 16, "{o:?}");
+        assert!(
+            o.notes
+                .iter()
+                .any(|n| n.contains("16 windows of 64 tokens")),
+            "{:?}",
+            o.notes
+        );
+        assert!(count(&q, "QuantizeLinear") > 20, "{:?}", ops(&q));
+        let text = save(&q, tmp.path(), "text.onnx");
+        let e_text = text_logits_error(&orig, &text, &eval, tract);
+        let (r, _) = run_recipe(
+            &model,
+            "[[pass]]\nname='int8-static-qdq'\ncalib-samples=16\n",
+        );
+        let random = save(&r, tmp.path(), "random.onnx");
+        let e_random = text_logits_error(&orig, &random, &eval, tract);
+        eprintln!(
+            "{name}: static int8 logits rel-L2 on held-out text: calibrated on text {e_text:.4e}, \
+             on random inputs {e_random:.4e}"
+        );
+        assert!(e_text > 0.0 && e_text <= e_random, "{e_text} {e_random}");
+    }
+}
+
+#[test]
+fn text_calibration_refuses_token_ids_beyond_the_embedding_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (calib, _) = text_calibration(tmp.path());
+    let mut model = onnxq::load(&fixture("llama-decomposed.onnx")).unwrap();
+    // Keep 100 of the 320 rows: the tokenizer's ids go beyond.
+    let g = &mut model.graph;
+    let v = g.find("model.embed_tokens.weight").unwrap();
+    let t = g.initializer(v).unwrap().clone();
+    let rows = t.to_f32().unwrap()[..100 * 64].to_vec();
+    g.set_initializer(v, Tensor::from_f32(t.name(), vec![100, 64], &rows));
+    for pass in ["int8-static-qdq", "smooth-quant"] {
+        let err = try_apply(
+            &model,
+            &format!(
+                "[recipe]\nname='t'\n[[pass]]\nname='{pass}'\n{}",
+                text_keys(&calib, 2, 16)
+            ),
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{pass}: ids beyond the table were accepted"))
+        .to_string();
+        assert!(
+            err.contains("model.embed_tokens.weight") && err.contains("100 rows"),
+            "{pass}: {err}"
+        );
+    }
+}
+
+#[test]
+fn smooth_quant_auto_alpha_is_no_worse_than_no_smoothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (calib, eval) = text_calibration(tmp.path());
+    let tract = onnxq::runtime::RuntimeKind::Tract;
+    let orig = fixture("llama-decomposed.onnx");
+    let model = onnxq::load(&orig).unwrap();
+    let text = text_keys(&calib, 16, 64);
+    // (calibration, how the result is measured)
+    for (data, on_text) in [(text.as_str(), true), ("calib-samples=8\n", false)] {
+        let mut errors = Vec::new();
+        for sq in ["", "alpha=0.5", "alpha='auto'"] {
+            let mut r = String::new();
+            if !sq.is_empty() {
+                r += &format!("[[pass]]\nname='smooth-quant'\n{sq}\n{data}");
+            }
+            r += &format!("[[pass]]\nname='int8-static-qdq'\n{data}");
+            let (q, outcome) = run_recipe(&model, &r);
+            if sq.contains("auto") {
+                let chosen = outcome[0].notes.iter().filter(|n| n.contains("α=")).count();
+                assert_eq!(chosen, 7, "one α per group: {:?}", outcome[0].notes);
+            }
+            let out = save(&q, tmp.path(), "q.onnx");
+            errors.push(if on_text {
+                text_logits_error(&orig, &out, &eval, tract)
+            } else {
+                random_error(&orig, &out)
+            });
+        }
+        let [none, half, auto] = errors[..] else {
+            unreachable!()
+        };
+        eprintln!(
+            "static int8 ({}), logits rel-L2 on {}: no SmoothQuant {none:.4e}, α=0.5 {half:.4e}, \
+             auto α {auto:.4e}",
+            if on_text {
+                "text calibration"
+            } else {
+                "random calibration"
+            },
+            if on_text {
+                "held-out text"
+            } else {
+                "random inputs"
+            },
+        );
+        assert!(auto <= none, "auto α {auto} worse than none {none}");
+    }
+}
+
+#[test]
+fn quantize_cli_calibrates_static_and_smooth_quant_on_text() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (calib, _) = text_calibration(tmp.path());
+    let out = tmp.path().join("q.onnx");
+    let tok = fixture("tokenizer.json");
+    let r = quantize_cli(&[
+        fixture("llama-decomposed-kv.onnx").to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--algorithm",
+        "static",
+        "--smooth-quant",
+        "--calib-text",
+        calib.to_str().unwrap(),
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--calib-samples",
+        "4",
+        "--calib-seqlen",
+        "32",
+        "--runtime",
+        "tract",
+        "--max-rel-l2",
+        "0.2",
+    ]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{err}");
+    // Both passes calibrate on the same windows; SmoothQuant reports each group's α.
+    assert_eq!(err.matches("4 windows of 32 tokens").count(), 2, "{err}");
+    assert!(err.contains("α="), "{err}");
+    assert!(out.exists());
 }

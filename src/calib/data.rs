@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::ir::{Dim, IoSpec};
+use crate::ir::{Dim, IoSpec, Model, Use};
+use crate::rewrite::matchers::constant;
 use crate::runtime::{HostTensor, NamedTensors};
 use crate::tensorfile;
 use crate::verify::inputs::{random_inputs, InputHints};
@@ -261,4 +262,63 @@ fn check_sample(
         feeds.push((spec.name.clone(), a));
     }
     Ok(feeds)
+}
+
+/// Refuses token ids the model's embedding table has no row for: for every
+/// `Gather(table, ids)` whose table is a constant and whose indices are the
+/// graph input named `*input_ids*` (directly or through a Cast), the largest id in
+/// `ids` must be below the table's first dim. The error names the table.
+pub fn check_token_ids(model: &Model, ids: &[i64]) -> Result<()> {
+    let Some(&max) = ids.iter().max() else {
+        return Ok(());
+    };
+    let min = ids.iter().copied().min().unwrap_or(0);
+    let g = &model.graph;
+    for spec in g.input_specs() {
+        if !spec.name.contains("input_ids") {
+            continue;
+        }
+        let Some(v) = g.find(&spec.name) else {
+            continue;
+        };
+        // The input and what a Cast makes of it.
+        let mut values = vec![v];
+        for u in g.value(v).uses() {
+            if let Use::Input(n, 0) = u {
+                if g.node(*n).is("", "Cast") {
+                    values.extend(g.node(*n).output(0));
+                }
+            }
+        }
+        for &iv in &values {
+            for u in g.value(iv).uses() {
+                let Use::Input(n, 1) = u else { continue };
+                let node = g.node(*n);
+                if !node.is("", "Gather") || node.attr_int("axis").unwrap_or(0) != 0 {
+                    continue;
+                }
+                let Some(table) = node.input(0) else { continue };
+                let Some((_, t)) = constant(g, table) else {
+                    continue;
+                };
+                let Some(&rows) = t.dims.first() else {
+                    continue;
+                };
+                if max >= rows || min < 0 {
+                    let bad = if min < 0 { min } else { max };
+                    return Err(Error::tensor(
+                        g.value_name(table),
+                        format!(
+                            "the tokenizer gives token id {bad}, but this embedding table \
+                             (read by '{}' at input '{}') has {rows} rows: the tokenizer does not \
+                             match the model",
+                            node.name(),
+                            spec.name
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -12,7 +12,7 @@ use super::data::Source;
 use crate::error::{Error, Result};
 use crate::ir::Model;
 use crate::quant::int8::{entropy_range, percentile_range, Histogram};
-use crate::runtime::{HostTensor, Runtime};
+use crate::runtime::{HostTensor, NamedTensors, Runtime};
 use crate::verify::inputs::InputHints;
 
 /// How a tensor's range is chosen from what calibration saw.
@@ -170,13 +170,26 @@ fn float_values(t: &HostTensor) -> Option<Vec<f32>> {
 /// Receives each observed tensor: (pass, name, values, shape, is_float).
 type Visit<'a> = dyn FnMut(usize, &str, &[f32], &[usize], bool) + 'a;
 
-/// Runs a copy of `model` that outputs `tensors` over every sample of `source`,
-/// `passes` times, handing each observed tensor to `visit(pass, name, values,
-/// shape, is_float)`. Graph inputs are observed from the feeds.
+/// Builds the inputs of sample `i`; called once per sample and pass.
+pub type Feeds<'a> = dyn FnMut(usize) -> Result<NamedTensors> + 'a;
+
+/// The feeds of every sample of `source` for `model`.
+pub fn source_feeds<'a>(model: &Model, source: &'a Source) -> Box<Feeds<'a>> {
+    let specs = model.graph.input_specs();
+    let hints = InputHints::from_model(model);
+    Box::new(move |i| source.sample(i, &specs, &hints))
+}
+
+/// Runs a copy of `model` that outputs `tensors` over `count` samples (`feeds(i)`
+/// builds sample `i`), `passes` times, handing each observed tensor to
+/// `visit(pass, name, values, shape, is_float)`. Graph inputs are observed from
+/// the feeds. Nothing is kept between samples.
+#[allow(clippy::too_many_arguments)]
 fn run_observed(
     model: &Model,
     tensors: &BTreeSet<String>,
-    source: &Source,
+    count: usize,
+    feeds: &mut Feeds,
     runtime: &dyn Runtime,
     passes: usize,
     progress: &indicatif::ProgressBar,
@@ -184,7 +197,6 @@ fn run_observed(
 ) -> Result<()> {
     let g = &model.graph;
     let specs = g.input_specs();
-    let hints = InputHints::from_model(model);
     let mut from_feeds = BTreeSet::new();
     let mut extra = Vec::new();
     for name in tensors {
@@ -200,16 +212,19 @@ fn run_observed(
             extra.push(name.clone());
         }
     }
-    if source.is_empty() {
+    if count == 0 {
         return Err(Error::invalid("the calibration set is empty"));
     }
     // Refuse mismatched data before the (slow) model load.
-    source.sample(0, &specs, &hints)?;
+    let mut first = Some(feeds(0)?);
     let mut session = crate::runtime::open_model(runtime, model, &extra)?;
-    progress.set_length((source.len() * passes) as u64);
+    progress.set_length((count * passes) as u64);
     for pass in 0..passes {
-        for i in 0..source.len() {
-            let feeds = source.sample(i, &specs, &hints)?;
+        for i in 0..count {
+            let feeds = match first.take() {
+                Some(f) => f,
+                None => feeds(i)?,
+            };
             let outputs = session.run(&feeds).map_err(|e| {
                 Error::invalid(format!(
                     "calibration sample #{} does not run on {}: {e}",
@@ -244,6 +259,29 @@ pub fn calibrate(
     runtime: &dyn Runtime,
     progress: &indicatif::ProgressBar,
 ) -> Result<Calibration> {
+    let mut feeds = source_feeds(model, source);
+    calibrate_with(
+        model,
+        tensors,
+        source.len(),
+        &mut feeds,
+        method,
+        runtime,
+        progress,
+    )
+}
+
+/// [`calibrate`] over `count` samples built by `feeds` (files, text windows, random
+/// inputs). The histogram methods call `feeds` twice per sample.
+pub fn calibrate_with(
+    model: &Model,
+    tensors: &BTreeSet<String>,
+    count: usize,
+    feeds: &mut Feeds,
+    method: Method,
+    runtime: &dyn Runtime,
+    progress: &indicatif::ProgressBar,
+) -> Result<Calibration> {
     let passes = if method.needs_histogram() { 2 } else { 1 };
     let mut stats: BTreeMap<String, Stat> = tensors
         .iter()
@@ -253,7 +291,8 @@ pub fn calibrate(
     run_observed(
         model,
         tensors,
-        source,
+        count,
+        feeds,
         runtime,
         passes,
         progress,
@@ -277,7 +316,7 @@ pub fn calibrate(
         },
     )?;
     let mut out = Calibration {
-        samples: source.len(),
+        samples: count,
         ..Default::default()
     };
     for (name, s) in &stats {
@@ -304,32 +343,178 @@ pub fn channel_absmax(
     source: &Source,
     runtime: &dyn Runtime,
 ) -> Result<BTreeMap<String, Vec<f32>>> {
-    let mut out: BTreeMap<String, Vec<f32>> = BTreeMap::new();
-    let hidden = indicatif::ProgressBar::hidden();
+    let mut feeds = source_feeds(model, source);
+    let stats = channel_stats(
+        model,
+        tensors,
+        source.len(),
+        &mut feeds,
+        runtime,
+        0,
+        0,
+        &indicatif::ProgressBar::hidden(),
+    )?;
+    Ok(stats
+        .into_iter()
+        .map(|(name, s)| (name, s.absmax()))
+        .collect())
+}
+
+/// Per-channel statistics of one activation (channels = last axis), and a
+/// bounded uniform sample of its rows.
+#[derive(Clone, Debug, Default)]
+pub struct ChannelStats {
+    pub channels: usize,
+    /// Smallest and largest finite value per channel (+inf/-inf when none seen).
+    pub min: Vec<f32>,
+    pub max: Vec<f32>,
+    /// Up to `cap` rows (row-major, `channels` each), drawn uniformly from every
+    /// row seen (reservoir sampling, seeded); rows with a non-finite value are
+    /// left out.
+    pub rows: Vec<f32>,
+    /// Rows seen.
+    pub seen: u64,
+    state: u64,
+    cap: usize,
+    sampled: u64,
+}
+
+impl ChannelStats {
+    fn new(channels: usize, cap: usize, seed: u64) -> Self {
+        ChannelStats {
+            channels,
+            min: vec![f32::INFINITY; channels],
+            max: vec![f32::NEG_INFINITY; channels],
+            rows: Vec::new(),
+            seen: 0,
+            state: seed,
+            cap,
+            sampled: 0,
+        }
+    }
+
+    fn add(&mut self, values: &[f32]) {
+        let c = self.channels;
+        for row in values.chunks_exact(c) {
+            self.seen += 1;
+            let mut finite = true;
+            for ((lo, hi), &v) in self.min.iter_mut().zip(&mut self.max).zip(row) {
+                if v.is_finite() {
+                    *lo = lo.min(v);
+                    *hi = hi.max(v);
+                } else {
+                    finite = false;
+                }
+            }
+            if !finite || self.cap == 0 {
+                continue;
+            }
+            self.sampled += 1;
+            let held = self.rows.len() / c;
+            if held < self.cap {
+                self.rows.extend_from_slice(row);
+            } else {
+                let j = (super::text::splitmix(&mut self.state) % self.sampled) as usize;
+                if j < self.cap {
+                    self.rows[j * c..(j + 1) * c].copy_from_slice(row);
+                }
+            }
+        }
+    }
+
+    /// Largest |x| per channel (0 where nothing finite was seen).
+    pub fn absmax(&self) -> Vec<f32> {
+        self.min
+            .iter()
+            .zip(&self.max)
+            .map(
+                |(&lo, &hi)| {
+                    if lo > hi {
+                        0.0
+                    } else {
+                        lo.abs().max(hi.abs())
+                    }
+                },
+            )
+            .collect()
+    }
+
+    /// Rows held in `rows`.
+    pub fn row_count(&self) -> usize {
+        self.rows.len() / self.channels.max(1)
+    }
+}
+
+/// FNV-1a of a name: a per-tensor seed that does not depend on observation order.
+fn fnv1a(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Per-channel min/max of each float tensor in `tensors` over `count` samples
+/// built by `feeds`, with up to `rows` rows of each kept (seeded uniform sample).
+/// Memory is `tensors × rows × channels`, whatever the number of samples.
+#[allow(clippy::too_many_arguments)]
+pub fn channel_stats(
+    model: &Model,
+    tensors: &BTreeSet<String>,
+    count: usize,
+    feeds: &mut Feeds,
+    runtime: &dyn Runtime,
+    rows: usize,
+    seed: u64,
+    progress: &indicatif::ProgressBar,
+) -> Result<BTreeMap<String, ChannelStats>> {
+    let mut out: BTreeMap<String, ChannelStats> = BTreeMap::new();
     run_observed(
         model,
         tensors,
-        source,
+        count,
+        feeds,
         runtime,
         1,
-        &hidden,
+        progress,
         &mut |_, name, values, shape, float| {
             let c = shape.last().copied().unwrap_or(1).max(1);
             if !float || values.is_empty() {
                 return;
             }
-            let acc = out.entry(name.to_string()).or_insert_with(|| vec![0.0; c]);
-            if acc.len() != c {
+            let acc = out
+                .entry(name.to_string())
+                .or_insert_with(|| ChannelStats::new(c, rows, seed ^ fnv1a(name)));
+            if acc.channels != c {
                 return;
             }
-            for row in values.chunks(c) {
-                for (a, &v) in acc.iter_mut().zip(row) {
-                    if v.is_finite() {
-                        *a = a.max(v.abs());
-                    }
-                }
-            }
+            acc.add(values);
         },
     )?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_stats_keep_exact_extremes_and_a_bounded_seeded_row_sample() {
+        let sample = |seed| {
+            let mut st = ChannelStats::new(3, 10, seed);
+            for i in 0..1000 {
+                let v = i as f32;
+                st.add(&[v, -v, if i == 500 { f32::NAN } else { 1.0 }]);
+            }
+            st
+        };
+        let st = sample(7);
+        assert_eq!(st.seen, 1000);
+        assert_eq!(st.row_count(), 10);
+        assert_eq!(st.min, [0.0, -999.0, 1.0]);
+        assert_eq!(st.max, [999.0, 0.0, 1.0]);
+        assert_eq!(st.absmax(), [999.0, 999.0, 1.0]);
+        // Rows come from the whole stream, not only its start; the NaN row is never kept.
+        assert!(st.rows.chunks(3).any(|r| r[0] >= 100.0), "{:?}", st.rows);
+        assert!(st.rows.iter().all(|v| v.is_finite()));
+        assert_eq!(sample(7).rows, st.rows, "same seed, same rows");
+    }
 }

@@ -133,25 +133,26 @@ pub struct QuantizeArgs {
     #[arg(long, value_enum)]
     pub weight_type: Option<IntTypeArg>,
     /// --algorithm static: migrate activation outliers into the weights first
-    /// (SmoothQuant, strength ALPHA in [0, 1], typically 0.5).
-    #[arg(long, value_name = "ALPHA")]
-    pub smooth_quant: Option<f64>,
+    /// (SmoothQuant): strength ALPHA in [0, 1], or `auto` (the default when the flag
+    /// has no value) to search α per group of MatMuls by int8 output error.
+    #[arg(long, value_name = "ALPHA|auto", num_args = 0..=1, default_missing_value = "auto")]
+    pub smooth_quant: Option<String>,
     /// --algorithm static: leave float the N MatMul/Gemm/Conv whose quantization
     /// alone hurts the output most on the calibration samples (outlier-heavy
     /// inputs); they are reported.
     #[arg(long, value_name = "N")]
     pub exclude_worst: Option<usize>,
-    /// --algorithm gptq|awq: calibration text, tokenized with --tokenizer.
+    /// --algorithm gptq|awq|static: calibration text, tokenized with --tokenizer.
     #[arg(long, value_name = "FILE")]
     pub calib_text: Option<String>,
-    /// --algorithm gptq|awq: Hugging Face tokenizer.json (byte-level BPE) for --calib-text.
+    /// --algorithm gptq|awq|static: Hugging Face tokenizer.json (byte-level BPE) for --calib-text.
     #[arg(long, value_name = "FILE")]
     pub tokenizer: Option<String>,
     /// --algorithm gptq|awq|static: number of calibration samples (text windows, files
     /// or random inputs).
     #[arg(long, value_name = "N")]
     pub calib_samples: Option<usize>,
-    /// --algorithm gptq|awq: tokens per calibration window.
+    /// --algorithm gptq|awq|static: tokens per calibration window.
     #[arg(long, value_name = "L")]
     pub calib_seqlen: Option<usize>,
     /// --algorithm gptq: quantize input channels by decreasing activation energy.
@@ -171,8 +172,10 @@ impl QuantizeArgs {
             return self.gptq_recipe();
         }
         if let Some(flag) = self.gptq_only_flag() {
+            let text = matches!(flag, "--calib-text" | "--tokenizer" | "--calib-seqlen");
             return Err(crate::Error::invalid(format!(
-                "{flag} applies to --algorithm gptq|awq"
+                "{flag} applies to --algorithm gptq|awq{}",
+                if text { "|static" } else { "" }
             )));
         }
         if self.algorithm == AlgorithmArg::Static {
@@ -271,16 +274,18 @@ impl QuantizeArgs {
 }
 
 impl QuantizeArgs {
-    /// A flag only GPTQ/AWQ take (for this algorithm), if given.
+    /// A flag only GPTQ/AWQ (and, for the text calibration ones, static) take, if
+    /// given.
     fn gptq_only_flag(&self) -> Option<&'static str> {
+        let not_static = self.algorithm != AlgorithmArg::Static;
         [
-            (self.calib_text.is_some(), "--calib-text"),
-            (self.tokenizer.is_some(), "--tokenizer"),
+            (self.calib_text.is_some() && not_static, "--calib-text"),
+            (self.tokenizer.is_some() && not_static, "--tokenizer"),
             (
-                self.calib_samples.is_some() && self.algorithm != AlgorithmArg::Static,
+                self.calib_samples.is_some() && not_static,
                 "--calib-samples",
             ),
-            (self.calib_seqlen.is_some(), "--calib-seqlen"),
+            (self.calib_seqlen.is_some() && not_static, "--calib-seqlen"),
             (self.act_order, "--act-order"),
             (self.damp.is_some(), "--damp"),
         ]
@@ -472,6 +477,22 @@ impl QuantizeArgs {
                 "int8-dynamic"
             };
         let mut r = Recipe::load(name)?;
+        // SmoothQuant runs first and gets the same calibration and quantization
+        // settings as the static pass (its auto-α search models that pass).
+        if let Some(alpha) = &self.smooth_quant {
+            let alpha = match alpha.as_str() {
+                "auto" => V::String("auto".into()),
+                a => V::Float(a.parse::<f64>().map_err(|_| {
+                    err(format!(
+                        "--smooth-quant takes an alpha in [0, 1] or auto, not '{a}'"
+                    ))
+                })?),
+            };
+            let mut t = toml::Table::new();
+            t.insert("name".into(), V::String("smooth-quant".into()));
+            t.insert("alpha".into(), alpha);
+            r.passes.insert(0, t);
+        }
         let type_name = |t: IntTypeArg| match t {
             IntTypeArg::Int8 => "int8",
             IntTypeArg::Uint8 => "uint8",
@@ -494,6 +515,17 @@ impl QuantizeArgs {
         }
         if let Some(c) = &self.calib {
             r.set("calib", V::String(c.clone()));
+        }
+        for (key, v) in [
+            ("calib-text", &self.calib_text),
+            ("tokenizer", &self.tokenizer),
+        ] {
+            if let Some(v) = v {
+                r.set(key, V::String(v.clone()));
+            }
+        }
+        if let Some(n) = self.calib_seqlen {
+            r.set("calib-seqlen", V::Integer(n as i64));
         }
         if is_static {
             let m = match self.calib_method {
@@ -521,15 +553,6 @@ impl QuantizeArgs {
                 "op-types",
                 V::Array(self.include_op.iter().cloned().map(V::String).collect()),
             );
-        }
-        if let Some(alpha) = self.smooth_quant {
-            let mut t = toml::Table::new();
-            t.insert("name".into(), V::String("smooth-quant".into()));
-            t.insert("alpha".into(), V::Float(alpha));
-            if let Some(c) = &self.calib {
-                t.insert("calib".into(), V::String(c.clone()));
-            }
-            r.passes.insert(0, t);
         }
         // Validate everything (paths, combinations) before any work.
         r.build()?;

@@ -20,7 +20,7 @@
 //! Keeps: every value name the rest of the graph reads.
 use std::collections::HashMap;
 
-use bytes::Bytes;
+use rayon::prelude::*;
 use serde::Deserialize;
 
 use super::select::Selection;
@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::ir::{Attribute, DType, Graph, Model, NodeId, NodeSpec, Tensor, ValueId};
 use crate::pass::{Pass, PassCx, PassOutcome, PASS_KEY};
 use crate::quant::int8::{self, QType, ScaleZp, WeightSpec};
+use crate::quant::QuantError;
 use crate::rewrite::matchers::{constant, not_constant_reason, weight_matmul, ConstSource};
 
 /// Integer type of quantized weights.
@@ -293,7 +294,7 @@ impl Dynamic {
             Some(w) => *w,
             None => {
                 let t = constant(g, weight).expect("matched as constant").1.clone();
-                let w = add_quantized(g, &t, g.value_name(weight).to_string(), None, &spec, st)?;
+                let w = add_quantized(g, &t, g.value_name(weight).to_string(), &spec, st)?;
                 st.weights.insert(key, w);
                 w
             }
@@ -358,7 +359,7 @@ impl Dynamic {
             Some(w) => *w,
             None => {
                 let t = constant(g, table).expect("matched as constant").1.clone();
-                let w = add_quantized(g, &t, g.value_name(table).to_string(), None, &spec, st)?;
+                let w = add_quantized(g, &t, g.value_name(table).to_string(), &spec, st)?;
                 st.weights.insert(key, w);
                 w
             }
@@ -506,20 +507,11 @@ fn quantize_matrix(
     let t = constant(g, weight).expect("matched as constant").1.clone();
     let base = g.value_name(weight).to_string();
     if !transposed {
-        return add_quantized(g, &t, base, None, spec, st);
+        return add_quantized(g, &t, base, spec, st);
     }
     let (r, c) = (t.dims[0] as usize, t.dims[1] as usize);
-    let w = super::kernels::read_f32(&t)?;
-    let wt = crate::quant::transpose(&w, r, c);
-    let tt = Tensor::from_f32(t.name(), vec![c as i64, r as i64], &wt).stored_like(&t);
-    add_quantized(
-        g,
-        &tt,
-        format!("{base}_Transposed"),
-        Some(t.stored_len()),
-        spec,
-        st,
-    )
+    let wt = super::kernels::with_f32(&t, |w| crate::quant::transpose(w, r, c))?;
+    add_quantized_values(g, &wt, &[c, r], &t, format!("{base}_Transposed"), spec, st)
 }
 
 /// Quantizes float tensor `t` and adds `{base}_quantized`, `{base}_scale` and
@@ -528,19 +520,41 @@ fn add_quantized(
     g: &mut Graph,
     t: &Tensor,
     base: String,
-    original_bytes: Option<usize>,
     spec: &WeightSpec,
     st: &mut State,
 ) -> Result<QuantInit> {
-    let w = super::kernels::read_f32(t)?;
     let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
-    let q = int8::quantize_weight(&w, &dims, spec)
-        .map_err(|e| Error::tensor(t.name(), e.to_string()))?;
-    st.bytes_before += original_bytes.unwrap_or_else(|| t.stored_len()) as u64;
-    let data = codes_tensor("", spec.qtype, t.dims.clone(), &q.codes).stored_like(t);
+    // The float values are borrowed from the map where possible (pages dropped after).
+    super::kernels::with_f32(t, |w| add_quantized_values(g, w, &dims, t, base, spec, st))?
+}
+
+/// Quantizes the values `w` (dims `dims`) of the float tensor `original` (stored
+/// as-is or transposed) and adds `{base}_quantized`, `{base}_scale` and
+/// `{base}_zero_point`. Codes are made a block of rows at a time, in parallel, and
+/// spilled: no i32 code array of the whole weight, nothing resident until the save.
+fn add_quantized_values(
+    g: &mut Graph,
+    w: &[f32],
+    dims: &[usize],
+    original: &Tensor,
+    base: String,
+    spec: &WeightSpec,
+    st: &mut State,
+) -> Result<QuantInit> {
+    let err = |e: QuantError| Error::tensor(original.name(), e.to_string());
+    let params = weight_params(w, dims, spec).map_err(err)?;
+    let raw = encode_rows(w, dims, &params, spec).map_err(err)?;
+    st.bytes_before += original.stored_len() as u64;
+    let data = Tensor::from_raw(
+        "",
+        qtype_dtype(spec.qtype),
+        dims.iter().map(|&d| d as i64).collect(),
+        crate::io::spill::bytes(raw),
+    )
+    .stored_like(original);
     st.bytes_after += data.stored_len() as u64;
     let pdims = if spec.axis.is_some() {
-        vec![q.params.len() as i64]
+        vec![params.len() as i64]
     } else {
         vec![]
     };
@@ -548,18 +562,116 @@ fn add_quantized(
     let scale = add_named(
         g,
         &format!("{base}_scale"),
-        scale_tensor(&q.params, pdims.clone()),
+        scale_tensor(&params, pdims.clone()),
     )?;
     let zero_point = add_named(
         g,
         &format!("{base}_zero_point"),
-        zp_tensor(&q.params, spec.qtype, pdims),
+        zp_tensor(&params, spec.qtype, pdims),
     )?;
     Ok(QuantInit {
         data,
         scale,
         zero_point,
     })
+}
+
+/// Elements quantized per parallel step of [`encode_rows`] and [`weight_params`].
+const CODES_PER_STEP: usize = 1 << 20;
+
+/// Leading rows per step for a tensor of `dims`, and the elements in one row.
+fn row_steps(dims: &[usize]) -> (usize, usize) {
+    let row: usize = dims[1..].iter().product::<usize>().max(1);
+    ((CODES_PER_STEP / row).max(1), row)
+}
+
+/// Smallest and largest value per channel.
+type ChannelRange = (Vec<f32>, Vec<f32>);
+
+/// `int8::weight_params`, with the min/max scan split over blocks of leading rows
+/// in parallel (the same ranges, so the same parameters).
+fn weight_params(w: &[f32], dims: &[usize], spec: &WeightSpec) -> Result<Vec<ScaleZp>, QuantError> {
+    if dims.len() < 2 || w.len() <= CODES_PER_STEP || spec.axis.is_some_and(|a| a >= dims.len()) {
+        return int8::weight_params(w, dims, spec);
+    }
+    let (rows_per_step, row) = row_steps(dims);
+    let channels = spec.axis.map_or(1, |a| dims[a]);
+    let inner: usize = spec.axis.map_or(1, |a| dims[a + 1..].iter().product());
+    let blocks: Vec<Result<ChannelRange, QuantError>> = w
+        .par_chunks(rows_per_step * row)
+        .enumerate()
+        .map(|(b, chunk)| {
+            let r0 = b * rows_per_step;
+            let mut lo = vec![f32::INFINITY; channels];
+            let mut hi = vec![f32::NEG_INFINITY; channels];
+            for (e, &v) in chunk.iter().enumerate() {
+                if !v.is_finite() {
+                    return Err(QuantError(format!("value #{} is {v}", r0 * row + e)));
+                }
+                // Blocks start on a row, so channels of later axes repeat within a row.
+                let c = match spec.axis {
+                    None => 0,
+                    Some(0) => r0 + e / row,
+                    Some(_) => (e / inner) % channels,
+                };
+                lo[c] = lo[c].min(v);
+                hi[c] = hi[c].max(v);
+            }
+            Ok((lo, hi))
+        })
+        .collect();
+    let mut lo = vec![f32::INFINITY; channels];
+    let mut hi = vec![f32::NEG_INFINITY; channels];
+    for block in blocks {
+        let (l, h) = block?;
+        for c in 0..channels {
+            lo[c] = lo[c].min(l[c]);
+            hi[c] = hi[c].max(h[c]);
+        }
+    }
+    let (qmin, qmax) = spec.qtype.range(spec.reduce_range, spec.symmetric);
+    lo.iter()
+        .zip(&hi)
+        .map(|(&l, &h)| {
+            let (l, h) = if l > h { (0.0, 0.0) } else { (l, h) };
+            int8::scale_zp(l, h, qmin, qmax, spec.symmetric)
+        })
+        .collect()
+}
+
+/// The encoded codes of `w` (dims `dims`) with `params`, computed over blocks of
+/// leading rows in parallel (the same codes as quantizing the whole tensor at once).
+fn encode_rows(
+    w: &[f32],
+    dims: &[usize],
+    params: &[ScaleZp],
+    spec: &WeightSpec,
+) -> Result<Vec<u8>, QuantError> {
+    let bytes = spec.qtype.bytes();
+    if dims.len() < 2 || w.is_empty() {
+        let codes = int8::quantize_with(w, dims, params, spec.axis, spec.qtype)?;
+        return Ok(spec.qtype.encode(&codes));
+    }
+    let (rows_per_step, row) = row_steps(dims);
+    let mut out = vec![0u8; w.len() * bytes];
+    out.par_chunks_mut(rows_per_step * row * bytes)
+        .zip(w.par_chunks(rows_per_step * row))
+        .enumerate()
+        .try_for_each(|(b, (o, chunk))| {
+            let r0 = b * rows_per_step;
+            let rows = chunk.len() / row;
+            let mut cdims = dims.to_vec();
+            cdims[0] = rows;
+            // Per-channel along axis 0: this block's rows have their own parameters.
+            let p = match spec.axis {
+                Some(0) => &params[r0..r0 + rows],
+                _ => params,
+            };
+            let codes = int8::quantize_with(chunk, &cdims, p, spec.axis, spec.qtype)?;
+            o.copy_from_slice(&spec.qtype.encode(&codes));
+            Ok(())
+        })?;
+    Ok(out)
 }
 
 /// Adds `t` as an initializer under a fresh name derived from `name`.
@@ -577,8 +689,15 @@ pub(crate) fn qtype_dtype(q: QType) -> DType {
     }
 }
 
+/// A tensor of encoded codes; a large payload is spilled (`crate::io::spill`) so it
+/// does not stay resident until the save.
 pub(crate) fn codes_tensor(name: &str, q: QType, dims: Vec<i64>, codes: &[i32]) -> Tensor {
-    Tensor::from_raw(name, qtype_dtype(q), dims, Bytes::from(q.encode(codes)))
+    Tensor::from_raw(
+        name,
+        qtype_dtype(q),
+        dims,
+        crate::io::spill::bytes(q.encode(codes)),
+    )
 }
 
 pub(crate) fn scale_tensor(params: &[ScaleZp], dims: Vec<i64>) -> Tensor {
@@ -635,5 +754,51 @@ pub(crate) fn drop_if_unused(g: &mut Graph, v: ValueId, source: ConstSource) {
                 let _ = g.remove_node(n);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_and_codes_made_by_row_blocks_equal_the_whole_tensor_at_once() {
+        // 600 rows of 2000: more than one block of CODES_PER_STEP.
+        let dims = [600usize, 2000];
+        let w: Vec<f32> = (0..dims[0] * dims[1])
+            .map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0 + (i / 2000) as f32 * 0.01)
+            .collect();
+        for (qtype, symmetric, axis) in [
+            (QType::I8, true, None),
+            (QType::U8, false, None),
+            (QType::I8, true, Some(1)),
+            (QType::I8, true, Some(0)),
+        ] {
+            let spec = WeightSpec {
+                qtype,
+                symmetric,
+                reduce_range: false,
+                axis,
+            };
+            let params = int8::weight_params(&w, &dims, &spec).unwrap();
+            assert_eq!(
+                weight_params(&w, &dims, &spec).unwrap(),
+                params,
+                "{qtype:?} {axis:?}"
+            );
+            let whole = int8::quantize_with(&w, &dims, &params, axis, qtype).unwrap();
+            let got = encode_rows(&w, &dims, &params, &spec).unwrap();
+            assert_eq!(got, qtype.encode(&whole), "{qtype:?} {axis:?}");
+        }
+        let mut bad = w.clone();
+        bad[700_001] = f32::NAN;
+        let spec = WeightSpec {
+            qtype: QType::I8,
+            symmetric: true,
+            reduce_range: false,
+            axis: None,
+        };
+        let want = int8::weight_params(&bad, &dims, &spec).unwrap_err().0;
+        assert_eq!(weight_params(&bad, &dims, &spec).unwrap_err().0, want);
     }
 }

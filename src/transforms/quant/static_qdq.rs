@@ -1,7 +1,9 @@
 //! Static (calibrated) 8-bit quantization in QDQ form.
 //!
-//! Runs the float model on calibration samples (crate::calib) to learn the range
-//! of every activation it will quantize, then inserts `QuantizeLinear →
+//! Runs the float model on calibration samples (crate::calib: .npz/.npy files,
+//! seeded windows of a text tokenized with a tokenizer.json for decoders, or seeded
+//! random inputs; statistics are reduced sample by sample, no activation is kept)
+//! to learn the range of every activation it will quantize, then inserts `QuantizeLinear →
 //! DequantizeLinear` pairs on activations and stores weights quantized behind a
 //! `DequantizeLinear` (int32 biases for Conv/Gemm), choosing tensors as
 //! onnxruntime's `quantize_static` (QDQ) does for the same op types, with the
@@ -32,6 +34,7 @@ use serde::Deserialize;
 use super::dynamic::{
     add_named, codes_tensor, drop_if_unused, scale_tensor, zp_tensor, WeightType,
 };
+use super::gptq::CalibData;
 use super::select::{NodeOverride, Selection};
 use crate::calib::{self, Method, Source};
 use crate::error::{Error, Result};
@@ -75,10 +78,22 @@ impl ActivationType {
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct StaticConfig {
     /// Calibration data: a directory of .npz samples (or of <input>.npy
-    /// directories), or one .npz file. Without it, `calib-samples` seeded random
-    /// inputs are used (and the report says so).
+    /// directories), or one .npz file; every sample is used. Without it (and without
+    /// `calib-text`), `calib-samples` seeded random inputs are used (and the report
+    /// says so).
     pub calib: Option<String>,
+    /// Calibration text for decoders (needs `tokenizer`): `calib-samples` seeded
+    /// windows of `calib-seqlen` tokens, fed as input_ids, an all-ones mask,
+    /// positions 0.. and an empty past KV cache (as gptq/awq).
+    pub calib_text: Option<String>,
+    /// Hugging Face tokenizer.json (byte-level BPE) for `calib-text`.
+    pub tokenizer: Option<String>,
+    /// Text windows or random inputs.
     pub calib_samples: usize,
+    /// Tokens per text window.
+    pub calib_seqlen: usize,
+    /// Seed of the text windows and random inputs (default: the pipeline's seed).
+    pub seed: Option<u64>,
     pub calib_method: CalibMethod,
     /// Percentile method: share of values kept, in %.
     pub percentile: f64,
@@ -121,7 +136,11 @@ impl Default for StaticConfig {
     fn default() -> Self {
         StaticConfig {
             calib: None,
+            calib_text: None,
+            tokenizer: None,
             calib_samples: 8,
+            calib_seqlen: 128,
+            seed: None,
             calib_method: CalibMethod::Minmax,
             percentile: 99.999,
             num_bins: 2048,
@@ -146,7 +165,11 @@ impl Default for StaticConfig {
 
 pub const STATIC_KEYS: &[&str] = &[
     "calib",
+    "calib-text",
+    "tokenizer",
     "calib-samples",
+    "calib-seqlen",
+    "seed",
     "calib-method",
     "percentile",
     "num-bins",
@@ -230,20 +253,24 @@ const NAME: &str = "int8-static-qdq";
 pub struct StaticQdq {
     pub config: StaticConfig,
     selection: Selection,
-    source: Option<Source>,
+    data: CalibData,
 }
 
 impl StaticQdq {
     pub fn new(config: StaticConfig) -> Result<Self> {
-        let source = match &config.calib {
-            Some(p) => Some(Source::open(std::path::Path::new(p))?),
-            None => None,
-        };
         if config.calib.is_none() && config.calib_samples == 0 {
             return Err(Error::invalid(
-                "calib-samples = 0 and no calibration data: nothing to calibrate on",
+                "calib-samples = 0 and no calibration files: nothing to calibrate on",
             ));
         }
+        if config.calib_text.is_some() && config.calib_seqlen == 0 {
+            return Err(Error::invalid("calib-seqlen must be at least 1"));
+        }
+        let data = CalibData::open(
+            config.calib.as_deref(),
+            config.calib_text.as_deref(),
+            config.tokenizer.as_deref(),
+        )?;
         if !(0.0..=100.0).contains(&config.percentile) {
             return Err(Error::invalid(format!(
                 "percentile {} is not within [0, 100]",
@@ -274,7 +301,7 @@ impl StaticQdq {
         Ok(StaticQdq {
             config,
             selection,
-            source,
+            data,
         })
     }
 
@@ -323,6 +350,43 @@ impl StaticQdq {
 
     fn skipped_op(&self, op: &str) -> bool {
         ATTENTION.contains(&op) || self.config.keep_float.iter().any(|k| k == op)
+    }
+}
+
+/// Calibration feeds of `data` for `model` and how many samples they give: every
+/// file of a calibration set, `samples` seeded windows of `seqlen` tokens of a text
+/// (refused when the tokenizer's ids do not fit the model's embedding table), or
+/// `samples` seeded random inputs (noted in the report with `what` they are for).
+pub(crate) fn calib_feeds<'a>(
+    data: &'a CalibData,
+    model: &Model,
+    samples: usize,
+    seqlen: usize,
+    seed: u64,
+    what: &str,
+    outcome: &mut PassOutcome,
+) -> Result<(usize, Box<calib::observe::Feeds<'a>>)> {
+    match data {
+        CalibData::Random => {
+            outcome.notes.push(format!(
+                "no calibration data: {what} come from {samples} seeded random inputs (seed \
+                 {seed}) shaped like the model's inputs; give calibration files or a text and \
+                 tokenizer for statistics that match real data"
+            ));
+            let specs = model.graph.input_specs();
+            let hints = crate::verify::inputs::InputHints::from_model(model);
+            let src = Source::Random {
+                samples,
+                seed,
+                dims: BTreeMap::new(),
+            };
+            Ok((samples, Box::new(move |i| src.sample(i, &specs, &hints))))
+        }
+        CalibData::Files(_) => Ok(data.feeds(model, usize::MAX, seqlen, seed, outcome)),
+        CalibData::Text(ids) => {
+            calib::data::check_token_ids(model, ids)?;
+            Ok(data.feeds(model, samples, seqlen, seed, outcome))
+        }
     }
 }
 
@@ -655,26 +719,21 @@ impl Pass for StaticQdq {
             .chain(plan.merges.iter().filter_map(|&(r, _)| g.node(r).input(0)))
             .map(|v| g.value_name(v).to_string())
             .collect();
-        let source = match &self.source {
-            Some(s) => s.clone(),
-            None => {
-                outcome.notes.push(format!(
-                    "no calibration data: ranges come from {} seeded random inputs shaped like \
-                     the model's inputs; pass --calib DIR for ranges that match real data",
-                    self.config.calib_samples
-                ));
-                Source::Random {
-                    samples: self.config.calib_samples,
-                    seed: cx.seed,
-                    dims: BTreeMap::new(),
-                }
-            }
-        };
+        let (count, mut feeds) = calib_feeds(
+            &self.data,
+            model,
+            self.config.calib_samples,
+            self.config.calib_seqlen,
+            self.config.seed.unwrap_or(cx.seed),
+            "ranges",
+            &mut outcome,
+        )?;
         let progress = super::kernels::progress_bar(cx.progress, 0, "calibrating");
-        let cal = calib::calibrate(
+        let cal = calib::observe::calibrate_with(
             model,
             &observe,
-            &source,
+            count,
+            &mut feeds,
             self.method(),
             self.runtime()?.as_ref(),
             &progress,
@@ -684,7 +743,7 @@ impl Pass for StaticQdq {
         outcome.count("calibration samples", cal.samples as u64);
         let mut excluded = BTreeSet::new();
         if self.config.exclude_worst > 0 {
-            excluded = self.worst_nodes(model, &cal, &source, &mut outcome)?;
+            excluded = self.worst_nodes(model, &cal, count, &mut feeds, &mut outcome)?;
             plan = self.plan(&model.graph, &mut PassOutcome::default(), &excluded);
         }
         self.plan(&model.graph, &mut outcome, &excluded);
@@ -812,7 +871,8 @@ impl StaticQdq {
         &self,
         model: &Model,
         cal: &calib::Calibration,
-        source: &Source,
+        count: usize,
+        feeds: &mut calib::observe::Feeds,
         outcome: &mut PassOutcome,
     ) -> Result<BTreeSet<String>> {
         let g = &model.graph;
@@ -829,14 +889,12 @@ impl StaticQdq {
             }
         }
         let candidates: BTreeSet<String> = groups.values().flatten().cloned().collect();
-        let specs = g.input_specs();
-        let hints = crate::verify::inputs::InputHints::from_model(model);
         let rt = self.runtime()?;
-        let mut reference = Vec::with_capacity(source.len());
+        let mut reference = Vec::with_capacity(count);
         {
             let mut session = crate::runtime::open_model(rt.as_ref(), model, &[])?;
-            for i in 0..source.len() {
-                reference.push(session.run(&source.sample(i, &specs, &hints)?)?);
+            for i in 0..count {
+                reference.push(session.run(&feeds(i)?)?);
             }
         }
         let mut scored = Vec::new();
@@ -861,7 +919,7 @@ impl StaticQdq {
             drop(m);
             let mut acc = crate::verify::metrics::Accumulator::default();
             for (i, want) in reference.iter().enumerate() {
-                let got = session.run(&source.sample(i, &specs, &hints)?)?;
+                let got = session.run(&feeds(i)?)?;
                 for ((name, a), (_, b)) in want.iter().zip(&got) {
                     if a.is_float() {
                         acc.add(name, a, b)?;
