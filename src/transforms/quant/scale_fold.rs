@@ -116,11 +116,15 @@ fn scale_weight(g: &mut Graph, m: &WeightMatMul, s: &[f32], along_k: bool) -> Re
         let j = if along_rows { i / c } else { i % c };
         *v = if along_k { *v * s[j] } else { *v / s[j] };
     }
+    // A rescaled weight is as large as the original: spill it, so rescaling every
+    // layer of a large model does not hold a second copy of it in memory.
+    let raw = crate::io::spill::bytes(crate::quant::convert::f32_to_le_bytes(&w));
+    drop(w);
     replace_constant(
         g,
         m.weight,
         m.source,
-        Tensor::from_f32(t.name(), t.dims.clone(), &w).stored_like(&t),
+        Tensor::from_raw(t.name(), DType::F32, t.dims.clone(), raw).stored_like(&t),
     );
     Ok(())
 }
