@@ -492,7 +492,7 @@ fn text_that_cannot_calibrate_the_model_is_refused_by_name() {
     );
     let e = run(&small, 32);
     assert!(
-        e.contains("model.embed_tokens.weight") && e.contains("does not belong"),
+        e.contains("model.embed_tokens.weight") && e.contains("does not match the model"),
         "{e}"
     );
 }

@@ -238,7 +238,7 @@ impl Pass for Awq {
             self.config.calib_seqlen,
             seed,
             &mut outcome,
-        );
+        )?;
         let per_add = self.config.max_rows.div_ceil(count.max(1));
         let mut stats: BTreeMap<String, ActivationSample> = names
             .iter()

@@ -29,7 +29,6 @@ use crate::pass::{LayerError, Pass, PassCx, PassOutcome};
 use crate::quant::gptq::GptqOptions;
 use crate::quant::{FloatType, QuantParams};
 use crate::rewrite::matchers::{constant, following_bias_add, weight_matmul, WeightMatMul};
-use crate::runtime::NamedTensors;
 use crate::verify::inputs::InputHints;
 
 #[derive(Deserialize, Debug, Clone)]
@@ -158,7 +157,9 @@ impl CalibData {
         }
     }
 
-    /// A feed builder for `model` and how many samples it gives.
+    /// A feed builder for `model` and how many samples it gives. A text shorter than
+    /// one window, or one whose token ids overflow the model's embedding table, is
+    /// refused (naming the table).
     pub(crate) fn feeds<'a>(
         &'a self,
         model: &Model,
@@ -166,7 +167,7 @@ impl CalibData {
         seqlen: usize,
         seed: u64,
         outcome: &mut PassOutcome,
-    ) -> (usize, Box<dyn FnMut(usize) -> Result<NamedTensors> + 'a>) {
+    ) -> Result<(usize, Box<crate::calib::observe::Feeds<'a>>)> {
         let specs = model.graph.input_specs();
         match self {
             CalibData::Files(src) => {
@@ -175,41 +176,25 @@ impl CalibData {
                 outcome
                     .notes
                     .push(format!("calibration: {n} of {}", src.describe()));
-                (n, Box::new(move |i| src.sample(i, &specs, &hints)))
+                Ok((n, Box::new(move |i| src.sample(i, &specs, &hints))))
             }
             CalibData::Text(ids) => {
                 let w = TextSamples::windows(ids, samples, seqlen, seed);
-                // Problems with the text or tokenizer fail the first sample, named.
-                let mut problem = None;
                 if ids.len() < seqlen {
-                    problem = Some((
-                        "calib-text".to_string(),
-                        format!(
-                            "the calibration text has {} tokens, fewer than one window of \
-                             {seqlen} (calib-seqlen): give more text or shorter windows",
-                            ids.len()
-                        ),
-                    ));
-                } else if ids.len() < samples.saturating_mul(seqlen) {
+                    return Err(Error::invalid(format!(
+                        "the calibration text has {} tokens, fewer than one window of \
+                         {seqlen} (calib-seqlen): give more text or shorter windows",
+                        ids.len()
+                    )));
+                }
+                if ids.len() < samples.saturating_mul(seqlen) {
                     outcome.notes.push(format!(
                         "the calibration text has {} tokens, fewer than {samples} × {seqlen}: \
                          windows overlap",
                         ids.len()
                     ));
                 }
-                if let Some((table, rows)) = embedding_rows(model) {
-                    let top = ids.iter().copied().max().unwrap_or(0);
-                    if top < 0 || top as u64 >= rows {
-                        problem = Some((
-                            table,
-                            format!(
-                                "the tokenizer gives token id {top}, but this embedding \
-                                 table has {rows} rows: the tokenizer does not belong to \
-                                 this model"
-                            ),
-                        ));
-                    }
-                }
+                crate::calib::data::check_token_ids(model, ids)?;
                 outcome.notes.push(format!(
                     "calibration: {} windows of {} tokens from a text of {} tokens (seed {seed})",
                     w.windows.len(),
@@ -217,13 +202,10 @@ impl CalibData {
                     w.tokens
                 ));
                 let n = w.windows.len();
-                (
+                Ok((
                     n,
-                    Box::new(move |i| match &problem {
-                        Some((name, why)) => Err(Error::tensor(name, why.clone())),
-                        None => feeds_for_tokens(&specs, &w.windows[i]),
-                    }),
-                )
+                    Box::new(move |i| feeds_for_tokens(&specs, &w.windows[i])),
+                ))
             }
             CalibData::Random => {
                 let hints = InputHints::from_model(model);
@@ -235,34 +217,10 @@ impl CalibData {
                     seed,
                     dims: BTreeMap::new(),
                 };
-                (samples, Box::new(move |i| src.sample(i, &specs, &hints)))
+                Ok((samples, Box::new(move |i| src.sample(i, &specs, &hints))))
             }
         }
     }
-}
-
-/// The embedding table the token ids index and its row count (the vocabulary):
-/// a Gather (or GatherBlockQuantized) of a constant table by the `input_ids` input.
-fn embedding_rows(model: &Model) -> Option<(String, u64)> {
-    let g = &model.graph;
-    let ids = g
-        .inputs
-        .iter()
-        .map(|io| io.value)
-        .find(|&v| g.value_name(v).contains("input_ids"))?;
-    g.value(ids).uses().iter().find_map(|u| {
-        let crate::ir::Use::Input(n, 1) = *u else {
-            return None;
-        };
-        let node = g.node(n);
-        if !(node.op_type == "Gather" || node.op_type == "GatherBlockQuantized") {
-            return None;
-        }
-        let table = node.input(0)?;
-        let (_, t) = constant(g, table)?;
-        let rows = *t.dims.first()?;
-        Some((g.value_name(table).to_string(), rows as u64))
-    })
 }
 
 pub struct Gptq {
@@ -415,7 +373,7 @@ impl Pass for Gptq {
             self.config.calib_seqlen,
             seed,
             &mut outcome,
-        );
+        )?;
         // One quantization per (weight, input) pair.
         let mut unique: Vec<(usize, String)> = Vec::new();
         let mut index: BTreeMap<(ValueId, String), usize> = BTreeMap::new();

@@ -382,11 +382,8 @@ pub(crate) fn calib_feeds<'a>(
             };
             Ok((samples, Box::new(move |i| src.sample(i, &specs, &hints))))
         }
-        CalibData::Files(_) => Ok(data.feeds(model, usize::MAX, seqlen, seed, outcome)),
-        CalibData::Text(ids) => {
-            calib::data::check_token_ids(model, ids)?;
-            Ok(data.feeds(model, samples, seqlen, seed, outcome))
-        }
+        CalibData::Files(_) => data.feeds(model, usize::MAX, seqlen, seed, outcome),
+        CalibData::Text(_) => data.feeds(model, samples, seqlen, seed, outcome),
     }
 }
 
