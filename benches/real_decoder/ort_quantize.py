@@ -24,6 +24,8 @@ import sys
 import time
 
 import numpy as np
+import onnx
+import onnx.external_data_helper
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -102,6 +104,9 @@ def cmd_gptq(args):
     q = mnq.MatMulNBitsQuantizer(args.input, bits=4, block_size=args.block_size, is_symmetric=not args.asym,
                                  algo_config=cfg)
     q.process()
+    # Tensors it did not touch (the embedding table) still point at the input's data
+    # file; bring them in so the output stands alone.
+    onnx.external_data_helper.load_external_data_for_model(q.model.model, os.path.dirname(args.input))
     q.model.save_model_to_file(args.output, True)
 
 
