@@ -155,6 +155,11 @@ pub struct QuantizeArgs {
     /// --algorithm gptq|awq|static: tokens per calibration window.
     #[arg(long, value_name = "L")]
     pub calib_seqlen: Option<usize>,
+    /// --algorithm gptq|awq: memory for one calibration piece (its weights and
+    /// statistics), in MiB [default: 1024]. A larger model is calibrated piece by
+    /// piece, cut between layers, so peak memory stays near this budget.
+    #[arg(long, value_name = "MIB")]
+    pub calib_memory_mb: Option<u64>,
     /// --algorithm gptq: quantize input channels by decreasing activation energy.
     #[arg(long)]
     pub act_order: bool,
@@ -286,6 +291,7 @@ impl QuantizeArgs {
                 "--calib-samples",
             ),
             (self.calib_seqlen.is_some() && not_static, "--calib-seqlen"),
+            (self.calib_memory_mb.is_some(), "--calib-memory-mb"),
             (self.act_order, "--act-order"),
             (self.damp.is_some(), "--damp"),
         ]
@@ -362,6 +368,9 @@ impl QuantizeArgs {
         }
         if let Some(n) = self.calib_seqlen {
             r.set("calib-seqlen", V::Integer(n as i64));
+        }
+        if let Some(n) = self.calib_memory_mb {
+            r.set("calib-memory-mb", V::Integer(n as i64));
         }
         if self.act_order {
             r.set("act-order", V::Boolean(true));
