@@ -5,11 +5,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use onnxq::calib::text::{feeds_for_tokens, TextSamples};
+use onnxq::calib::text::TextSamples;
 use onnxq::calib::tokenizer::Tokenizer;
 use onnxq::pass::recipe::Recipe;
 use onnxq::pass::{run_pipeline, PassCx, PassOutcome};
-use onnxq::runtime::{self, RuntimeKind, RuntimeOptions};
+use onnxq::runtime::RuntimeKind;
 
 fn split_sample() -> (String, String) {
     let text = std::fs::read_to_string(common::fixtures().join("sample.txt")).unwrap();
@@ -24,28 +24,6 @@ fn apply(model: &onnxq::Model, recipe: &str, path: &Path) -> Vec<PassOutcome> {
     let o = run_pipeline(&mut m, &r.build().unwrap(), &mut PassCx::default()).unwrap();
     onnxq::save(&m, path, &Default::default()).unwrap();
     o
-}
-
-/// Relative L2 of the first output (logits) of `cand` vs `reference` over `windows`.
-fn logits_error(reference: &Path, cand: &Path, windows: &[Vec<i64>]) -> f64 {
-    let sel = runtime::select(&RuntimeOptions {
-        kind: RuntimeKind::Auto,
-        ..Default::default()
-    })
-    .unwrap();
-    let mut a = sel.runtime.open(reference).unwrap();
-    let mut b = sel.runtime.open(cand).unwrap();
-    let (mut num, mut den) = (0f64, 0f64);
-    for w in windows {
-        let feeds = feeds_for_tokens(a.inputs(), w).unwrap();
-        let la = a.run(&feeds).unwrap()[0].1.to_f32_vec().unwrap();
-        let lb = b.run(&feeds).unwrap()[0].1.to_f32_vec().unwrap();
-        for (x, y) in la.iter().zip(&lb) {
-            num += ((x - y) as f64).powi(2);
-            den += (*x as f64).powi(2);
-        }
-    }
-    (num / den).sqrt()
 }
 
 struct Setup {
@@ -245,4 +223,9 @@ fn inputs_nothing_can_absorb_are_skipped_without_insert_mul() {
         onnxq::ir::print::diff(&model, &m).lines().next(),
         Some("nodes: 10 -> 10 (+0)")
     );
+}
+
+/// Logits rel-L2 of `cand` vs `reference` on held-out windows (ONNX Runtime when found).
+fn logits_error(reference: &Path, cand: &Path, windows: &[Vec<i64>]) -> f64 {
+    common::text_logits_error(reference, cand, windows, RuntimeKind::Auto)
 }

@@ -5,14 +5,14 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use onnxq::calib::text::{feeds_for_tokens, TextSamples};
+use onnxq::calib::text::TextSamples;
 use onnxq::calib::tokenizer::Tokenizer;
 use onnxq::pass::recipe::Recipe;
 use onnxq::pass::{run_pipeline, PassCx};
 use onnxq::quant::gptq::{quantize_kn, relative_output_error, GptqOptions};
 use onnxq::quant::nbits::{quantize_kn_as, QuantParams};
 use onnxq::quant::FloatType;
-use onnxq::runtime::{self, RuntimeKind, RuntimeOptions};
+use onnxq::runtime::RuntimeKind;
 
 /// Seeded standard normal values (Box–Muller over an LCG).
 fn normal(n: usize, seed: u64) -> Vec<f32> {
@@ -136,30 +136,6 @@ fn quantize(model: &onnxq::Model, recipe: &str, dir: &Path, name: &str) -> PathB
     let p = dir.join(name);
     onnxq::save(&m, &p, &Default::default()).unwrap();
     p
-}
-
-/// Relative L2 of the logits of `cand` vs `reference` over the held-out windows.
-fn logits_error(reference: &Path, cand: &Path, windows: &[Vec<i64>]) -> f64 {
-    let sel = runtime::select(&RuntimeOptions {
-        kind: RuntimeKind::Auto,
-        ..Default::default()
-    })
-    .unwrap();
-    let mut a = sel.runtime.open(reference).unwrap();
-    let mut b = sel.runtime.open(cand).unwrap();
-    let (mut num, mut den) = (0f64, 0f64);
-    for w in windows {
-        let feeds = feeds_for_tokens(a.inputs(), w).unwrap();
-        let ya = a.run(&feeds).unwrap();
-        let yb = b.run(&feeds).unwrap();
-        let la = ya[0].1.to_f32_vec().unwrap();
-        let lb = yb[0].1.to_f32_vec().unwrap();
-        for (x, y) in la.iter().zip(&lb) {
-            num += ((x - y) as f64).powi(2);
-            den += (*x as f64).powi(2);
-        }
-    }
-    (num / den).sqrt()
 }
 
 #[test]
@@ -495,4 +471,9 @@ fn text_that_cannot_calibrate_the_model_is_refused_by_name() {
         e.contains("model.embed_tokens.weight") && e.contains("does not match the model"),
         "{e}"
     );
+}
+
+/// Logits rel-L2 of `cand` vs `reference` on held-out windows (ONNX Runtime when found).
+fn logits_error(reference: &Path, cand: &Path, windows: &[Vec<i64>]) -> f64 {
+    common::text_logits_error(reference, cand, windows, RuntimeKind::Auto)
 }

@@ -852,36 +852,6 @@ fn text_calibration(dir: &Path) -> (PathBuf, Vec<Vec<i64>>) {
     (path, windows)
 }
 
-/// Relative L2 of the logits (first output) of `cand` vs `reference` over text
-/// windows, on `kind`.
-fn text_logits_error(
-    reference: &Path,
-    cand: &Path,
-    windows: &[Vec<i64>],
-    kind: onnxq::runtime::RuntimeKind,
-) -> f64 {
-    let sel = onnxq::runtime::select(&onnxq::runtime::RuntimeOptions {
-        kind,
-        ..Default::default()
-    })
-    .unwrap();
-    let mut a = sel.runtime.open(reference).unwrap();
-    let mut b = sel.runtime.open(cand).unwrap();
-    let (mut num, mut den) = (0f64, 0f64);
-    for w in windows {
-        let feeds = onnxq::calib::text::feeds_for_tokens(a.inputs(), w).unwrap();
-        let ya = a.run(&feeds).unwrap();
-        let yb = b.run(&feeds).unwrap();
-        let la = ya[0].1.to_f32_vec().unwrap();
-        let lb = yb[0].1.to_f32_vec().unwrap();
-        for (x, y) in la.iter().zip(&lb) {
-            num += ((x - y) as f64).powi(2);
-            den += (*x as f64).powi(2);
-        }
-    }
-    (num / den).sqrt()
-}
-
 /// Relative L2 over 8 seeded random input sets (as `onnxq verify`), in tract.
 fn random_error(reference: &Path, cand: &Path) -> f64 {
     let r = compare(
@@ -939,13 +909,13 @@ fn static_calibrates_on_text_windows_and_fits_text_better_than_random_inputs() {
         );
         assert!(count(&q, "QuantizeLinear") > 20, "{:?}", ops(&q));
         let text = save(&q, tmp.path(), "text.onnx");
-        let e_text = text_logits_error(&orig, &text, &eval, tract);
+        let e_text = common::text_logits_error(&orig, &text, &eval, tract);
         let (r, _) = run_recipe(
             &model,
             "[[pass]]\nname='int8-static-qdq'\ncalib-samples=16\n",
         );
         let random = save(&r, tmp.path(), "random.onnx");
-        let e_random = text_logits_error(&orig, &random, &eval, tract);
+        let e_random = common::text_logits_error(&orig, &random, &eval, tract);
         eprintln!(
             "{name}: static int8 logits rel-L2 on held-out text: calibrated on text {e_text:.4e}, \
              on random inputs {e_random:.4e}"
@@ -1007,7 +977,7 @@ fn smooth_quant_auto_alpha_is_no_worse_than_no_smoothing() {
             }
             let out = save(&q, tmp.path(), "q.onnx");
             errors.push(if on_text {
-                text_logits_error(&orig, &out, &eval, tract)
+                common::text_logits_error(&orig, &out, &eval, tract)
             } else {
                 random_error(&orig, &out)
             });

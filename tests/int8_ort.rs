@@ -423,28 +423,6 @@ fn text_calibration(dir: &Path) -> (PathBuf, Vec<Vec<i64>>) {
     )
 }
 
-/// Relative L2 of the logits of `cand` vs `reference` in ONNX Runtime over text windows.
-fn text_logits_error(reference: &Path, cand: &Path, windows: &[Vec<i64>]) -> f64 {
-    let sel = onnxq::runtime::select(&onnxq::runtime::RuntimeOptions {
-        kind: onnxq::runtime::RuntimeKind::Ort,
-        ..Default::default()
-    })
-    .unwrap();
-    let mut a = sel.runtime.open(reference).unwrap();
-    let mut b = sel.runtime.open(cand).unwrap();
-    let (mut num, mut den) = (0f64, 0f64);
-    for w in windows {
-        let feeds = onnxq::calib::text::feeds_for_tokens(a.inputs(), w).unwrap();
-        let la = a.run(&feeds).unwrap()[0].1.to_f32_vec().unwrap();
-        let lb = b.run(&feeds).unwrap()[0].1.to_f32_vec().unwrap();
-        for (x, y) in la.iter().zip(&lb) {
-            num += ((x - y) as f64).powi(2);
-            den += (*x as f64).powi(2);
-        }
-    }
-    (num / den).sqrt()
-}
-
 #[test]
 fn text_calibrated_static_and_smooth_quant_run_in_onnxruntime() {
     let Some(py) = common::python() else { return };
@@ -480,7 +458,12 @@ fn text_calibrated_static_and_smooth_quant_run_in_onnxruntime() {
                 "ort_check.py",
                 &["run", out.to_str().unwrap(), orig.to_str().unwrap()],
             );
-            errors.push(text_logits_error(&orig, &out, &eval));
+            errors.push(common::text_logits_error(
+                &orig,
+                &out,
+                &eval,
+                onnxq::runtime::RuntimeKind::Ort,
+            ));
         }
         eprintln!(
             "{name}: static int8 calibrated on text, logits rel-L2 in onnxruntime on held-out \

@@ -95,3 +95,33 @@ pub fn models_under(dir: &Path) -> Vec<PathBuf> {
 pub fn onnxq_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_onnxq"))
 }
+
+/// Relative L2 of the logits (first output) of `cand` vs `reference` over token
+/// windows, both run on `kind`.
+pub fn text_logits_error(
+    reference: &Path,
+    cand: &Path,
+    windows: &[Vec<i64>],
+    kind: onnxq::runtime::RuntimeKind,
+) -> f64 {
+    let sel = onnxq::runtime::select(&onnxq::runtime::RuntimeOptions {
+        kind,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut a = sel.runtime.open(reference).unwrap();
+    let mut b = sel.runtime.open(cand).unwrap();
+    let (mut num, mut den) = (0f64, 0f64);
+    for w in windows {
+        let feeds = onnxq::calib::text::feeds_for_tokens(a.inputs(), w).unwrap();
+        let ya = a.run(&feeds).unwrap();
+        let yb = b.run(&feeds).unwrap();
+        let la = ya[0].1.to_f32_vec().unwrap();
+        let lb = yb[0].1.to_f32_vec().unwrap();
+        for (x, y) in la.iter().zip(&lb) {
+            num += ((x - y) as f64).powi(2);
+            den += (*x as f64).powi(2);
+        }
+    }
+    (num / den).sqrt()
+}
