@@ -143,8 +143,7 @@ fn pieces(model: &Model, plan: &Plan) -> Result<Vec<Piece>> {
     }
     let mut cuts = vec![0usize];
     let mut acc = 0u64;
-    let mut i = 0;
-    while i < n {
+    for i in 0..n {
         acc += cost[i];
         let start = *cuts.last().expect("starts with 0");
         if acc > plan.budget && i > start {
@@ -156,10 +155,8 @@ fn pieces(model: &Model, plan: &Plan) -> Result<Vec<Piece>> {
             cuts.push(c);
             acc = cost[c..=i].iter().sum();
         }
-        i += 1;
     }
     cuts.push(n);
-    // What follows the last observed value need not run.
     let mut out: Vec<Piece> = Vec::with_capacity(cuts.len() - 1);
     for w in cuts.windows(2) {
         let (start, end) = (w[0], w[1]);
@@ -178,6 +175,7 @@ fn pieces(model: &Model, plan: &Plan) -> Result<Vec<Piece>> {
             observed,
         });
     }
+    // What follows the last observed value need not run.
     while out
         .last()
         .is_some_and(|p| p.outputs.is_empty() && p.observed.is_empty())
