@@ -186,18 +186,34 @@ fn loss_for(
 
 /// ‖X·D‖² for rows `x` ([rows, K]) and a [K, N] matrix `d`.
 fn output_sq(x: &[f32], d: &[f32], k: usize, n: usize) -> f64 {
-    x.par_chunks(k)
-        .map(|xr| {
-            let mut out = vec![0f64; n];
-            for (j, &xv) in xr.iter().enumerate() {
-                if xv != 0.0 {
-                    let xv = xv as f64;
-                    for (o, &d) in out.iter_mut().zip(&d[j * n..(j + 1) * n]) {
-                        *o += xv * d as f64;
-                    }
-                }
+    // Blocks of rows in parallel, each one f32 GEMM; squares summed in f64. The
+    // split is fixed, so the result does not depend on the thread count.
+    const ROWS: usize = 32;
+    x.par_chunks(ROWS * k)
+        .map(|xb| {
+            let m = xb.len() / k;
+            let mut out = vec![0f32; m * n];
+            // SAFETY: A = xb (m×k, row stride k), B = d (k×n, row stride n), C = out
+            // (m×n, row stride n), all inside their slices.
+            unsafe {
+                matrixmultiply::sgemm(
+                    m,
+                    k,
+                    n,
+                    1.0,
+                    xb.as_ptr(),
+                    k as isize,
+                    1,
+                    d.as_ptr(),
+                    n as isize,
+                    1,
+                    0.0,
+                    out.as_mut_ptr(),
+                    n as isize,
+                    1,
+                );
             }
-            out.iter().map(|v| v * v).sum::<f64>()
+            out.iter().map(|&v| v as f64 * v as f64).sum::<f64>()
         })
         .sum()
 }
