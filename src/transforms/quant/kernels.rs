@@ -48,10 +48,18 @@ pub struct NbitsWeight {
 /// Reads a float tensor as f32; for mapped external data, drops the pages after.
 pub fn read_f32(t: &Tensor) -> Result<Vec<f32>> {
     let v = t.to_f32()?;
-    if let Storage::External { bytes, .. } = &t.storage {
-        crate::io::release_pages(bytes);
-    }
+    release_mapped(t);
     Ok(v)
+}
+
+/// Drops the resident pages of a tensor read through a file map: external data, or
+/// a spilled tensor (a rescaled weight read again by the next pass).
+fn release_mapped(t: &Tensor) {
+    match &t.storage {
+        Storage::External { bytes, .. } => crate::io::release_pages(bytes),
+        Storage::Raw(b) if crate::io::spill::is_spilled(b) => crate::io::release_pages(b),
+        _ => {}
+    }
 }
 
 /// Calls `f` on the tensor's values as f32. An aligned little-endian f32 payload is
@@ -71,9 +79,7 @@ pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
         }
         _ => f(&t.to_f32()?),
     };
-    if let Storage::External { bytes, .. } = &t.storage {
-        crate::io::release_pages(bytes);
-    }
+    release_mapped(t);
     Ok(r)
 }
 
@@ -204,7 +210,12 @@ fn with_f32_rows<R>(t: &Tensor, r0: usize, r1: usize, f: impl FnOnce(&[f32]) -> 
             .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect::<Vec<_>>()),
     };
-    if let Storage::External { .. } = &t.storage {
+    let mapped = match &t.storage {
+        Storage::External { .. } => true,
+        Storage::Raw(b) => crate::io::spill::is_spilled(b),
+        _ => false,
+    };
+    if mapped {
         crate::io::release_pages(bytes);
     }
     Ok(r)
