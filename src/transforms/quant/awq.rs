@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use rayon::prelude::*;
 use serde::Deserialize;
 
-use super::gptq::{targets, weight_kn, CalibData, Target};
+use super::gptq::{calibrated_setup, targets, weight_kn, CalibData, CalibKeys, Target};
 use super::scale_fold::{apply_scales, fold_site, weight_private, Fold};
 use super::select::Selection;
 use crate::calib::capture::{capture, Observer, Plan};
@@ -134,20 +134,18 @@ impl Awq {
         if config.grid == 0 || config.max_rows == 0 {
             return Err(Error::invalid("awq grid and max-rows must be at least 1"));
         }
-        if config.calib_samples == 0 || config.calib_seqlen == 0 {
-            return Err(Error::invalid(
-                "awq calib-samples and calib-seqlen must be at least 1",
-            ));
-        }
-        config
-            .runtime
-            .parse::<crate::runtime::RuntimeKind>()
-            .map_err(Error::invalid)?;
-        let selection = Selection::new(&config.exclude, &config.include_ops, None)?;
-        let data = CalibData::open(
-            config.calib.as_deref(),
-            config.calib_text.as_deref(),
-            config.tokenizer.as_deref(),
+        let (selection, data) = calibrated_setup(
+            "awq",
+            CalibKeys {
+                samples: config.calib_samples,
+                seqlen: config.calib_seqlen,
+                runtime: &config.runtime,
+                exclude: &config.exclude,
+                include_ops: &config.include_ops,
+                calib: config.calib.as_deref(),
+                text: config.calib_text.as_deref(),
+                tokenizer: config.tokenizer.as_deref(),
+            },
         )?;
         Ok(Awq {
             config,

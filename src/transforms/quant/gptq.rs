@@ -223,6 +223,33 @@ impl CalibData {
     }
 }
 
+/// The calibration keys GPTQ and AWQ share, as configured.
+pub(crate) struct CalibKeys<'a> {
+    pub samples: usize,
+    pub seqlen: usize,
+    pub runtime: &'a str,
+    pub exclude: &'a [String],
+    pub include_ops: &'a [String],
+    pub calib: Option<&'a str>,
+    pub text: Option<&'a str>,
+    pub tokenizer: Option<&'a str>,
+}
+
+/// Checks a calibrated pass's shared keys and opens its selection and data.
+pub(crate) fn calibrated_setup(pass: &str, k: CalibKeys) -> Result<(Selection, CalibData)> {
+    if k.samples == 0 || k.seqlen == 0 {
+        return Err(Error::invalid(format!(
+            "{pass} calib-samples and calib-seqlen must be at least 1"
+        )));
+    }
+    k.runtime
+        .parse::<crate::runtime::RuntimeKind>()
+        .map_err(Error::invalid)?;
+    let selection = Selection::new(k.exclude, k.include_ops, None)?;
+    let data = CalibData::open(k.calib, k.text, k.tokenizer)?;
+    Ok((selection, data))
+}
+
 pub struct Gptq {
     pub config: GptqConfig,
     selection: Selection,
@@ -243,20 +270,18 @@ impl Gptq {
                 config.damp
             )));
         }
-        if config.calib_samples == 0 || config.calib_seqlen == 0 {
-            return Err(Error::invalid(
-                "gptq calib-samples and calib-seqlen must be at least 1",
-            ));
-        }
-        config
-            .runtime
-            .parse::<crate::runtime::RuntimeKind>()
-            .map_err(Error::invalid)?;
-        let selection = Selection::new(&config.exclude, &config.include_ops, None)?;
-        let data = CalibData::open(
-            config.calib.as_deref(),
-            config.calib_text.as_deref(),
-            config.tokenizer.as_deref(),
+        let (selection, data) = calibrated_setup(
+            "gptq",
+            CalibKeys {
+                samples: config.calib_samples,
+                seqlen: config.calib_seqlen,
+                runtime: &config.runtime,
+                exclude: &config.exclude,
+                include_ops: &config.include_ops,
+                calib: config.calib.as_deref(),
+                text: config.calib_text.as_deref(),
+                tokenizer: config.tokenizer.as_deref(),
+            },
         )?;
         Ok(Gptq {
             config,
