@@ -170,7 +170,7 @@ fn dynamic_rewrites_every_weight_form_and_stays_close() {
     let orig = save(&model, tmp.path(), "mlp.onnx");
     let q = apply(
         &model,
-        "[recipe]\nname='t'\n[[pass]]\nname='int8-dynamic'\nper-channel=true\n",
+        "[recipe]\nname='t'\n[[pass]]\nname='int8-dynamic'\nper-channel=true\nactivations='per-tensor'\n",
     );
     // fc0, fc1, Gemm fc2, fc3 through Transpose, fc4 on a Constant node.
     assert_eq!(count(&q, "MatMulInteger"), 5, "{:?}", ops(&q));
@@ -207,6 +207,125 @@ fn dynamic_rewrites_every_weight_form_and_stays_close() {
     assert!(e > 0.0 && e < 0.05, "{e}");
 }
 
+/// Output rows of `a` and `b` (row-major, `width` columns): the largest relative
+/// L2 error of one row, over the rows `rows`.
+fn worst_row_error(a: &[f32], b: &[f32], width: usize, rows: std::ops::Range<usize>) -> f64 {
+    rows.map(|r| {
+        let (x, y) = (&a[r * width..][..width], &b[r * width..][..width]);
+        let d: f64 = x.iter().zip(y).map(|(p, q)| ((p - q) as f64).powi(2)).sum();
+        let n: f64 = x.iter().map(|p| (*p as f64).powi(2)).sum();
+        (d / n).sqrt()
+    })
+    .fold(0.0, f64::max)
+}
+
+#[test]
+fn dynamic_per_token_scales_each_row_and_holds_an_outlier_token() {
+    use onnxq::runtime::{self, HostTensor};
+    let model = common::build::mlp(true);
+    let q = apply(
+        &model,
+        "[recipe]\nname='t'\n[[pass]]\nname='int8-dynamic'\n",
+    );
+    // The same five MatMul forms; one row-scale computation per activation.
+    assert_eq!(count(&q, "MatMulInteger"), 5, "{:?}", ops(&q));
+    assert_eq!(count(&q, "ReduceMax"), 2, "{:?}", ops(&q));
+    assert_eq!(count(&q, "Round"), 2, "{:?}", ops(&q));
+    for gone in [
+        "DynamicQuantizeLinear",
+        "DequantizeLinear",
+        "Gemm",
+        "Transpose",
+    ] {
+        assert_eq!(count(&q, gone), 0, "{gone} left in {:?}", ops(&q));
+    }
+    let g = &q.graph;
+    // Weights per output channel even without per-channel (free in this form).
+    let s0 = g.initializer(g.find("fc0.weight_scale").unwrap()).unwrap();
+    assert_eq!(s0.dims, [96]);
+    // The table: int8, one scale per row stored [V, 1], read by a second Gather.
+    let table = g
+        .initializer(g.find("embed.weight_quantized").unwrap())
+        .unwrap();
+    assert_eq!(table.dtype(), DType::I8);
+    let rows = g
+        .initializer(g.find("embed.weight_scale").unwrap())
+        .unwrap();
+    assert_eq!(rows.dims, [table.dims[0], 1]);
+    assert_eq!(count(&q, "Gather"), 2);
+
+    // A "massive activation" token: row 0 is 1000x the others. One scale per
+    // tensor leaves the ordinary rows a handful of levels; one per row does not.
+    let plain = common::build::mlp(false);
+    let tensor = apply(
+        &plain,
+        "[recipe]\nname='t'\n[[pass]]\nname='int8-dynamic'\nactivations='per-tensor'\n",
+    );
+    let token = apply(
+        &plain,
+        "[recipe]\nname='t'\n[[pass]]\nname='int8-dynamic'\n",
+    );
+    let mut x: Vec<f32> = (0..4 * 64)
+        .map(|i| ((i * 37) % 19) as f32 / 9.0 - 1.0)
+        .collect();
+    x[..64].iter_mut().for_each(|v| *v *= 1000.0);
+    let feeds = vec![(
+        "x".to_string(),
+        HostTensor::from_f32(vec![4, 64], &x).unwrap(),
+    )];
+    let mut runtimes: Vec<Box<dyn runtime::Runtime>> = vec![Box::new(runtime::tract::TractRuntime)];
+    match runtime::ort::OrtRuntime::new(Some(2)) {
+        Ok(r) => runtimes.push(Box::new(r)),
+        Err(e) => {
+            assert!(!common::required(), "ONNXQ_REQUIRE_ORT=1 but: {e}");
+            eprintln!("SKIPPED ORT half: {e}");
+        }
+    }
+    // The whole per-token model (Gemm bias, a model's own bias Add, the table).
+    let mut all = feeds.clone();
+    let ids: Vec<i64> = (0..16).map(|i| (i * 5) % 16).collect();
+    all.push((
+        "ids".into(),
+        HostTensor::from_i64(vec![4, 4], &ids).unwrap(),
+    ));
+    let mut whole = Vec::new();
+    for rt in &runtimes {
+        let mut s = runtime::open_model(&**rt, &q, &[]).unwrap();
+        let outs = s.run(&all).unwrap();
+        whole.push(
+            outs.into_iter()
+                .map(|(n, t)| (n, t.to_f32_vec().unwrap()))
+                .collect::<Vec<_>>(),
+        );
+        let run = |m: &Model| {
+            let mut s = runtime::open_model(&**rt, m, &[]).unwrap();
+            s.run(&feeds).unwrap()[0].1.to_f32_vec().unwrap()
+        };
+        let want = run(&plain);
+        let (e_tensor, e_token) = (
+            worst_row_error(&want, &run(&tensor), 64, 1..4),
+            worst_row_error(&want, &run(&token), 64, 1..4),
+        );
+        let e_outlier = worst_row_error(&want, &run(&token), 64, 0..1);
+        eprintln!(
+            "{}: ordinary rows per tensor {e_tensor:.3e}, per token {e_token:.3e}; outlier row per token {e_outlier:.3e}",
+            rt.name()
+        );
+        assert!(e_token < 0.05 && e_outlier < 0.05, "{e_token} {e_outlier}");
+        assert!(e_tensor > 10.0 * e_token, "{e_tensor} vs {e_token}");
+    }
+    // Both runtimes compute the same integer arithmetic: they agree to float
+    // rounding. (ONNX Runtime's MatMulIntegerToFloat fusion would scale a fused
+    // bias by each row's scale; the rewrite keeps biases out of it.)
+    if let [a, b] = &whole[..] {
+        for ((name, x), (_, y)) in a.iter().zip(b) {
+            let rows = x.len() / 64;
+            let e = worst_row_error(x, y, 64, 0..rows);
+            assert!(e < 1e-5, "{name}: tract and onnxruntime differ by {e}");
+        }
+    }
+}
+
 #[test]
 fn dynamic_quantizes_a_shared_weight_once() {
     let tmp = tempfile::tempdir().unwrap();
@@ -231,6 +350,119 @@ fn dynamic_quantizes_a_shared_weight_once() {
     let r = compare(&a, &b, &VerifyOptions::default()).unwrap();
     let z = r.outputs.iter().find(|o| o.name == "z").unwrap();
     assert!(z.rel_l2 < 0.03, "{z:?}");
+}
+
+/// x[batch, 64 tokens, 32] → MatMul(wa) → a, and x·gain → xs → MatMul(wb) → b,
+/// where gain lifts channel 5 of the first token 500-fold: `xs` carries one massive
+/// activation per sample, as the inputs of LLM down projections do.
+fn outlier_model() -> Model {
+    let mut m = Model {
+        ir_version: Some(8),
+        opset_import: vec![onnxq::ir::OpsetImport {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
+        has_graph: true,
+        ..Default::default()
+    };
+    let g = &mut m.graph;
+    g.name = Some("outlier".into());
+    let batch = || Dim::Param("batch".into());
+    let x = g
+        .add_input("x", float_info(&[batch(), Dim::Value(64), Dim::Value(32)]))
+        .unwrap();
+    let mut gain = vec![1.0f32; 64 * 32];
+    gain[5] = 500.0;
+    let gain = g
+        .add_initializer(Tensor::from_f32("gain", vec![64, 32], &gain))
+        .unwrap();
+    let xs = g
+        .add_node(
+            NodeSpec::new("", "Mul")
+                .name("lift")
+                .input(x)
+                .input(gain)
+                .output("xs"),
+        )
+        .unwrap();
+    let xs = g.node(xs).output(0).unwrap();
+    for (name, input, seed) in [("a", x, 21), ("b", xs, 22)] {
+        let w = g
+            .add_initializer(Tensor::from_f32(
+                format!("w{name}"),
+                vec![32, 16],
+                &common::build::weights(32 * 16, seed, 0.3),
+            ))
+            .unwrap();
+        g.add_node(
+            NodeSpec::new("", "MatMul")
+                .name(format!("mm_{name}"))
+                .input(input)
+                .input(w)
+                .output(name),
+        )
+        .unwrap();
+        let v = g.find(name).unwrap();
+        g.outputs.push(GraphIo {
+            value: v,
+            info: float_info(&[batch(), Dim::Value(64), Dim::Value(16)]),
+        });
+    }
+    m
+}
+
+#[test]
+fn exclude_worst_leaves_outlier_inputs_float_and_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = outlier_model();
+    let orig = save(&model, tmp.path(), "o.onnx");
+    let base = "[[pass]]\nname='int8-static-qdq'\nper-channel=true\n";
+    let (all, _) = run_recipe(&model, &format!("{base}exclude-worst=0\n"));
+    let (auto, outcomes) = run_recipe(&model, &format!("{base}exclude-worst='auto'\n"));
+    let (one, _) = run_recipe(&model, &format!("{base}exclude-worst=1\n"));
+    let float_weight = |m: &Model, w: &str| {
+        let g = &m.graph;
+        g.find(w)
+            .and_then(|v| g.initializer(v))
+            .is_some_and(|t| t.dtype() == DType::F32)
+    };
+    assert!(!float_weight(&all, "wb") && !float_weight(&all, "wa"));
+    for m in [&auto, &one] {
+        assert!(
+            float_weight(m, "wb"),
+            "mm_b reads the outlier channel: left float"
+        );
+        assert!(!float_weight(m, "wa"), "mm_a is quantized");
+    }
+    let notes = outcomes
+        .iter()
+        .flat_map(|o| o.notes.iter())
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        notes.contains("left float mm_b") && notes.contains("'xs'"),
+        "{notes}"
+    );
+    assert!(
+        notes.contains("noisiest input kept quantized: 'x'"),
+        "{notes}"
+    );
+    // Output b: quantized, the ordinary values of its input fall below one step.
+    let b_error = |m: &Model, name: &str| {
+        let r = compare(&orig, &save(m, tmp.path(), name), &VerifyOptions::default()).unwrap();
+        r.outputs.iter().find(|o| o.name == "b").unwrap().rel_l2
+    };
+    let (e_all, e_auto) = (b_error(&all, "all.onnx"), b_error(&auto, "auto.onnx"));
+    eprintln!("outlier model, tract: output b rel L2 all quantized {e_all:.3e}, exclude-worst auto {e_auto:.3e}");
+    assert!(e_all > 1e-2 && e_auto < 1e-6, "{e_all} vs {e_auto}");
+    let bad = try_apply(
+        &model,
+        &format!("[recipe]\nname='t'\n{base}exclude-worst='most'\n"),
+    )
+    .err()
+    .unwrap();
+    assert!(bad.to_string().contains("a count or \"auto\""), "{bad}");
 }
 
 #[test]
@@ -530,6 +762,18 @@ fn bad_settings_are_refused_before_the_model_is_read() {
         (
             vec!["--algorithm", "dynamic", "--calib-text", "t.txt"],
             "--calib-text applies to --algorithm gptq|awq|static",
+        ),
+        (
+            vec!["--algorithm", "static", "--activations", "per-token"],
+            "--activations applies to --algorithm dynamic",
+        ),
+        (
+            vec!["--algorithm", "rtn", "--activations", "per-tensor"],
+            "--activations applies to --algorithm dynamic|static",
+        ),
+        (
+            vec!["--algorithm", "dynamic", "--weight-type", "uint8"],
+            "uint8 weights need activations = \"per-tensor\"",
         ),
         (
             vec!["--algorithm", "static", "--calib-text", "t.txt"],

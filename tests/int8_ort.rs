@@ -127,7 +127,7 @@ fn dynamic_matches_quantize_dynamic() {
         let out = tmp.path().join(format!("{i}-{name}"));
         ours(
             &fixture(name),
-            &format!("[[pass]]\nname='int8-dynamic'\n{settings}"),
+            &format!("[[pass]]\nname='int8-dynamic'\nactivations='per-tensor'\n{settings}"),
             &out,
         );
         let mut args: Vec<String> = vec![

@@ -44,6 +44,10 @@ impl Method {
 pub struct Calibration {
     /// Range of every observed float tensor.
     pub ranges: BTreeMap<String, (f32, f32)>,
+    /// Root mean square of every observed float tensor (finite values). Range
+    /// against RMS says how much of a per-tensor grid outliers waste: rare outliers
+    /// (a few tokens' massive activations) stretch the range but not the RMS.
+    pub rms: BTreeMap<String, f32>,
     /// Observed tensors that turned out not to be float (indices, shapes, masks).
     pub non_float: BTreeSet<String>,
     pub samples: usize,
@@ -56,6 +60,7 @@ struct Stat {
     min: f32,
     max: f32,
     abs_min: f32,
+    sum_sq: f64,
     count: u64,
     nonfinite: u64,
     float: bool,
@@ -68,6 +73,7 @@ impl Default for Stat {
             min: f32::INFINITY,
             max: f32::NEG_INFINITY,
             abs_min: f32::INFINITY,
+            sum_sq: 0.0,
             count: 0,
             nonfinite: 0,
             float: true,
@@ -78,15 +84,21 @@ impl Default for Stat {
 
 impl Stat {
     fn observe(&mut self, values: &[f32]) {
-        for &v in values {
-            if v.is_finite() {
-                self.min = self.min.min(v);
-                self.max = self.max.max(v);
-                self.abs_min = self.abs_min.min(v.abs());
-                self.count += 1;
-            } else {
-                self.nonfinite += 1;
+        // Squares summed in f32 per chunk (vectorizes; exact enough), chunks in f64.
+        for chunk in values.chunks(4096) {
+            let mut sq = 0f32;
+            for &v in chunk {
+                if v.is_finite() {
+                    self.min = self.min.min(v);
+                    self.max = self.max.max(v);
+                    self.abs_min = self.abs_min.min(v.abs());
+                    sq += v * v;
+                    self.count += 1;
+                } else {
+                    self.nonfinite += 1;
+                }
             }
+            self.sum_sq += sq as f64;
         }
     }
 
@@ -331,6 +343,10 @@ pub fn calibrate_with(
             ));
         }
         out.ranges.insert(name.clone(), s.range(name, method)?);
+        if s.count > 0 {
+            out.rms
+                .insert(name.clone(), (s.sum_sq / s.count as f64).sqrt() as f32);
+        }
     }
     Ok(out)
 }

@@ -58,6 +58,14 @@ pub enum IntTypeArg {
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActivationsArg {
+    /// One int8 scale per token (row of A) and per-channel weights: holds decoders
+    PerToken,
+    /// One scale per tensor, exactly onnxruntime's quantize_dynamic
+    PerTensor,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QuantTypeArg {
     Nf4,
     Fp4,
@@ -132,16 +140,19 @@ pub struct QuantizeArgs {
     /// int8 algorithms: type of quantized weights (int8 symmetric, uint8 asymmetric).
     #[arg(long, value_enum)]
     pub weight_type: Option<IntTypeArg>,
+    /// --algorithm dynamic: MatMul/Gemm activation scales [default: per-token].
+    #[arg(long, value_enum)]
+    pub activations: Option<ActivationsArg>,
     /// --algorithm static: migrate activation outliers into the weights first
     /// (SmoothQuant): strength ALPHA in [0, 1], or `auto` (the default when the flag
     /// has no value) to search α per group of MatMuls by int8 output error.
     #[arg(long, value_name = "ALPHA|auto", num_args = 0..=1, default_missing_value = "auto")]
     pub smooth_quant: Option<String>,
-    /// --algorithm static: leave float the N MatMul/Gemm/Conv whose quantization
-    /// alone hurts the output most on the calibration samples (outlier-heavy
-    /// inputs); they are reported.
-    #[arg(long, value_name = "N")]
-    pub exclude_worst: Option<usize>,
+    /// --algorithm static: leave float the N MatMul/Gemm/Conv groups whose inputs
+    /// the int8 grid serves worst (outliers stretch the range; predicted noise from
+    /// the calibration statistics), or `auto`: those above 7.5 % noise. Reported.
+    #[arg(long, value_name = "N|auto")]
+    pub exclude_worst: Option<String>,
     /// --algorithm gptq|awq|static: calibration text, tokenized with --tokenizer.
     #[arg(long, value_name = "FILE")]
     pub calib_text: Option<String>,
@@ -313,6 +324,7 @@ impl QuantizeArgs {
             (self.reduce_range, "--reduce-range"),
             (self.activation_type.is_some(), "--activation-type"),
             (self.weight_type.is_some(), "--weight-type"),
+            (self.activations.is_some(), "--activations"),
             (self.smooth_quant.is_some(), "--smooth-quant"),
             (self.exclude_worst.is_some(), "--exclude-worst"),
             (self.embeddings, "--embeddings"),
@@ -413,6 +425,7 @@ impl QuantizeArgs {
             (self.reduce_range, "--reduce-range"),
             (self.activation_type.is_some(), "--activation-type"),
             (self.weight_type.is_some(), "--weight-type"),
+            (self.activations.is_some(), "--activations"),
             (self.smooth_quant.is_some(), "--smooth-quant"),
             (self.exclude_worst.is_some(), "--exclude-worst"),
         ]
@@ -516,6 +529,20 @@ impl QuantizeArgs {
         if let Some(t) = self.activation_type {
             r.set("activation-type", V::String(type_name(t).into()));
         }
+        if let Some(a) = self.activations {
+            if is_static {
+                return Err(err(
+                    "--activations applies to --algorithm dynamic (static scales are calibrated \
+                     per tensor)"
+                        .into(),
+                ));
+            }
+            let a = match a {
+                ActivationsArg::PerToken => "per-token",
+                ActivationsArg::PerTensor => "per-tensor",
+            };
+            r.set("activations", V::String(a.into()));
+        }
         if self.per_channel {
             r.set("per-channel", V::Boolean(true));
         }
@@ -548,8 +575,14 @@ impl QuantizeArgs {
         if let Some(p) = self.percentile {
             r.set("percentile", V::Float(p));
         }
-        if let Some(n) = self.exclude_worst {
-            r.set("exclude-worst", V::Integer(n as i64));
+        if let Some(n) = &self.exclude_worst {
+            let v = match n.as_str() {
+                "auto" => V::String("auto".into()),
+                n => V::Integer(n.parse::<i64>().map_err(|_| {
+                    err(format!("--exclude-worst takes a count or auto, not '{n}'"))
+                })?),
+            };
+            r.set("exclude-worst", v);
         }
         if !self.exclude.is_empty() {
             r.set(

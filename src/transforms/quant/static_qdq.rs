@@ -74,6 +74,22 @@ impl ActivationType {
     }
 }
 
+/// Which MatMul/Gemm/Conv groups `exclude-worst` leaves float.
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+#[serde(untagged)]
+pub enum ExcludeWorst {
+    /// The N with the noisiest inputs.
+    Count(usize),
+    /// `"auto"`: all whose predicted input noise exceeds `exclude-noise`.
+    Auto(String),
+}
+
+/// Predicted relative noise (step / (√12 · RMS)) above which `exclude-worst =
+/// "auto"` leaves a group float. An int8 grid over a range of about ±4 RMS gives
+/// ~0.01; on SmolLM2-135M every MLP down projection (whose inputs carry the
+/// massive activations) lies between 0.08 and 1, every other group below.
+pub const DEFAULT_EXCLUDE_NOISE: f64 = 0.075;
+
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct StaticConfig {
@@ -115,11 +131,17 @@ pub struct StaticConfig {
     pub keep_float: Vec<String>,
     /// Node name patterns (`*` wildcards) to leave in float.
     pub exclude: Vec<String>,
-    /// Leave float the N groups of MatMul/Gemm/Conv nodes (nodes reading the same
-    /// activation) whose quantization hurts the output most: each group is
-    /// quantized alone and measured on the calibration samples (outlier channels
-    /// show up here first). Reported.
-    pub exclude_worst: usize,
+    /// Leave float the groups of MatMul/Gemm/Conv nodes (nodes reading the same
+    /// activation) whose input the per-tensor grid serves worst: outliers stretch
+    /// the range, so the step is large against the typical value. Ranked by the
+    /// predicted relative noise scale / (√12 · RMS) of the calibrated input (for
+    /// weights without outlier rows, about the group's relative output error); `N`
+    /// leaves the N worst float, `"auto"` every group above `exclude-noise`.
+    /// Reported.
+    pub exclude_worst: ExcludeWorst,
+    /// `exclude-worst = "auto"`: predicted relative noise above which a group stays
+    /// float.
+    pub exclude_noise: f64,
     /// Also quantize graph outputs (as onnxruntime does); by default they stay exact.
     pub quantize_outputs: bool,
     /// Quantize only MatMuls whose B is a constant: products of two activations
@@ -154,7 +176,8 @@ impl Default for StaticConfig {
             op_types: DEFAULT_OPS.iter().map(|s| s.to_string()).collect(),
             keep_float: KEEP_FLOAT.iter().map(|s| s.to_string()).collect(),
             exclude: Vec::new(),
-            exclude_worst: 0,
+            exclude_worst: ExcludeWorst::Count(0),
+            exclude_noise: DEFAULT_EXCLUDE_NOISE,
             quantize_outputs: false,
             matmul_const_b_only: true,
             exclude_output_ops: Vec::new(),
@@ -184,6 +207,7 @@ pub const STATIC_KEYS: &[&str] = &[
     "keep-float",
     "exclude",
     "exclude-worst",
+    "exclude-noise",
     "quantize-outputs",
     "matmul-const-b-only",
     "exclude-output-ops",
@@ -292,6 +316,19 @@ impl StaticQdq {
                 "int8 activations with uint8 weights have no kernels in ONNX Runtime; use \
                  weight-type = \"int8\" or activation-type = \"uint8\"",
             ));
+        }
+        if let ExcludeWorst::Auto(word) = &config.exclude_worst {
+            if word != "auto" {
+                return Err(Error::invalid(format!(
+                    "exclude-worst takes a count or \"auto\", not '{word}'"
+                )));
+            }
+        }
+        if config.exclude_noise.is_nan() || config.exclude_noise <= 0.0 {
+            return Err(Error::invalid(format!(
+                "exclude-noise must be above 0, not {}",
+                config.exclude_noise
+            )));
         }
         config
             .runtime
@@ -739,8 +776,8 @@ impl Pass for StaticQdq {
         outcome.notes.extend(cal.notes.iter().cloned());
         outcome.count("calibration samples", cal.samples as u64);
         let mut excluded = BTreeSet::new();
-        if self.config.exclude_worst > 0 {
-            excluded = self.worst_nodes(model, &cal, count, &mut feeds, &mut outcome)?;
+        if self.config.exclude_worst != ExcludeWorst::Count(0) {
+            excluded = self.worst_nodes(&model.graph, &plan, &cal, &mut outcome)?;
             plan = self.plan(&model.graph, &mut PassOutcome::default(), &excluded);
         }
         self.plan(&model.graph, &mut outcome, &excluded);
@@ -860,83 +897,67 @@ impl StaticQdq {
         Ok(String::new())
     }
 
-    /// Quantizes each group of MatMul/Gemm/Conv reading the same activation alone
-    /// (they share that activation's quantization), measures the output error on
-    /// the calibration samples, and returns the nodes of the `exclude-worst` worst
-    /// groups.
+    /// The nodes of the MatMul/Gemm/Conv groups (nodes reading one activation, so
+    /// sharing its quantization) `exclude-worst` leaves float, ranked by the
+    /// predicted relative noise of their input on the calibrated grid,
+    /// scale / (√12 · RMS): uniform rounding noise against the signal. Outlier
+    /// channels or tokens stretch the range and show up here. No extra model runs:
+    /// the calibration statistics decide, so this scales to LLMs.
     fn worst_nodes(
         &self,
-        model: &Model,
+        g: &Graph,
+        plan: &Plan,
         cal: &calib::Calibration,
-        count: usize,
-        feeds: &mut calib::observe::Feeds,
         outcome: &mut PassOutcome,
     ) -> Result<BTreeSet<String>> {
-        let g = &model.graph;
-        let full = self.plan(g, &mut PassOutcome::default(), &BTreeSet::new());
-        let mut groups: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for w in &full.weights {
+        let mut groups: BTreeMap<ValueId, BTreeSet<String>> = BTreeMap::new();
+        for w in &plan.weights {
             let n = g.node(w.node);
             if matches!(n.op_type.as_str(), "MatMul" | "Gemm" | "Conv") {
-                let x = n
-                    .input(0)
-                    .map(|v| g.value_name(v).to_string())
-                    .unwrap_or_default();
-                groups.entry(x).or_default().insert(n.name().to_string());
-            }
-        }
-        let candidates: BTreeSet<String> = groups.values().flatten().cloned().collect();
-        let rt = self.runtime()?;
-        let mut reference = Vec::with_capacity(count);
-        {
-            let mut session = crate::runtime::open_model(rt.as_ref(), model, &[])?;
-            for i in 0..count {
-                reference.push(session.run(&feeds(i)?)?);
-            }
-        }
-        let mut scored = Vec::new();
-        for (x, members) in &groups {
-            let others: BTreeSet<String> = candidates.difference(members).cloned().collect();
-            let mut m = model.clone();
-            let plan = self.plan(&m.graph, &mut PassOutcome::default(), &others);
-            let mut plan = plan;
-            self.check_folds(&m.graph, &mut plan, cal, &mut PassOutcome::default());
-            let params = self.activation_params(&m.graph, &plan, cal)?;
-            let domain = self.prepare_opset(&mut m)?;
-            apply(
-                self,
-                &mut m.graph,
-                &plan,
-                &params,
-                &domain,
-                &mut PassOutcome::default(),
-            )?;
-            m.graph.toposort()?;
-            let mut session = crate::runtime::open_model(rt.as_ref(), &m, &[])?;
-            drop(m);
-            let mut acc = crate::verify::metrics::Accumulator::default();
-            for (i, want) in reference.iter().enumerate() {
-                let got = session.run(&feeds(i)?)?;
-                for ((name, a), (_, b)) in want.iter().zip(&got) {
-                    if a.is_float() {
-                        acc.add(name, a, b)?;
-                    }
+                if let Some(x) = n.input(0) {
+                    groups.entry(x).or_default().insert(n.name().to_string());
                 }
             }
-            scored.push((acc.finish("").rel_l2, x.clone(), members.clone()));
+        }
+        let qt = self.config.activation_type.qtype();
+        let sym = self.config.activation_symmetric;
+        let (qmin, qmax) = qt.range(false, sym);
+        let mut scored = Vec::new();
+        for (x, members) in groups {
+            let name = g.value_name(x);
+            let (Some(&(lo, hi)), Some(&rms)) = (cal.ranges.get(name), cal.rms.get(name)) else {
+                continue; // shares an upstream scale, or not float
+            };
+            if rms <= 0.0 {
+                continue;
+            }
+            let p = int8::scale_zp(lo, hi, qmin, qmax, sym)
+                .map_err(|e| Error::tensor(name, e.to_string()))?;
+            let noise = p.scale as f64 / (12f64.sqrt() * rms as f64);
+            scored.push((noise, name.to_string(), members));
         }
         scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let keep = match &self.config.exclude_worst {
+            ExcludeWorst::Count(n) => *n,
+            ExcludeWorst::Auto(_) => scored
+                .iter()
+                .take_while(|s| s.0 > self.config.exclude_noise)
+                .count(),
+        };
+        if let Some((noise, x, _)) = scored.get(keep) {
+            outcome.notes.push(format!(
+                "noisiest input kept quantized: '{x}', predicted noise {:.1}% of its RMS",
+                noise * 100.0
+            ));
+        }
         let mut out = BTreeSet::new();
-        for (rank, (err, x, members)) in scored
-            .into_iter()
-            .take(self.config.exclude_worst)
-            .enumerate()
-        {
+        for (rank, (noise, x, members)) in scored.into_iter().take(keep).enumerate() {
             let names: Vec<&str> = members.iter().map(String::as_str).collect();
             outcome.notes.push(format!(
-                "left float {}: quantized alone, their input '{x}' and weights give rel L2 \
-                 {err:.3e} on the calibration samples (worst #{})",
+                "left float {}: the int8 step of their input '{x}' is predicted to add noise \
+                 of {:.1}% of its RMS (outliers stretch its range; worst #{})",
                 names.join(", "),
+                noise * 100.0,
                 rank + 1
             ));
             outcome.count("nodes left float (worst)", members.len() as u64);
