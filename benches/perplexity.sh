@@ -112,13 +112,14 @@ row ort-gptq-sym-b128 "4-bit" onnxruntime "GPTQ (neural_compressor) sym b128, $O
 # 8-bit
 row ort-dyn "8-bit" onnxruntime "quantize_dynamic (per-tensor)" -- "$PY" "$RD/ort_quantize.py" dynamic "$IN" @OUT@
 row ort-dyn-pc "8-bit" onnxruntime "quantize_dynamic --per-channel" -- "$PY" "$RD/ort_quantize.py" dynamic "$IN" @OUT@ --per-channel
-row dyn "8-bit" onnxq "dynamic (per-tensor)" -- "${Q[@]}" --algorithm dynamic
-row dyn-pc "8-bit" onnxq "dynamic --per-channel" -- "${Q[@]}" --algorithm dynamic --per-channel
-row static "8-bit" onnxq "static QDQ minmax, $STATIC_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm static --calib-samples "$STATIC_SAMPLES" --calib "$WORK/calib_npz" --runtime ort
-row static-pc "8-bit" onnxq "static QDQ minmax --per-channel, $STATIC_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm static --calib-samples "$STATIC_SAMPLES" --per-channel --calib "$WORK/calib_npz" --runtime ort
-row static-sq "8-bit" onnxq "static QDQ --per-channel --smooth-quant 0.5, $STATIC_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm static --calib-samples "$STATIC_SAMPLES" --per-channel --smooth-quant 0.5 --calib "$WORK/calib_npz" --runtime ort
-row static-sq-auto "8-bit" onnxq "static QDQ --per-channel --smooth-quant (α searched per group), $STATIC_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm static --calib-samples "$STATIC_SAMPLES" --per-channel --smooth-quant --calib "$WORK/calib_npz" --runtime ort
-row static-ex "8-bit" onnxq "static QDQ --per-channel --exclude-worst 4, $STATIC_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm static --calib-samples "$STATIC_SAMPLES" --per-channel --exclude-worst 4 --calib "$WORK/calib_npz" --runtime ort
+row dyn "8-bit" onnxq "dynamic, defaults (per-token activations, per-channel weights, per-row embedding)" -- "${Q[@]}" --algorithm dynamic
+row dyn-tensor "8-bit" onnxq "dynamic --activations per-tensor (onnxruntime's form)" -- "${Q[@]}" --algorithm dynamic --activations per-tensor
+row dyn-tensor-pc "8-bit" onnxq "dynamic --activations per-tensor --per-channel" -- "${Q[@]}" --algorithm dynamic --activations per-tensor --per-channel
+STATIC=("${TEXT[@]}" --calib-samples "$STATIC_SAMPLES")
+row static "8-bit" onnxq "static QDQ, defaults (minmax, per-channel, --exclude-worst auto), $STATIC_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm static "${STATIC[@]}"
+row static-all "8-bit" onnxq "static QDQ per-channel --exclude-worst 0 (every MatMul), $STATIC_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm static --exclude-worst 0 "${STATIC[@]}"
+row static-sq "8-bit" onnxq "static QDQ per-channel --smooth-quant 0.5 --exclude-worst 0, $STATIC_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm static --smooth-quant 0.5 --exclude-worst 0 "${STATIC[@]}"
+row static-sq-auto "8-bit" onnxq "static QDQ per-channel --smooth-quant (α searched per group) --exclude-worst auto, $STATIC_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm static --smooth-quant "${STATIC[@]}"
 row ort-static "8-bit" onnxruntime "quantize_static QDQ minmax, $STATIC_SAMPLES x $CALIB_SEQLEN" -- "$PY" "$RD/ort_quantize.py" static "$IN" @OUT@ --samples "$STATIC_SAMPLES" --seqlen "$CALIB_SEQLEN" --data "$DATA"
 row ort-static-pc "8-bit" onnxruntime "quantize_static QDQ minmax --per-channel, $STATIC_SAMPLES x $CALIB_SEQLEN" -- "$PY" "$RD/ort_quantize.py" static "$IN" @OUT@ --per-channel --samples "$STATIC_SAMPLES" --seqlen "$CALIB_SEQLEN" --data "$DATA"
 

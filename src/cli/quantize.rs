@@ -128,7 +128,8 @@ pub struct QuantizeArgs {
     /// --algorithm static, --calib-method percentile: share of values kept (%).
     #[arg(long, value_name = "P")]
     pub percentile: Option<f64>,
-    /// int8 algorithms: one weight scale per output channel.
+    /// int8 algorithms: one weight scale per output channel (already the default of
+    /// static QDQ and of per-token dynamic; for --activations per-tensor).
     #[arg(long)]
     pub per_channel: bool,
     /// int8 algorithms: 7-bit weights (for x86 CPUs without VNNI).
