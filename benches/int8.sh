@@ -6,11 +6,13 @@
 #
 # - dynamic int8 on the generated TinyLlama-shaped decoder (default
 #   fixtures/large/model.onnx, 4.4 GB fp32 external data; generated if missing):
-#   onnxq `--algorithm dynamic` vs `quantize_dynamic`, MatMul only, per tensor and per
-#   channel (weights int8 symmetric, as onnxruntime's defaults);
+#   onnxq `--algorithm dynamic --activations per-tensor` (onnxruntime's form) vs
+#   `quantize_dynamic`, MatMul only, per-tensor and per-channel weights (int8
+#   symmetric, as onnxruntime's defaults), and onnxq's default (per-token) form;
 # - static int8 QDQ MinMax on fixtures/cnn.onnx with CALIB_SAMPLES (default 256) seeded
-#   random .npz samples: onnxq `--algorithm static --calib DIR` vs `quantize_static`
-#   (each tool's default op types).
+#   random .npz samples: onnxq `--algorithm static --calib DIR --per-channel false
+#   --exclude-worst 0` (onnxruntime's settings) and with its defaults vs
+#   `quantize_static` (each tool's default op types).
 # Neither onnxq run verifies its output (--no-verify): the table is the quantizer alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,16 +45,19 @@ echo "|---|---|---|---|"
 for pc in "" "--per-channel"; do
   label=${pc:+per-channel}; label=${label:-per-tensor}
   measure "onnxq dynamic int8 $label, MatMul only ($(basename "$MODEL"))" \
-    $BIN quantize "$MODEL" "$OUT/q.onnx" --algorithm dynamic --include-op MatMul $pc --no-verify
+    $BIN quantize "$MODEL" "$OUT/q.onnx" --algorithm dynamic --activations per-tensor --include-op MatMul $pc --no-verify
   clean
   measure "onnxruntime quantize_dynamic int8 $label, MatMul only" \
     "$PY" tests/py/ort_quantize.py dynamic "$MODEL" "$OUT/ort.onnx" --op-types MatMul $pc --external-data
   clean
 done
-measure "onnxq dynamic int8 per-tensor, default ops (MatMul, Gemm, Conv, Gather)" \
+measure "onnxq dynamic int8 defaults: per-token, default ops (MatMul, Gemm, Conv, Gather)" \
   $BIN quantize "$MODEL" "$OUT/q.onnx" --algorithm dynamic --no-verify
 clean
-measure "onnxq static QDQ MinMax, $SAMPLES samples ($(basename "$CNN"))" \
+measure "onnxq static QDQ MinMax per-tensor, $SAMPLES samples ($(basename "$CNN"))" \
+  $BIN quantize "$CNN" "$OUT/q.onnx" --algorithm static --calib "$OUT/calib" --per-channel false --exclude-worst 0 --no-verify
+clean
+measure "onnxq static QDQ defaults (per-channel, --exclude-worst auto), $SAMPLES samples" \
   $BIN quantize "$CNN" "$OUT/q.onnx" --algorithm static --calib "$OUT/calib" --no-verify
 clean
 measure "onnxruntime quantize_static QDQ MinMax, $SAMPLES samples" \

@@ -128,10 +128,11 @@ pub struct QuantizeArgs {
     /// --algorithm static, --calib-method percentile: share of values kept (%).
     #[arg(long, value_name = "P")]
     pub percentile: Option<f64>,
-    /// int8 algorithms: one weight scale per output channel (already the default of
-    /// static QDQ and of per-token dynamic; for --activations per-tensor).
-    #[arg(long)]
-    pub per_channel: bool,
+    /// int8 algorithms: one weight scale per output channel (`--per-channel false`:
+    /// one per tensor, onnxruntime's default). Static QDQ defaults to per channel;
+    /// per-token dynamic always is.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub per_channel: Option<bool>,
     /// int8 algorithms: 7-bit weights (for x86 CPUs without VNNI).
     #[arg(long)]
     pub reduce_range: bool,
@@ -321,7 +322,7 @@ impl QuantizeArgs {
                 "--calib-method",
             ),
             (self.percentile.is_some(), "--percentile"),
-            (self.per_channel, "--per-channel"),
+            (self.per_channel.is_some(), "--per-channel"),
             (self.reduce_range, "--reduce-range"),
             (self.activation_type.is_some(), "--activation-type"),
             (self.weight_type.is_some(), "--weight-type"),
@@ -422,7 +423,7 @@ impl QuantizeArgs {
                 "--calib-method",
             ),
             (self.percentile.is_some(), "--percentile"),
-            (self.per_channel, "--per-channel"),
+            (self.per_channel.is_some(), "--per-channel"),
             (self.reduce_range, "--reduce-range"),
             (self.activation_type.is_some(), "--activation-type"),
             (self.weight_type.is_some(), "--weight-type"),
@@ -544,8 +545,8 @@ impl QuantizeArgs {
             };
             r.set("activations", V::String(a.into()));
         }
-        if self.per_channel {
-            r.set("per-channel", V::Boolean(true));
+        if let Some(on) = self.per_channel {
+            r.set("per-channel", V::Boolean(on));
         }
         if self.reduce_range {
             r.set("reduce-range", V::Boolean(true));
