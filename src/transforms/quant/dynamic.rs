@@ -10,19 +10,22 @@
 //! "per-token"`): one symmetric int8 scale per row of A (absmax / 127 over the last
 //! axis) and one weight scale per output channel, in standard ops:
 //! `Abs → ReduceMax → Max(ε) → Div(127)` gives the row scales s, then
-//! `Round(A / s) → Cast(int8) → MatMulInteger(·, W_q, ·, W_zp) → Cast → Mul(s·W_scale)`.
-//! One scale per tensor (onnxruntime's form) lets a single outlier token or channel
-//! set the step for all 512 tokens of a window: on SmolLM2-135M dynamic per-tensor
-//! int8 costs +78 % perplexity (+59 % with per-channel weights), per token +4 %.
+//! `Round(A / s + 128) → Cast(uint8) → MatMulInteger(·, W_q, 128, W_zp) → Cast →
+//! Mul(s·W_scale)`; Gather tables become int8 with one scale per row. One scale per
+//! tensor (onnxruntime's form) lets a few outlier tokens set the step for every
+//! token of a window: on SmolLM2-135M dynamic per-tensor int8 costs +78 % perplexity
+//! (+59 % with per-channel weights), per token +3.4 %.
+//!
 //! `activations = "per-tensor"` writes exactly what onnxruntime's tool writes (and
-//! fuses at load into com.microsoft DynamicQuantizeMatMul / MatMulIntegerToFloat):
-//! `DynamicQuantizeLinear(A) → MatMulInteger(A_q, W_q, A_zp, W_zp) → Cast → Mul(A_scale·W_scale)`
-//! (+ `Add(C)` for Gemm); `ConvInteger` likewise, always per tensor (+ bias Add); for Gather, the
-//! table as uint8 and `Gather → DequantizeLinear`. Weights are stored [K, N]
-//! (transposed ones pre-transposed), int8 symmetric or uint8 asymmetric, per tensor
-//! or per output channel (MatMul/Gemm; Conv weights stay per tensor as in
-//! onnxruntime). Activations are quantized once per value, whatever the number of
-//! consumers; a weight read by several nodes is quantized once.
+//! ONNX Runtime fuses at load into DynamicQuantizeMatMul / MatMulIntegerToFloat):
+//! `DynamicQuantizeLinear(A) → MatMulInteger(A_q, W_q, A_zp, W_zp) → Cast →
+//! Mul(A_scale·W_scale)` (+ `Add(C)` for Gemm), and for Gather the table as uint8
+//! and `Gather → DequantizeLinear`. Conv is always `ConvInteger` per tensor
+//! (+ bias Add). Weights are stored [K, N] (transposed ones pre-transposed), int8
+//! symmetric or uint8 asymmetric, per tensor or per output channel (MatMul/Gemm;
+//! Conv weights stay per tensor as in onnxruntime). Activations are quantized once
+//! per value, whatever the number of consumers; a weight read by several nodes is
+//! quantized once.
 //! Leaves alone: attention ops (never rewritten into QAttention), anything already
 //! quantized (weights behind DequantizeLinear are not constants), float16 models.
 //! Keeps: every value name the rest of the graph reads.
@@ -502,7 +505,8 @@ impl Dynamic {
                 .inputs([Some(cast), Some(added[1])])
                 .meta(PASS_KEY, NAME),
         )?;
-        // The zero point is all zeros and unused by this form.
+        // The zero point is all zeros and unused by this form (already gone when
+        // a second Gather reads the same table).
         let _ = g.remove_initializer(w.zero_point);
         drop_if_unused(g, table, source);
         Ok(())
@@ -683,9 +687,10 @@ fn dynamic_quantize(
 /// The per-token quantization of activation `a` (one per value), placed before
 /// `user`: row scales s = max(absmax over the last axis, ε) / 127 and codes
 /// Round(a / s + 128) as uint8 with zero point 128, i.e. symmetric int8 values in
-/// the u8·s8 form ONNX Runtime's integer GEMM is fast at (int8 A runs ~18x slower
-/// there). |a / s| <= 127 up to one rounding, so the Cast never saturates, and
-/// adding the even 128 before rounding keeps round-half-to-even exact.
+/// the u8·s8 form ONNX Runtime's integer GEMM is fast at (int8 A ran ~12x slower
+/// there on SmolLM2). |a / s| <= 127 up to one rounding, so the Cast never
+/// saturates; 128 is even, so ties still round to even (the add itself rounds a / s
+/// to 2⁻¹⁶, which moves only values that close to a half).
 fn token_quantize(
     g: &mut Graph,
     a: ValueId,
