@@ -764,6 +764,31 @@ fn bad_settings_are_refused_before_the_model_is_read() {
             "--calib-text applies to --algorithm gptq|awq|static",
         ),
         (
+            vec![
+                "--algorithm",
+                "static",
+                "--activation-type",
+                "float8e4m3fn",
+                "--format",
+                "qoperator",
+            ],
+            "float8 activations have no QOperator kernels",
+        ),
+        (
+            vec![
+                "--algorithm",
+                "static",
+                "--activation-type",
+                "float8e4m3fn",
+                "--smooth-quant",
+            ],
+            "float8 activations keep outliers",
+        ),
+        (
+            vec!["--algorithm", "static", "--weight-type", "float8e4m3fn"],
+            "--weight-type takes int8 or uint8",
+        ),
+        (
             vec!["--algorithm", "static", "--activations", "per-token"],
             "--activations applies to --algorithm dynamic",
         ),

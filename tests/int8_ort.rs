@@ -7,6 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use onnxq::ir::DType;
 use onnxq::pass::recipe::Recipe;
 use onnxq::pass::{run_pipeline, PassCx};
 
@@ -182,6 +183,61 @@ fn dynamic_leaves_attention_float_and_stays_valid() {
     .unwrap();
     eprintln!("attention23 dynamic: rel L2 in onnxruntime {e:.3e}");
     assert!(e < 0.1, "{e}");
+}
+
+#[test]
+fn float8_activations_run_in_onnxruntime() {
+    let Some(py) = common::python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["cnn.onnx", "llama-decomposed.onnx"] {
+        let orig = fixture(name);
+        let out = tmp.path().join(format!("f8-{name}"));
+        let int8 = tmp.path().join(format!("i8-{name}"));
+        let pass = "[[pass]]\nname='int8-static-qdq'\n";
+        ours(
+            &orig,
+            &format!("{pass}activation-type='float8e4m3fn'\n"),
+            &out,
+        );
+        ours(&orig, pass, &int8);
+        let m = onnxq::load(&out).unwrap();
+        assert!(m.opset("").unwrap() >= 19, "{name}");
+        let g = &m.graph;
+        let mut float8 = 0;
+        for (_, n) in g.nodes().filter(|(_, n)| n.op_type == "QuantizeLinear") {
+            let zp = g.initializer(n.input(2).unwrap()).unwrap();
+            assert_eq!(zp.dtype(), DType::F8E4M3FN, "{name}: {}", n.name());
+            float8 += 1;
+            // ONNX Runtime would drop a Relu feeding a float8 QuantizeLinear.
+            let x = n.input(0).unwrap();
+            assert!(
+                g.producer(x).is_none_or(|p| g.node(p).op_type != "Relu"),
+                "{name}: Relu → QuantizeLinear at {}",
+                n.name()
+            );
+        }
+        assert!(float8 > 0, "{name}: no float8 activations");
+        common::py(
+            &py,
+            "ort_check.py",
+            &["run", out.to_str().unwrap(), orig.to_str().unwrap()],
+        );
+        let error = |cand: &Path| -> f64 {
+            common::py(
+                &py,
+                "ort_check.py",
+                &["error", orig.to_str().unwrap(), cand.to_str().unwrap()],
+            )
+            .trim()
+            .parse()
+            .unwrap()
+        };
+        // Same calibration (seeded uniform inputs; the check feeds normal ones, so
+        // both clip): float8's 3-bit mantissa may lose a little to int8, not more.
+        let (e, e_int8) = (error(&out), error(&int8));
+        eprintln!("{name}: rel L2 in onnxruntime, float8 {e:.3e}, int8 {e_int8:.3e}");
+        assert!(e < 1.5 * e_int8 && e < 0.5, "{name}: {e} vs {e_int8}");
+    }
 }
 
 /// (fixture, calibration, onnxq settings, onnxruntime flags, scales in common,

@@ -55,6 +55,8 @@ pub enum IntTypeArg {
     Int8,
     Uint8,
     Int16,
+    /// float8 e4m3fn (activations only; opset 19)
+    Float8e4m3fn,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,7 +138,8 @@ pub struct QuantizeArgs {
     /// int8 algorithms: 7-bit weights (for x86 CPUs without VNNI).
     #[arg(long)]
     pub reduce_range: bool,
-    /// --algorithm static: type of quantized activations (int16 needs opset 21).
+    /// --algorithm static: type of quantized activations (int16 needs opset 21,
+    /// float8e4m3fn opset 19 and the qdq format).
     #[arg(long, value_enum)]
     pub activation_type: Option<IntTypeArg>,
     /// int8 algorithms: type of quantized weights (int8 symmetric, uint8 asymmetric).
@@ -521,14 +524,20 @@ impl QuantizeArgs {
             IntTypeArg::Int8 => "int8",
             IntTypeArg::Uint8 => "uint8",
             IntTypeArg::Int16 => "int16",
+            IntTypeArg::Float8e4m3fn => "float8e4m3fn",
         };
         if let Some(t) = self.weight_type {
-            if t == IntTypeArg::Int16 {
+            if matches!(t, IntTypeArg::Int16 | IntTypeArg::Float8e4m3fn) {
                 return Err(err("--weight-type takes int8 or uint8".into()));
             }
             r.set("weight-type", V::String(type_name(t).into()));
         }
         if let Some(t) = self.activation_type {
+            if t == IntTypeArg::Float8e4m3fn && self.format == Some(FormatArg::Qoperator) {
+                return Err(err(
+                    "float8 activations have no QOperator kernels; use --format qdq".into(),
+                ));
+            }
             r.set("activation-type", V::String(type_name(t).into()));
         }
         if let Some(a) = self.activations {

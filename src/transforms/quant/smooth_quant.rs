@@ -203,6 +203,12 @@ impl SmoothQuant {
                 "int8 activations with uint8 weights have no kernels in ONNX Runtime",
             ));
         }
+        if c.activation_type.is_float8() {
+            return Err(Error::invalid(
+                "smooth-quant searches α against an integer grid; float8 activations keep \
+                 outliers on their relative grid without it",
+            ));
+        }
         c.runtime
             .parse::<crate::runtime::RuntimeKind>()
             .map_err(Error::invalid)?;

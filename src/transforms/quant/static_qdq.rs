@@ -62,15 +62,58 @@ pub enum ActivationType {
     Uint8,
     /// Needs opset 21 (raised when possible, else com.microsoft Q/DQ).
     Int16,
+    /// 8-bit float (1-4-3, no infinities, max 448), zero point 0, scale absmax /
+    /// 448: a relative grid that outliers cannot flatten. Needs opset 19. Q/DQ
+    /// only (no integer kernels); constants of elementwise ops stay float.
+    Float8e4m3fn,
 }
 
+/// Largest finite float8 e4m3fn value.
+pub const FLOAT8_E4M3FN_MAX: f32 = 448.0;
+
 impl ActivationType {
+    /// The integer type; float8 is modelled as symmetric int8 where only an
+    /// integer grid is known (SmoothQuant's search refuses it instead).
     pub fn qtype(self) -> QType {
         match self {
-            ActivationType::Int8 => QType::I8,
+            ActivationType::Int8 | ActivationType::Float8e4m3fn => QType::I8,
             ActivationType::Uint8 => QType::U8,
             ActivationType::Int16 => QType::I16,
         }
+    }
+
+    pub fn is_float8(self) -> bool {
+        self == ActivationType::Float8e4m3fn
+    }
+
+    /// Scale and zero point of an activation calibrated to [lo, hi].
+    fn params(self, lo: f32, hi: f32, symmetric: bool) -> std::result::Result<ScaleZp, String> {
+        if self.is_float8() {
+            if !lo.is_finite() || !hi.is_finite() {
+                return Err(format!("range [{lo}, {hi}] is not finite"));
+            }
+            let absmax = lo.abs().max(hi.abs());
+            let scale = if absmax > 0.0 {
+                absmax / FLOAT8_E4M3FN_MAX
+            } else {
+                1.0
+            };
+            return Ok(ScaleZp {
+                scale,
+                zero_point: 0,
+            });
+        }
+        let (qmin, qmax) = self.qtype().range(false, symmetric);
+        int8::scale_zp(lo, hi, qmin, qmax, symmetric).map_err(|e| e.to_string())
+    }
+
+    /// The zero-point tensor of `p`.
+    fn zero_point(self, p: ScaleZp) -> Tensor {
+        if self.is_float8() {
+            // float8 +0.0 is the all-zero byte.
+            return Tensor::from_raw("", DType::F8E4M3FN, vec![], vec![0u8].into());
+        }
+        zp_tensor(&[p], self.qtype(), vec![])
     }
 }
 
@@ -535,9 +578,16 @@ impl StaticQdq {
             .filter(|(_, n)| n.op_type == "DequantizeLinear")
             .flat_map(|(_, n)| n.outputs().iter().flatten().copied().collect::<Vec<_>>())
             .collect();
+        // ONNX Runtime (1.32) drops a Relu whose only reader is a QuantizeLinear
+        // when the zero point looks like the bottom of the type, and takes float8's
+        // zero for that: with float8 a Relu output is never quantized; its input is,
+        // and Relu commutes with a symmetric grid, so the values are the same.
+        let float8 = self.config.activation_type.is_float8();
+        let after_relu =
+            |v: ValueId| float8 && g.producer(v).is_some_and(|p| g.node(p).op_type == "Relu");
         let act = |plan: &mut Plan, v: Option<ValueId>| {
             if let Some(v) = v {
-                if !from_dq.contains(&v) && constant(g, v).is_none() {
+                if !from_dq.contains(&v) && constant(g, v).is_none() && !after_relu(v) {
                     plan.mark(v, Mark::Act);
                 }
             }
@@ -579,7 +629,9 @@ impl StaticQdq {
                         continue;
                     }
                     let producer = g.producer(i);
+                    // Only an asymmetric integer grid clips at 0 as Relu does.
                     let mergeable = !self.config.activation_symmetric
+                        && !self.config.activation_type.is_float8()
                         && producer.is_some()
                         && g.value(i).uses().len() == 1
                         && !g.is_graph_output(i)
@@ -614,6 +666,10 @@ impl StaticQdq {
                     for (slot, v) in node.inputs().iter().enumerate() {
                         let Some(v) = *v else { continue };
                         match constant(g, v) {
+                            // float8 constants would need float8 storage: they stay float.
+                            Some((_, t))
+                                if t.dtype().is_float()
+                                    && self.config.activation_type.is_float8() => {}
                             Some((src, t)) if t.dtype().is_float() => {
                                 plan.weights.push(WeightUse {
                                     node: id,
@@ -860,9 +916,8 @@ impl StaticQdq {
                 }
             }
         }
-        let qt = self.config.activation_type.qtype();
+        let at = self.config.activation_type;
         let sym = self.config.activation_symmetric;
-        let (qmin, qmax) = qt.range(false, sym);
         let mut out = HashMap::new();
         for &v in &plan.order {
             if plan.marks.get(&v) != Some(&Mark::Act) {
@@ -871,8 +926,9 @@ impl StaticQdq {
             let Some(&(lo, hi)) = ranges.get(&v) else {
                 continue; // not float
             };
-            let p = int8::scale_zp(lo, hi, qmin, qmax, sym)
-                .map_err(|e| Error::tensor(g.value_name(v), e.to_string()))?;
+            let p = at
+                .params(lo, hi, sym)
+                .map_err(|e| Error::tensor(g.value_name(v), e))?;
             out.insert(v, p);
         }
         Ok(out)
@@ -881,6 +937,14 @@ impl StaticQdq {
     /// Raises the opset for per-axis DQ (13) or 16-bit Q/DQ (21); returns the
     /// domain Q/DQ nodes use ("" or com.microsoft when 21 is refused).
     fn prepare_opset(&self, model: &mut Model) -> Result<String> {
+        if self.config.activation_type.is_float8() {
+            super::opset::raise_default_opset(model, 19)
+                .map_err(|e| Error::invalid(format!("float8 activations need opset 19: {e}")))?;
+            if model.ir_version.unwrap_or(0) < 9 {
+                model.ir_version = Some(9);
+            }
+            return Ok(String::new());
+        }
         if self.config.activation_type == ActivationType::Int16 {
             if super::opset::raise_default_opset(model, 21).is_ok() {
                 if model.ir_version.unwrap_or(0) < 10 {
@@ -919,9 +983,8 @@ impl StaticQdq {
                 }
             }
         }
-        let qt = self.config.activation_type.qtype();
+        let at = self.config.activation_type;
         let sym = self.config.activation_symmetric;
-        let (qmin, qmax) = qt.range(false, sym);
         let mut scored = Vec::new();
         for (x, members) in groups {
             let name = g.value_name(x);
@@ -931,9 +994,16 @@ impl StaticQdq {
             if rms <= 0.0 {
                 continue;
             }
-            let p = int8::scale_zp(lo, hi, qmin, qmax, sym)
-                .map_err(|e| Error::tensor(name, e.to_string()))?;
-            let noise = p.scale as f64 / (12f64.sqrt() * rms as f64);
+            let p = at.params(lo, hi, sym).map_err(|e| Error::tensor(name, e))?;
+            // float8's grid is relative (3 mantissa bits: a step of 1/8 of the
+            // value's binade) down to its subnormal step, 2⁻⁹ of the scale: an
+            // outlier-stretched range only hurts once typical values sink there.
+            let step = if at.is_float8() {
+                (rms as f64 / 8.0).max(p.scale as f64 / 512.0)
+            } else {
+                p.scale as f64
+            };
+            let noise = step / (12f64.sqrt() * rms as f64);
             scored.push((noise, name.to_string(), members));
         }
         scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
@@ -982,7 +1052,6 @@ fn apply(
     domain: &str,
     outcome: &mut PassOutcome,
 ) -> Result<()> {
-    let act_q = pass.config.activation_type.qtype();
     // Relu/Clip folding: the producer takes over the activation's output value.
     let mut remap: HashMap<NodeId, NodeId> = HashMap::new();
     for &(relu, producer) in &plan.merges {
@@ -1016,7 +1085,7 @@ fn apply(
             zero_point: add_named(
                 g,
                 &format!("{base}_zero_point"),
-                zp_tensor(&[*p], act_q, vec![]),
+                pass.config.activation_type.zero_point(*p),
             )?,
         };
         made.insert(v, pv);
