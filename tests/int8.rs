@@ -106,9 +106,8 @@ fn float_info(dims: &[Dim]) -> ValueInfo {
     }
 }
 
-/// x[batch, 8] → Log → MatMul(W) → y: a model whose activations turn NaN on
-/// non-positive inputs; W is also read by a second MatMul on x directly.
-fn log_model() -> Model {
+/// A model with an empty graph named `name` (opset 17).
+fn empty_model(name: &str) -> Model {
     let mut m = Model {
         ir_version: Some(8),
         opset_import: vec![onnxq::ir::OpsetImport {
@@ -118,8 +117,15 @@ fn log_model() -> Model {
         has_graph: true,
         ..Default::default()
     };
+    m.graph.name = Some(name.into());
+    m
+}
+
+/// x[batch, 8] → Log → MatMul(W) → y: a model whose activations turn NaN on
+/// non-positive inputs; W is also read by a second MatMul on x directly.
+fn log_model() -> Model {
+    let mut m = empty_model("log");
     let g = &mut m.graph;
-    g.name = Some("log".into());
     let x = g
         .add_input(
             "x",
@@ -356,17 +362,8 @@ fn dynamic_quantizes_a_shared_weight_once() {
 /// where gain lifts channel 5 of the first token 500-fold: `xs` carries one massive
 /// activation per sample, as the inputs of LLM down projections do.
 fn outlier_model() -> Model {
-    let mut m = Model {
-        ir_version: Some(8),
-        opset_import: vec![onnxq::ir::OpsetImport {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        has_graph: true,
-        ..Default::default()
-    };
+    let mut m = empty_model("outlier");
     let g = &mut m.graph;
-    g.name = Some("outlier".into());
     let batch = || Dim::Param("batch".into());
     let x = g
         .add_input("x", float_info(&[batch(), Dim::Value(64), Dim::Value(32)]))

@@ -266,12 +266,8 @@ impl Dynamic {
         m: &crate::rewrite::matchers::WeightMatMul,
         st: &mut State,
     ) -> Result<()> {
-        let node = g.node(m.node).clone();
-        let name = node.name().to_string();
+        let (node, name, out) = named(g, m.node)?;
         let a = node.input(0).ok_or_else(|| node_err(&node, "no A input"))?;
-        let out = g
-            .value_name(node.output(0).ok_or_else(|| node_err(&node, "no output"))?)
-            .to_string();
         let per_token = self.config.activations == ActivationScale::PerToken;
         // Per token, the weight scales multiply the output anyway: per channel is free.
         let axis = (self.config.per_channel || per_token).then_some(1);
@@ -327,24 +323,10 @@ impl Dynamic {
         source: ConstSource,
         st: &mut State,
     ) -> Result<()> {
-        let node = g.node(id).clone();
-        let name = node.name().to_string();
+        let (node, name, out) = named(g, id)?;
         let x = node.input(0).ok_or_else(|| node_err(&node, "no input X"))?;
-        let out = g
-            .value_name(node.output(0).ok_or_else(|| node_err(&node, "no output"))?)
-            .to_string();
         // onnxruntime's ConvInteger path quantizes Conv weights per tensor.
-        let spec = self.weight_spec(None, true);
-        let key = (weight, false, spec);
-        let w = match st.weights.get(&key) {
-            Some(w) => *w,
-            None => {
-                let t = constant(g, weight).expect("matched as constant").1.clone();
-                let w = add_quantized(g, &t, g.value_name(weight).to_string(), &spec, st)?;
-                st.weights.insert(key, w);
-                w
-            }
-        };
+        let w = quantized_constant(g, weight, &self.weight_spec(None, true), st)?;
         let (xq, xscale, xzp) = dynamic_quantize(g, x, id, st)?;
         let ci_out = g.fresh_name(&format!("{out}_output_quantized"));
         let mut spec = NodeSpec::new("", "ConvInteger")
@@ -388,11 +370,7 @@ impl Dynamic {
         source: ConstSource,
         st: &mut State,
     ) -> Result<()> {
-        let node = g.node(id).clone();
-        let name = node.name().to_string();
-        let out = g
-            .value_name(node.output(0).ok_or_else(|| node_err(&node, "no output"))?)
-            .to_string();
+        let (node, name, out) = named(g, id)?;
         let rows = constant(g, table).is_some_and(|(_, t)| t.dims.len() == 2)
             && node.attr_int("axis").unwrap_or(0) == 0;
         if self.config.activations == ActivationScale::PerToken && rows {
@@ -405,16 +383,7 @@ impl Dynamic {
             reduce_range: false,
             axis: None,
         };
-        let key = (table, false, spec);
-        let w = match st.weights.get(&key) {
-            Some(w) => *w,
-            None => {
-                let t = constant(g, table).expect("matched as constant").1.clone();
-                let w = add_quantized(g, &t, g.value_name(table).to_string(), &spec, st)?;
-                st.weights.insert(key, w);
-                w
-            }
-        };
+        let w = quantized_constant(g, table, &spec, st)?;
         let mut inputs = node.inputs().to_vec();
         inputs[0] = Some(w.data);
         let mut spec = NodeSpec::new("", "Gather")
@@ -436,9 +405,7 @@ impl Dynamic {
         drop_if_unused(g, table, source);
         Ok(())
     }
-}
 
-impl Dynamic {
     /// A [V, H] table as int8 with one symmetric scale per row (token), the scales
     /// stored [V, 1]: `Gather(codes) → Cast → Mul(Gather(scales))`. One uint8 scale
     /// for the whole table (onnxruntime's form) costs SmolLM2-135M 1.6 % perplexity
@@ -451,30 +418,20 @@ impl Dynamic {
         source: ConstSource,
         st: &mut State,
     ) -> Result<()> {
-        let node = g.node(id).clone();
-        let name = node.name().to_string();
-        let out = g
-            .value_name(node.output(0).ok_or_else(|| node_err(&node, "no output"))?)
-            .to_string();
+        let (node, name, out) = named(g, id)?;
         let spec = WeightSpec {
             qtype: QType::I8,
             symmetric: true,
             reduce_range: false,
             axis: Some(0),
         };
-        let key = (table, false, spec);
-        let w = match st.weights.get(&key) {
-            Some(w) => *w,
-            None => {
-                let t = constant(g, table).expect("matched as constant").1.clone();
-                let w = add_quantized(g, &t, g.value_name(table).to_string(), &spec, st)?;
-                let mut scales = g.initializer(w.scale).expect("just added").clone();
-                scales.dims = vec![t.dims[0], 1];
-                g.set_initializer(w.scale, scales);
-                st.weights.insert(key, w);
-                w
-            }
-        };
+        let w = quantized_constant(g, table, &spec, st)?;
+        // Scales stored [V, 1], so the gathered ones broadcast over each row.
+        if let Some(scales) = g.initializer(w.scale).filter(|t| t.dims.len() == 1) {
+            let mut scales = scales.clone();
+            scales.dims.push(1);
+            g.set_initializer(w.scale, scales);
+        }
         let indices = node.input(1).ok_or_else(|| node_err(&node, "no indices"))?;
         let mut added = Vec::new();
         for (data, what) in [(w.data, "quantized"), (w.scale, "row_scale")] {
@@ -564,33 +521,34 @@ fn rescale(
     )?;
     g.place_before(cast, anchor);
     let c = g.node(cast).output(0).expect("one output");
-    if split {
-        let columns = g.add_node(
-            NodeSpec::new("", "Mul")
-                .name(g.fresh_node_name(&format!("{name}_quant_weight_scale_mul")))
-                .inputs([Some(c), Some(wscale)])
-                .output(g.fresh_name(&format!("{int_out}_column_scaled")))
-                .meta(PASS_KEY, NAME),
-        )?;
-        g.place_before(columns, anchor);
-        let columns = g.node(columns).output(0).expect("one output");
-        return Ok(NodeSpec::new("", "Mul")
-            .name(g.fresh_node_name(&format!("{name}_quant_output_scale_mul")))
-            .inputs([Some(columns), Some(ascale)])
-            .meta(PASS_KEY, NAME));
-    }
-    let scales = g.add_node(
+    let (x, y, mul_name, mul_out) = if split {
+        (
+            c,
+            wscale,
+            "quant_weight_scale_mul",
+            format!("{int_out}_column_scaled"),
+        )
+    } else {
+        (
+            ascale,
+            wscale,
+            "quant_scales_mul",
+            format!("{name}_quant_scales_mul:0"),
+        )
+    };
+    let first = g.add_node(
         NodeSpec::new("", "Mul")
-            .name(g.fresh_node_name(&format!("{name}_quant_scales_mul")))
-            .inputs([Some(ascale), Some(wscale)])
-            .output(g.fresh_name(&format!("{name}_quant_scales_mul:0")))
+            .name(g.fresh_node_name(&format!("{name}_{mul_name}")))
+            .inputs([Some(x), Some(y)])
+            .output(g.fresh_name(&mul_out))
             .meta(PASS_KEY, NAME),
     )?;
-    g.place_before(scales, anchor);
-    let s = g.node(scales).output(0).expect("one output");
+    g.place_before(first, anchor);
+    let f = g.node(first).output(0).expect("one output");
+    let inputs = if split { [f, ascale] } else { [c, f] };
     Ok(NodeSpec::new("", "Mul")
         .name(g.fresh_node_name(&format!("{name}_quant_output_scale_mul")))
-        .inputs([Some(c), Some(s)])
+        .inputs(inputs.map(Some))
         .meta(PASS_KEY, NAME))
 }
 
@@ -629,6 +587,32 @@ struct State {
     opset: i64,
     bytes_before: u64,
     bytes_after: u64,
+}
+
+/// The node `id` (cloned), its name and the name of its first output.
+fn named(g: &Graph, id: NodeId) -> Result<(crate::ir::Node, String, String)> {
+    let node = g.node(id).clone();
+    let out = node.output(0).ok_or_else(|| node_err(&node, "no output"))?;
+    let out = g.value_name(out).to_string();
+    let name = node.name().to_string();
+    Ok((node, name, out))
+}
+
+/// The constant `v` quantized with `spec`, once per (value, spec).
+fn quantized_constant(
+    g: &mut Graph,
+    v: ValueId,
+    spec: &WeightSpec,
+    st: &mut State,
+) -> Result<QuantInit> {
+    let key = (v, false, *spec);
+    if let Some(w) = st.weights.get(&key) {
+        return Ok(*w);
+    }
+    let t = constant(g, v).expect("matched as constant").1.clone();
+    let w = add_quantized(g, &t, g.value_name(v).to_string(), spec, st)?;
+    st.weights.insert(key, w);
+    Ok(w)
 }
 
 fn node_err(node: &crate::ir::Node, reason: &str) -> Error {
@@ -751,26 +735,13 @@ fn token_quantize(
         None => reduce.input(abs).attr(Attribute::ints("axes", vec![-1])),
     };
     let absmax = step(g, reduce, "absmax")?;
-    let floored = step(
-        g,
-        NodeSpec::new("", "Max").inputs([Some(absmax), Some(eps)]),
-        "absmax_floored",
-    )?;
-    let scale = step(
-        g,
-        NodeSpec::new("", "Div").inputs([Some(floored), Some(q127)]),
-        "token_scale",
-    )?;
-    let scaled = step(
-        g,
-        NodeSpec::new("", "Div").inputs([Some(a), Some(scale)]),
-        "scaled",
-    )?;
-    let shifted = step(
-        g,
-        NodeSpec::new("", "Add").inputs([Some(scaled), Some(zp_f)]),
-        "shifted",
-    )?;
+    let binary = |g: &mut Graph, op: &str, x: ValueId, y: ValueId, suffix: &str| {
+        step(g, NodeSpec::new("", op).inputs([Some(x), Some(y)]), suffix)
+    };
+    let floored = binary(g, "Max", absmax, eps, "absmax_floored")?;
+    let scale = binary(g, "Div", floored, q127, "token_scale")?;
+    let scaled = binary(g, "Div", a, scale, "scaled")?;
+    let shifted = binary(g, "Add", scaled, zp_f, "shifted")?;
     let rounded = step(g, NodeSpec::new("", "Round").input(shifted), "rounded")?;
     let codes = step(
         g,
