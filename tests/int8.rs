@@ -701,6 +701,84 @@ fn smooth_quant_keeps_the_float_function_and_moves_the_outliers() {
 }
 
 #[test]
+fn nodes_config_sets_activation_types_per_node_and_skips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = onnxq::load(&fixture("llama-decomposed.onnx")).unwrap();
+    let write = |name: &str, json: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, json).unwrap();
+        p.display().to_string()
+    };
+    let cfg = write(
+        "nodes.json",
+        r#"{"*/down_proj/*": {"activation-type": "int16"}, "*/o_proj/*": "skip"}"#,
+    );
+    let q = apply(
+        &model,
+        &format!("[recipe]\nname='t'\n[[pass]]\nname='int8-static-qdq'\nnodes-config='{cfg}'\n"),
+    );
+    let g = &q.graph;
+    let zp_of = |node: &str| {
+        let n = g.nodes().find(|(_, n)| n.name() == node).unwrap().1;
+        let x = n.input(0).unwrap();
+        let dq = g.node(g.producer(x).unwrap());
+        assert_eq!(dq.op_type, "DequantizeLinear", "{node}");
+        (
+            g.initializer(dq.input(2).unwrap()).unwrap().dtype(),
+            dq.domain().to_string(),
+        )
+    };
+    // int16 between int8 activations: com.microsoft Q/DQ, the default opset kept.
+    assert_eq!(
+        zp_of("/model/layers.0/mlp/down_proj/MatMul"),
+        (DType::I16, "com.microsoft".to_string())
+    );
+    assert_eq!(
+        zp_of("/model/layers.0/mlp/gate_proj/MatMul"),
+        (DType::I8, String::new())
+    );
+    assert!(q.opset("").unwrap() < 21);
+    assert!(
+        g.find("model.layers.0.self_attn.o_proj.weight")
+            .and_then(|v| g.initializer(v))
+            .is_some_and(|t| t.dtype() == DType::F32),
+        "o_proj skipped"
+    );
+    // Settings a pass does not take are refused, naming the pattern.
+    let bits = write("bits.json", r#"{"*/q_proj/*": {"bits": 4}}"#);
+    let e = try_apply(
+        &model,
+        &format!("[recipe]\nname='t'\n[[pass]]\nname='int8-static-qdq'\nnodes-config='{bits}'\n"),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        e.to_string()
+            .contains("node '*/q_proj/*': int8-static-qdq does not take 'bits'"),
+        "{e}"
+    );
+    let act = write("act.json", r#"{"*": {"activation-type": "int16"}}"#);
+    let e = try_apply(
+        &model,
+        &format!("[recipe]\nname='t'\n[[pass]]\nname='matmul-nbits'\nnodes-config='{act}'\n"),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        e.to_string().contains("does not take 'activation-type'"),
+        "{e}"
+    );
+    let f8 = write("f8.json", r#"{"*": {"activation-type": "float8e4m3fn"}}"#);
+    let e = try_apply(
+        &model,
+        &format!("[recipe]\nname='t'\n[[pass]]\nname='int8-static-qdq'\nnodes-config='{f8}'\n"),
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("whole pass"), "{e}");
+}
+
+#[test]
 fn int16_activations_raise_the_opset() {
     let model = onnxq::load(&fixture("cnn.onnx")).unwrap();
     let q = apply(

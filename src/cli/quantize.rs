@@ -117,7 +117,9 @@ pub struct QuantizeArgs {
     /// Op types to quantize (default MatMul and Gemm); repeatable.
     #[arg(long, value_name = "OP")]
     pub include_op: Vec<String>,
-    /// JSON file of per-node settings: {"pattern": {"bits": 8, "block-size": 64} | "skip"}.
+    /// JSON file of per-node settings, first matching pattern wins: {"pattern":
+    /// "skip" | {"bits": 8, "block-size": 64}} (weight-only), {"activation-type":
+    /// "int16"} (static).
     #[arg(long, value_name = "FILE")]
     pub nodes_config: Option<String>,
     /// --algorithm static: calibration samples (a directory of .npz files, keys =
@@ -447,7 +449,6 @@ impl QuantizeArgs {
             (self.asymmetric, "--asymmetric"),
             (self.accuracy_level.is_some(), "--accuracy-level"),
             (self.embeddings, "--embeddings"),
-            (self.nodes_config.is_some(), "--nodes-config"),
             (self.quant_type != QuantTypeArg::Nf4, "--quant-type"),
         ]
         .into_iter()
@@ -594,6 +595,9 @@ impl QuantizeArgs {
                 })?),
             };
             r.set("exclude-worst", v);
+        }
+        if let Some(f) = &self.nodes_config {
+            r.set("nodes-config", V::String(f.clone()));
         }
         if !self.exclude.is_empty() {
             r.set(

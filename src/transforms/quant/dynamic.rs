@@ -88,6 +88,8 @@ pub struct DynamicConfig {
     pub op_types: Vec<String>,
     /// Node name patterns (`*` wildcards) to leave in float.
     pub exclude: Vec<String>,
+    /// JSON file of per-node settings: `{"pattern": "skip"}`.
+    pub nodes_config: Option<String>,
 }
 
 impl Default for DynamicConfig {
@@ -101,6 +103,7 @@ impl Default for DynamicConfig {
                 .map(String::from)
                 .to_vec(),
             exclude: Vec::new(),
+            nodes_config: None,
         }
     }
 }
@@ -112,6 +115,7 @@ pub const DYNAMIC_KEYS: &[&str] = &[
     "reduce-range",
     "op-types",
     "exclude",
+    "nodes-config",
 ];
 
 const SUPPORTED_OPS: &[&str] = &["MatMul", "Gemm", "Conv", "Gather"];
@@ -140,7 +144,12 @@ impl Dynamic {
                  uint8 weights need activations = \"per-tensor\"",
             ));
         }
-        let selection = Selection::new(&config.exclude, &config.op_types, None)?;
+        let selection = Selection::new(
+            &config.exclude,
+            &config.op_types,
+            config.nodes_config.as_deref(),
+        )?;
+        selection.refuse_unless(&[], "int8-dynamic")?;
         Ok(Dynamic { config, selection })
     }
 }

@@ -2,6 +2,7 @@
 //! a per-node config file.
 use serde::Deserialize;
 
+use super::static_qdq::ActivationType;
 use crate::error::{Error, Result};
 
 /// What to do with one node.
@@ -13,6 +14,8 @@ pub enum NodeOverride {
         bits: Option<u8>,
         block_size: Option<usize>,
         symmetric: Option<bool>,
+        /// Static int8: the type of the node's quantized activations.
+        activation_type: Option<ActivationType>,
     },
 }
 
@@ -22,6 +25,7 @@ impl Default for NodeOverride {
             bits: None,
             block_size: None,
             symmetric: None,
+            activation_type: None,
         }
     }
 }
@@ -39,6 +43,7 @@ struct Settings {
     bits: Option<u8>,
     block_size: Option<usize>,
     symmetric: Option<bool>,
+    activation_type: Option<ActivationType>,
     #[serde(default)]
     skip: bool,
 }
@@ -72,6 +77,7 @@ impl Selection {
                         bits: s.bits,
                         block_size: s.block_size,
                         symmetric: s.symmetric,
+                        activation_type: s.activation_type,
                     },
                 };
                 per_node.push((pattern, o));
@@ -86,6 +92,37 @@ impl Selection {
 
     pub fn overrides(&self) -> impl Iterator<Item = &NodeOverride> {
         self.per_node.iter().map(|(_, o)| o)
+    }
+
+    /// Refuses per-node settings a pass does not take (`takes` names those it
+    /// does: "bits", "block-size", "symmetric", "activation-type"), naming the
+    /// pattern: a silently ignored override would quantize a node the user meant
+    /// otherwise.
+    pub fn refuse_unless(&self, takes: &[&str], pass: &str) -> Result<()> {
+        for (pattern, o) in &self.per_node {
+            let NodeOverride::Quantize {
+                bits,
+                block_size,
+                symmetric,
+                activation_type,
+            } = o
+            else {
+                continue;
+            };
+            for (set, key) in [
+                (bits.is_some(), "bits"),
+                (block_size.is_some(), "block-size"),
+                (symmetric.is_some(), "symmetric"),
+                (activation_type.is_some(), "activation-type"),
+            ] {
+                if set && !takes.contains(&key) {
+                    return Err(Error::invalid(format!(
+                        "nodes-config: node '{pattern}': {pass} does not take '{key}'"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn op_included(&self, op: &str) -> bool {

@@ -174,6 +174,9 @@ pub struct StaticConfig {
     pub keep_float: Vec<String>,
     /// Node name patterns (`*` wildcards) to leave in float.
     pub exclude: Vec<String>,
+    /// JSON file of per-node settings: `{"pattern": "skip" | {"activation-type":
+    /// "int16"}}` (first matching pattern wins; int16 where nodes share a value).
+    pub nodes_config: Option<String>,
     /// Leave float the groups of MatMul/Gemm/Conv nodes (nodes reading the same
     /// activation) whose input the per-tensor grid serves worst: outliers stretch
     /// the range, so the step is large against the typical value. Ranked by the
@@ -219,6 +222,7 @@ impl Default for StaticConfig {
             op_types: DEFAULT_OPS.iter().map(|s| s.to_string()).collect(),
             keep_float: KEEP_FLOAT.iter().map(|s| s.to_string()).collect(),
             exclude: Vec::new(),
+            nodes_config: None,
             exclude_worst: ExcludeWorst::Count(0),
             exclude_noise: DEFAULT_EXCLUDE_NOISE,
             quantize_outputs: false,
@@ -249,6 +253,7 @@ pub const STATIC_KEYS: &[&str] = &[
     "op-types",
     "keep-float",
     "exclude",
+    "nodes-config",
     "exclude-worst",
     "exclude-noise",
     "quantize-outputs",
@@ -377,7 +382,21 @@ impl StaticQdq {
             .runtime
             .parse::<crate::runtime::RuntimeKind>()
             .map_err(Error::invalid)?;
-        let selection = Selection::new(&config.exclude, &config.op_types, None)?;
+        let selection = Selection::new(
+            &config.exclude,
+            &config.op_types,
+            config.nodes_config.as_deref(),
+        )?;
+        selection.refuse_unless(&["activation-type"], "int8-static-qdq")?;
+        // Relu folding and Q/DQ placement are planned for the pass-wide type.
+        let float8_override = selection.overrides().any(|o| {
+            matches!(o, NodeOverride::Quantize { activation_type: Some(t), .. } if t.is_float8())
+        });
+        if float8_override {
+            return Err(Error::invalid(
+                "nodes-config: float8 activations apply to the whole pass (activation-type)",
+            ));
+        }
         Ok(StaticQdq {
             config,
             selection,
@@ -523,6 +542,8 @@ struct Plan {
     nodes: usize,
     /// Every node the pass quantizes: only these read the dequantized copies.
     members: BTreeSet<NodeId>,
+    /// Activations whose type `nodes-config` sets (others: `activation-type`).
+    types: HashMap<ValueId, ActivationType>,
 }
 
 impl Plan {
@@ -693,7 +714,53 @@ impl StaticQdq {
                 plan.nodes += 1;
             }
         }
+        self.plan_types(g, &mut plan);
         plan
+    }
+
+    /// Per-node activation types (`nodes-config`): every quantized value the node
+    /// reads or writes takes the type (through shared scales, the value that owns
+    /// them); where two nodes disagree, int16 wins.
+    fn plan_types(&self, g: &Graph, plan: &mut Plan) {
+        for &n in &plan.members {
+            let node = g.node(n);
+            let NodeOverride::Quantize {
+                activation_type: Some(t),
+                ..
+            } = self.selection.resolve(node.name())
+            else {
+                continue;
+            };
+            for &v in node.inputs().iter().chain(node.outputs()).flatten() {
+                let mut root = v;
+                while let Some(Mark::Shared(up)) = plan.marks.get(&root) {
+                    root = *up;
+                }
+                if plan.marks.get(&root) == Some(&Mark::Act) {
+                    let e = plan.types.entry(root).or_insert(t);
+                    if t == ActivationType::Int16 {
+                        *e = t;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The domain of the Q/DQ of a value `nodes-config` gives type `t`, when not
+    /// the pass's: int16 among 8-bit activations is written as com.microsoft
+    /// Q/DQ. At opset 21 in the default domain, ONNX Runtime (1.32) fails to load
+    /// such a mix (its QDQ propagation builds an int8 Q with a uint8 zero point).
+    fn override_domain(&self, t: ActivationType) -> Option<&'static str> {
+        (t == ActivationType::Int16 && self.config.activation_type != ActivationType::Int16)
+            .then_some("com.microsoft")
+    }
+
+    /// The type of activation `v`'s grid.
+    fn type_of(&self, plan: &Plan, v: ValueId) -> ActivationType {
+        plan.types
+            .get(&v)
+            .copied()
+            .unwrap_or(self.config.activation_type)
     }
 
     fn plan_weighted(
@@ -839,7 +906,7 @@ impl Pass for StaticQdq {
         self.plan(&model.graph, &mut outcome, &excluded);
         self.check_folds(&model.graph, &mut plan, &cal, &mut outcome);
         let params = self.activation_params(&model.graph, &plan, &cal)?;
-        let qdq_domain = self.prepare_opset(model)?;
+        let qdq_domain = self.prepare_opset(model, &plan)?;
         let g = &mut model.graph;
         apply(self, g, &plan, &params, &qdq_domain, &mut outcome)?;
         outcome.count("nodes quantized", plan.nodes as u64);
@@ -916,7 +983,6 @@ impl StaticQdq {
                 }
             }
         }
-        let at = self.config.activation_type;
         let sym = self.config.activation_symmetric;
         let mut out = HashMap::new();
         for &v in &plan.order {
@@ -926,7 +992,8 @@ impl StaticQdq {
             let Some(&(lo, hi)) = ranges.get(&v) else {
                 continue; // not float
             };
-            let p = at
+            let p = self
+                .type_of(plan, v)
                 .params(lo, hi, sym)
                 .map_err(|e| Error::tensor(g.value_name(v), e))?;
             out.insert(v, p);
@@ -934,9 +1001,16 @@ impl StaticQdq {
         Ok(out)
     }
 
-    /// Raises the opset for per-axis DQ (13) or 16-bit Q/DQ (21); returns the
-    /// domain Q/DQ nodes use ("" or com.microsoft when 21 is refused).
-    fn prepare_opset(&self, model: &mut Model) -> Result<String> {
+    /// Raises the opset for per-axis DQ (13), float8 (19) or 16-bit Q/DQ (21);
+    /// returns the domain Q/DQ nodes use ("" or com.microsoft when 21 is refused).
+    fn prepare_opset(&self, model: &mut Model, plan: &Plan) -> Result<String> {
+        if plan
+            .types
+            .values()
+            .any(|t| self.override_domain(*t).is_some())
+        {
+            model.require_opset("com.microsoft", 1);
+        }
         if self.config.activation_type.is_float8() {
             super::opset::raise_default_opset(model, 19)
                 .map_err(|e| Error::invalid(format!("float8 activations need opset 19: {e}")))?;
@@ -1085,11 +1159,14 @@ fn apply(
             zero_point: add_named(
                 g,
                 &format!("{base}_zero_point"),
-                pass.config.activation_type.zero_point(*p),
+                pass.type_of(plan, v).zero_point(*p),
             )?,
         };
         made.insert(v, pv);
-        insert_qdq(g, v, pv, domain, outputs, &plan.members, &mut remap)?;
+        let d = pass
+            .override_domain(pass.type_of(plan, v))
+            .unwrap_or(domain);
+        insert_qdq(g, v, pv, d, outputs, &plan.members, &mut remap)?;
         outcome.count("activations quantized", 1);
     }
     for &v in &plan.order {
@@ -1100,7 +1177,10 @@ fn apply(
             continue;
         };
         made.insert(v, pv);
-        insert_qdq(g, v, pv, domain, outputs, &plan.members, &mut remap)?;
+        let d = pass
+            .override_domain(pass.type_of(plan, root_of(v)))
+            .unwrap_or(domain);
+        insert_qdq(g, v, pv, d, outputs, &plan.members, &mut remap)?;
         outcome.count("activations quantized", 1);
     }
     let node_of = |old: NodeId| remap.get(&old).copied().unwrap_or(old);

@@ -118,6 +118,10 @@ impl WeightOnly {
             &config.include_ops,
             config.nodes_config.as_deref(),
         )?;
+        selection.refuse_unless(
+            &["bits", "block-size", "symmetric"],
+            "weight-only quantization",
+        )?;
         for o in selection.overrides() {
             if let NodeOverride::Quantize {
                 bits, block_size, ..
@@ -218,6 +222,7 @@ fn candidates_in(
                 bits,
                 block_size,
                 symmetric,
+                ..
             } => kernels::Params {
                 bits: bits.unwrap_or(cfg.bits),
                 block_size: block_size.unwrap_or(cfg.block_size),
