@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 use serde::Deserialize;
 
 use crate::error::Result;
-use crate::ir::{Attribute, Graph, Model, NodeId, NodeSpec, Tensor, ValueId};
+use crate::ir::{Attribute, DType, Graph, Model, NodeId, NodeSpec, Tensor, ValueId};
 use crate::pass::{Pass, PassCx, PassOutcome, PASS_KEY};
 use crate::rewrite::matchers::constant;
 
@@ -81,8 +81,9 @@ fn dq_of(g: &Graph, v: ValueId) -> Option<Dq> {
     let scale = node.input(1)?;
     let zp = node.input(2);
     constant(g, scale)?;
-    if let Some(z) = zp {
-        constant(g, z)?;
+    // int32: a bias.
+    if !zero_point_in(g, zp, &[DType::U8, DType::I8, DType::I32]) {
+        return None;
     }
     Some(Dq {
         node: n,
@@ -109,14 +110,21 @@ fn q_after(g: &Graph, v: ValueId) -> Option<Q> {
         return None;
     }
     let zp = node.input(2);
-    if let Some(z) = zp {
-        constant(g, z)?;
+    if !zero_point_in(g, zp, &[DType::U8, DType::I8]) {
+        return None;
     }
     Some(Q {
         node: *n,
         scale,
         zp,
     })
+}
+
+/// Whether a Q/DQ zero point is a constant of one of `types` (absent: uint8):
+/// QLinear ops take 8-bit activations (int32 biases), so int16 and float8 units
+/// stay in QDQ form.
+fn zero_point_in(g: &Graph, zp: Option<ValueId>, types: &[DType]) -> bool {
+    zp.is_none_or(|z| constant(g, z).is_some_and(|(_, t)| types.contains(&t.dtype())))
 }
 
 /// Whether two (scale, zero point) pairs hold the same values.
@@ -215,7 +223,7 @@ impl QOperator {
                 let Some(db) = dq_of(g, b) else {
                     return Ok(false);
                 };
-                if constant(g, db.q).is_none_or(|(_, t)| t.dtype() != crate::ir::DType::I32) {
+                if constant(g, db.q).is_none_or(|(_, t)| t.dtype() != DType::I32) {
                     return Ok(false);
                 }
                 inputs.push(Some(db.q));
