@@ -185,6 +185,17 @@ fn dynamic_leaves_attention_float_and_stays_valid() {
     assert!(e < 0.1, "{e}");
 }
 
+/// Checks `cand` (onnx checker, runs in ONNX Runtime) and returns the relative L2
+/// error of its outputs against `orig`'s there.
+fn ort_error(py: &Path, orig: &Path, cand: &Path) -> f64 {
+    let (o, c) = (orig.to_str().unwrap(), cand.to_str().unwrap());
+    common::py(py, "ort_check.py", &["run", c, o]);
+    common::py(py, "ort_check.py", &["error", o, c])
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 #[test]
 fn int16_nodes_among_int8_run_in_onnxruntime() {
     let Some(py) = common::python() else { return };
@@ -200,22 +211,7 @@ fn int16_nodes_among_int8_run_in_onnxruntime() {
         &mixed,
     );
     ours(&orig, pass, &int8);
-    let error = |cand: &Path| -> f64 {
-        common::py(
-            &py,
-            "ort_check.py",
-            &["run", cand.to_str().unwrap(), orig.to_str().unwrap()],
-        );
-        common::py(
-            &py,
-            "ort_check.py",
-            &["error", orig.to_str().unwrap(), cand.to_str().unwrap()],
-        )
-        .trim()
-        .parse()
-        .unwrap()
-    };
-    let (e_mixed, e_int8) = (error(&mixed), error(&int8));
+    let (e_mixed, e_int8) = (ort_error(&py, &orig, &mixed), ort_error(&py, &orig, &int8));
     eprintln!("int16 down projections: rel L2 in onnxruntime {e_mixed:.3e}, all int8 {e_int8:.3e}");
     assert!(e_mixed < e_int8, "{e_mixed} vs {e_int8}");
 }
@@ -252,24 +248,9 @@ fn float8_activations_run_in_onnxruntime() {
             );
         }
         assert!(float8 > 0, "{name}: no float8 activations");
-        common::py(
-            &py,
-            "ort_check.py",
-            &["run", out.to_str().unwrap(), orig.to_str().unwrap()],
-        );
-        let error = |cand: &Path| -> f64 {
-            common::py(
-                &py,
-                "ort_check.py",
-                &["error", orig.to_str().unwrap(), cand.to_str().unwrap()],
-            )
-            .trim()
-            .parse()
-            .unwrap()
-        };
         // Same calibration (seeded uniform inputs; the check feeds normal ones, so
         // both clip): float8's 3-bit mantissa may lose a little to int8, not more.
-        let (e, e_int8) = (error(&out), error(&int8));
+        let (e, e_int8) = (ort_error(&py, &orig, &out), ort_error(&py, &orig, &int8));
         eprintln!("{name}: rel L2 in onnxruntime, float8 {e:.3e}, int8 {e_int8:.3e}");
         assert!(e < 1.5 * e_int8 && e < 0.5, "{name}: {e} vs {e_int8}");
     }
