@@ -790,9 +790,17 @@ fn int16_activations_raise_the_opset() {
     let zp = g.initializer(g.find("input_zero_point").unwrap()).unwrap();
     assert_eq!(zp.dtype(), DType::I16);
     // QLinear ops take 8-bit activations: int16 units stay in QDQ form.
-    let qop = apply(
+    let (qop, outcomes) = run_recipe(
         &model,
-        "[recipe]\nname='t'\n[[pass]]\nname='int8-static-qdq'\nactivation-type='int16'\ncalib-samples=2\n[[pass]]\nname='int8-qoperator'\n",
+        "[[pass]]\nname='int8-static-qdq'\nactivation-type='int16'\ncalib-samples=2\n[[pass]]\nname='int8-qoperator'\n",
+    );
+    assert!(
+        outcomes[1]
+            .notes
+            .iter()
+            .any(|n| n.contains("stay in QDQ form")),
+        "{:?}",
+        outcomes[1].notes
     );
     assert_eq!(count(&qop, "QLinearConv"), 0, "{:?}", ops(&qop));
     assert_eq!(count(&qop, "QuantizeLinear"), count(&q, "QuantizeLinear"));

@@ -183,6 +183,17 @@ impl Pass for QOperator {
                     && !PASS_THROUGH.contains(&op.as_str());
             }
         }
+        let wide = g
+            .nodes()
+            .filter(|(_, n)| n.is("", "QuantizeLinear") || n.is("com.microsoft", "QuantizeLinear"))
+            .filter(|(_, n)| !zero_point_in(g, n.input(2), &[DType::U8, DType::I8]))
+            .count();
+        if wide > 0 {
+            outcome.notes.push(format!(
+                "{wide} activations quantized to 16 bits or float8 stay in QDQ form (QLinear \
+                 ops take 8-bit inputs)"
+            ));
+        }
         let requant = drop_requantize(g)?;
         outcome.count("Q(DQ(x)) pairs removed", requant as u64);
         outcome.changed |= requant > 0;
