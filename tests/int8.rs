@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use onnxq::ir::{DType, Dim, GraphIo, Model, NodeSpec, Tensor, TypeInfo, ValueInfo};
+use onnxq::ir::{DType, Dim, GraphIo, Model, NodeSpec, Tensor};
 use onnxq::pass::recipe::Recipe;
 use onnxq::pass::{run_pipeline, PassCx};
 use onnxq::verify::{compare, VerifyOptions};
@@ -88,24 +88,6 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-fn float_info(dims: &[Dim]) -> ValueInfo {
-    let mut t = TypeInfo::tensor(DType::F32, &[]);
-    if let onnxq::ir::TypeKind::Tensor { shape, .. } = &mut t.kind {
-        *shape = Some(
-            dims.iter()
-                .map(|d| onnxq::ir::ShapeDim {
-                    dim: d.clone(),
-                    denotation: None,
-                })
-                .collect(),
-        );
-    }
-    ValueInfo {
-        ty: Some(t),
-        ..Default::default()
-    }
-}
-
 /// A model with an empty graph named `name` (opset 17).
 fn empty_model(name: &str) -> Model {
     let mut m = Model {
@@ -129,7 +111,7 @@ fn log_model() -> Model {
     let x = g
         .add_input(
             "x",
-            float_info(&[Dim::Param("batch".into()), Dim::Value(8)]),
+            common::build::tensor_info(DType::F32, &[Dim::Param("batch".into()), Dim::Value(8)]),
         )
         .unwrap();
     let w = g
@@ -163,7 +145,10 @@ fn log_model() -> Model {
         let v = g.find(name).unwrap();
         g.outputs.push(GraphIo {
             value: v,
-            info: float_info(&[Dim::Param("batch".into()), Dim::Value(8)]),
+            info: common::build::tensor_info(
+                DType::F32,
+                &[Dim::Param("batch".into()), Dim::Value(8)],
+            ),
         });
     }
     m
@@ -366,7 +351,10 @@ fn outlier_model() -> Model {
     let g = &mut m.graph;
     let batch = || Dim::Param("batch".into());
     let x = g
-        .add_input("x", float_info(&[batch(), Dim::Value(64), Dim::Value(32)]))
+        .add_input(
+            "x",
+            common::build::tensor_info(DType::F32, &[batch(), Dim::Value(64), Dim::Value(32)]),
+        )
         .unwrap();
     let mut gain = vec![1.0f32; 64 * 32];
     gain[5] = 500.0;
@@ -402,7 +390,10 @@ fn outlier_model() -> Model {
         let v = g.find(name).unwrap();
         g.outputs.push(GraphIo {
             value: v,
-            info: float_info(&[batch(), Dim::Value(64), Dim::Value(16)]),
+            info: common::build::tensor_info(
+                DType::F32,
+                &[batch(), Dim::Value(64), Dim::Value(16)],
+            ),
         });
     }
     m

@@ -410,30 +410,8 @@ fn every_fixture_quantizes_and_runs_in_onnxruntime() {
 
 // --- tied embeddings, float16/bfloat16 weights, spilling ----------------------------
 
-use onnxq::ir::{
-    Attribute, DType, Dim, GraphIo, NodeSpec, ShapeDim, Tensor, TypeInfo, TypeKind, ValueInfo,
-};
+use onnxq::ir::{Attribute, DType, Dim, GraphIo, NodeSpec, Tensor, TypeInfo, TypeKind};
 use onnxq::transforms::quant::kernels::float_tensor;
-
-fn io_info(dtype: DType, dims: &[Dim]) -> ValueInfo {
-    ValueInfo {
-        ty: Some(TypeInfo {
-            kind: TypeKind::Tensor {
-                elem_type: Some(dtype.code()),
-                shape: Some(
-                    dims.iter()
-                        .map(|d| ShapeDim {
-                            dim: d.clone(),
-                            denotation: None,
-                        })
-                        .collect(),
-                ),
-            },
-            denotation: None,
-        }),
-        ..Default::default()
-    }
-}
 
 /// A toy tied LM: e = Gather(embed, ids), logits = MatMul(e, Transpose(embed)); the
 /// table [vocab, hidden] is of `dtype`; outputs e and logits.
@@ -452,7 +430,10 @@ fn tied_lm(vocab: usize, hidden: usize, dtype: DType) -> onnxq::Model {
     g.name = Some("tied".into());
     let batch = Dim::Param("batch".into());
     let ids = g
-        .add_input("ids", io_info(DType::I64, &[batch.clone(), Dim::Value(5)]))
+        .add_input(
+            "ids",
+            common::build::tensor_info(DType::I64, &[batch.clone(), Dim::Value(5)]),
+        )
         .unwrap();
     let emb = g
         .add_initializer(float_tensor(
@@ -495,11 +476,11 @@ fn tied_lm(vocab: usize, hidden: usize, dtype: DType) -> onnxq::Model {
     let h = Dim::Value(hidden as i64);
     g.outputs.push(GraphIo {
         value: e,
-        info: io_info(dtype, &[batch.clone(), Dim::Value(5), h]),
+        info: common::build::tensor_info(dtype, &[batch.clone(), Dim::Value(5), h]),
     });
     g.outputs.push(GraphIo {
         value: logits,
-        info: io_info(dtype, &[batch, Dim::Value(5), Dim::Value(vocab as i64)]),
+        info: common::build::tensor_info(dtype, &[batch, Dim::Value(5), Dim::Value(vocab as i64)]),
     });
     m
 }

@@ -17,28 +17,29 @@ pub fn weights(n: usize, seed: u32, scale: f32) -> Vec<f32> {
         .collect()
 }
 
+/// A tensor ValueInfo of `dtype` with `dims`.
+pub fn tensor_info(dtype: DType, dims: &[Dim]) -> ValueInfo {
+    ValueInfo {
+        ty: Some(TypeInfo {
+            kind: TypeKind::Tensor {
+                elem_type: Some(dtype.code()),
+                shape: Some(
+                    dims.iter()
+                        .map(|d| ShapeDim {
+                            dim: d.clone(),
+                            denotation: None,
+                        })
+                        .collect(),
+                ),
+            },
+            denotation: None,
+        }),
+        ..Default::default()
+    }
+}
+
 fn float_io(name: &str, dims: &[Dim]) -> (String, ValueInfo) {
-    let ty = TypeInfo {
-        kind: TypeKind::Tensor {
-            elem_type: Some(DType::F32.code()),
-            shape: Some(
-                dims.iter()
-                    .map(|d| ShapeDim {
-                        dim: d.clone(),
-                        denotation: None,
-                    })
-                    .collect(),
-            ),
-        },
-        denotation: None,
-    };
-    (
-        name.to_string(),
-        ValueInfo {
-            ty: Some(ty),
-            ..Default::default()
-        },
-    )
+    (name.to_string(), tensor_info(DType::F32, dims))
 }
 
 /// x[batch, 64] → MatMul(W0) + b0 → Relu → MatMul(W1) → y[batch, 64]; with `extras`
