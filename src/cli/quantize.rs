@@ -17,8 +17,9 @@ pub enum AlgorithmArg {
     Hqq,
     /// bitsandbytes NF4/FP4 (MatMulBnb4), as Olive's bnb4.
     Bnb4,
-    /// 8-bit weights, activations quantized at run time (onnxruntime's
-    /// quantize_dynamic): MatMul/Gemm/Conv/Gather, no calibration.
+    /// 8-bit weights, activations quantized at run time, per token by default
+    /// (--activations per-tensor: onnxruntime's quantize_dynamic):
+    /// MatMul/Gemm/Conv/Gather, no calibration.
     Dynamic,
     /// 8-bit weights and calibrated 8/16-bit activations (onnxruntime's
     /// quantize_static): QDQ or QOperator; --calib DIR gives the samples.
