@@ -410,8 +410,8 @@ fn every_fixture_quantizes_and_runs_in_onnxruntime() {
 
 // --- tied embeddings, float16/bfloat16 weights, spilling ----------------------------
 
+use onnxq::ir::float_tensor;
 use onnxq::ir::{Attribute, DType, Dim, GraphIo, NodeSpec, Tensor, TypeInfo, TypeKind};
-use onnxq::transforms::quant::kernels::float_tensor;
 
 /// A toy tied LM: e = Gather(embed, ids), logits = MatMul(e, Transpose(embed)); the
 /// table [vocab, hidden] is of `dtype`; outputs e and logits.

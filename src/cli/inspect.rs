@@ -53,24 +53,6 @@ pub struct Inspection {
     pub functions: Vec<String>,
 }
 
-/// Ops that mean a model (or part of it) is already quantized.
-pub const QUANTIZED_OPS: &[&str] = &[
-    "MatMulNBits",
-    "MatMulBnb4",
-    "GatherBlockQuantized",
-    "DequantizeLinear",
-    "QuantizeLinear",
-    "DynamicQuantizeLinear",
-    "MatMulInteger",
-    "ConvInteger",
-    "QLinearMatMul",
-    "QLinearConv",
-    "QLinearAdd",
-    "DynamicQuantizeMatMul",
-    "QAttention",
-    "MatMulIntegerToFloat",
-];
-
 pub fn inspect(m: &Model, top: usize) -> Inspection {
     let mut hist = BTreeMap::new();
     let mut tensors = Vec::new();
@@ -99,7 +81,7 @@ pub fn inspect(m: &Model, top: usize) -> Inspection {
     let quantized = hist
         .iter()
         .filter(|(k, _)| {
-            QUANTIZED_OPS
+            crate::ir::QUANTIZED_OPS
                 .iter()
                 .any(|q| k.rsplit("::").next() == Some(*q))
         })
@@ -187,12 +169,9 @@ fn walk(
     }
     for (_, n) in g.nodes() {
         *nodes += 1;
-        let op = if n.domain().is_empty() {
-            n.op_type.clone()
-        } else {
-            format!("{}::{}", n.domain(), n.op_type)
-        };
-        *hist.entry(op).or_insert(0) += 1;
+        *hist
+            .entry(crate::ir::op_key(n.domain(), &n.op_type))
+            .or_insert(0) += 1;
         for a in &n.attributes {
             if let Some(t) = &a.t {
                 add(t);

@@ -10,7 +10,7 @@ mod verify;
 mod verify_gate;
 
 pub use convert::LayoutArgs;
-pub use inspect::{inspect, Inspection, QUANTIZED_OPS};
+pub use inspect::{inspect, Inspection};
 
 use clap::{Parser, Subcommand};
 

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::convert::LayoutArgs;
 use crate::error::{Error, Result};
-use crate::pass::{recipe::Recipe, run_pipeline, PassCx, PassOutcome};
+use crate::pass::{recipe::Recipe, run_pipeline_with, CheckLevel, PassCx, PassOutcome, RunOptions};
 
 /// Options every model-writing pipeline command takes.
 #[derive(clap::Args, Debug, Clone)]
@@ -29,6 +29,18 @@ pub struct PipelineArgs {
     /// Seed for anything random (verification inputs).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// What to check after each pass: `structural` (order, definitions, names,
+    /// types; always on) or `full` (adds type and shape inference).
+    #[arg(long, value_enum, default_value = "structural", value_name = "LEVEL")]
+    pub check_passes: CheckLevel,
+    /// Stop after this pass (a name from the recipe, or its 1-based position) and
+    /// write the model as it is then: bisects a bad rewrite.
+    #[arg(long, value_name = "PASS")]
+    pub stop_after: Option<String>,
+    /// Write the model as text before the first pass and after each pass
+    /// (00-input.txt, 01-<pass>.txt, ...), for diffing.
+    #[arg(long, value_name = "DIR")]
+    pub dump_dir: Option<PathBuf>,
 }
 
 #[derive(Serialize, Debug)]
@@ -58,12 +70,8 @@ pub fn run(recipe: &Recipe, input: &Path, output: &Path, args: &PipelineArgs) ->
     let passes = recipe.build()?;
     let start = Instant::now();
     let mut model = crate::io::load(input)?;
-    let in_files: Vec<String> = crate::cli::inspect(&model, usize::MAX)
-        .external_data_files
-        .into_keys()
-        .collect();
-    let input_bytes = file_bytes(input, in_files.into_iter());
-    let already = crate::cli::inspect(&model, 0).quantized_ops;
+    let input_bytes = file_bytes(input, model.external_data_files().into_keys());
+    let already = model.quantized_ops();
     let mut cx = PassCx {
         progress: true,
         seed: args.seed,
@@ -71,7 +79,12 @@ pub fn run(recipe: &Recipe, input: &Path, output: &Path, args: &PipelineArgs) ->
     let mut phases = std::collections::BTreeMap::new();
     phases.insert("load".to_string(), start.elapsed().as_secs_f64());
     let t = Instant::now();
-    let outcomes = run_pipeline(&mut model, &passes, &mut cx)?;
+    let run = RunOptions {
+        check: args.check_passes,
+        stop_after: args.stop_after.clone(),
+        dump_dir: args.dump_dir.clone(),
+    };
+    let outcomes = run_pipeline_with(&mut model, &passes, &mut cx, &run)?;
     phases.insert("passes".to_string(), t.elapsed().as_secs_f64());
     let changed = outcomes.iter().any(|o| o.changed);
     for o in &outcomes {

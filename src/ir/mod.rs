@@ -1,6 +1,7 @@
 //! The in-memory model: what `io::load` builds, passes edit and `io::save` writes.
 mod attr;
 mod dtype;
+mod facts;
 mod graph;
 pub mod print;
 mod tensor;
@@ -8,11 +9,13 @@ mod types;
 
 pub use attr::{kind as attr_kind, AttrValue, Attribute};
 pub use dtype::DType;
+pub use facts::{op_key, QUANTIZED_OPS};
 pub use graph::{
     Graph, GraphIo, Node, NodeId, NodeSpec, TensorAnnotation, Use, Value, ValueDef, ValueId,
 };
 pub use tensor::{
-    f32_to_le, numel, ExternalRef, Segment, SparseTensor, Storage, Tensor, TypedFields,
+    f32_to_le, float_bytes, float_tensor, numel, scale_dtype, ExternalRef, Segment, SparseTensor,
+    Storage, Tensor, TypedFields,
 };
 pub use types::{Dim, IoSpec, ShapeDim, TypeInfo, TypeKind, ValueInfo};
 

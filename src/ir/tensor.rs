@@ -366,3 +366,38 @@ fn fields_to_raw(name: &str, dtype: DType, f: &TypedFields) -> Result<Vec<u8>> {
     }
     Ok(out)
 }
+
+/// f32 values stored as `dtype` (the weight's float type).
+pub fn float_tensor(name: &str, dtype: DType, dims: Vec<i64>, values: &[f32]) -> Tensor {
+    Tensor::from_raw(
+        name,
+        scale_dtype(dtype),
+        dims,
+        Bytes::from(float_bytes(dtype, values)),
+    )
+}
+
+/// The type scales of a `dtype` weight are stored as: its own for float16/bfloat16,
+/// float32 otherwise.
+pub fn scale_dtype(dtype: DType) -> DType {
+    if matches!(dtype, DType::F16 | DType::BF16) {
+        dtype
+    } else {
+        DType::F32
+    }
+}
+
+/// f32 values as the little-endian bytes of [`scale_dtype`]`(dtype)`.
+pub fn float_bytes(dtype: DType, values: &[f32]) -> Vec<u8> {
+    match dtype {
+        DType::F16 => values
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect(),
+        DType::BF16 => values
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect(),
+        _ => f32_to_le(values),
+    }
+}

@@ -3,10 +3,10 @@ use serde::de::DeserializeOwned;
 
 use super::Pass;
 use crate::error::{Error, Result};
+use crate::transforms::calibrated::{awq, gptq};
 use crate::transforms::cleanup::RemoveDead;
-use crate::transforms::quant::{
-    awq, bnb4, dynamic, gather, gptq, qoperator, smooth_quant, static_qdq, weight_only,
-};
+use crate::transforms::int8::{dynamic, qoperator, smooth_quant, static_qdq};
+use crate::transforms::weight_only::{bnb4, gather, matmul_nbits as weight_only};
 
 /// (name, config keys, what it does).
 pub const PASSES: &[(&str, &[&str], &str)] = &[

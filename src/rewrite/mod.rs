@@ -1,2 +1,6 @@
-//! Matchers shared by passes. They read a graph and never change it.
+//! The rewrite layer: the pass interface and the matchers passes share. Matchers read
+//! a graph and never change it.
 pub mod matchers;
+pub mod pass;
+
+pub use pass::{LayerError, Pass, PassCx, PassOutcome, Skip, PASS_KEY};

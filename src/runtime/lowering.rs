@@ -263,7 +263,7 @@ fn add_float(
     values: &[f32],
 ) -> Result<ValueId> {
     let name = g.fresh_name(base);
-    let t = crate::transforms::quant::kernels::float_tensor(&name, dtype, dims, values);
+    let t = crate::ir::float_tensor(&name, dtype, dims, values);
     g.add_initializer(t)
 }
 

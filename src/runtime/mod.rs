@@ -6,6 +6,7 @@
 pub mod check;
 pub mod error;
 pub mod expose;
+pub mod inputs;
 pub mod lowering;
 pub mod ort;
 pub mod prepare;
@@ -123,6 +124,43 @@ pub fn select(opts: &RuntimeOptions) -> Result<Selection> {
             }),
         },
     }
+}
+
+/// The runtime named `name` (tract, ort or auto) with default options.
+pub fn named(name: &str) -> Result<Box<dyn Runtime>> {
+    let kind = name
+        .parse::<RuntimeKind>()
+        .map_err(crate::error::Error::invalid)?;
+    Ok(select(&RuntimeOptions {
+        kind,
+        ..Default::default()
+    })?
+    .runtime)
+}
+
+/// How a whole model was checked by a runtime.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Validation {
+    /// Loaded (graph checks, type and shape inference) by this runtime.
+    Checked(&'static str),
+    /// No runtime here can read the model; why.
+    Skipped(String),
+}
+
+/// Checks `model` as a runtime does on load: an ONNX Runtime session when the
+/// library is found (its graph checks, type and shape inference, kernel
+/// resolution), else tract's type and shape inference. Writes the model to a
+/// temporary file (ORT) or serializes it (tract) once.
+pub fn validate(model: &crate::ir::Model) -> Result<Validation> {
+    if ort::available() {
+        let temp = expose::TempModel::save(model, "check.onnx")?;
+        ort::OrtRuntime::new(Some(1))?.open(temp.path())?;
+        return Ok(Validation::Checked("onnxruntime"));
+    }
+    Ok(match tract::infer_types(model)? {
+        None => Validation::Checked("tract"),
+        Some(why) => Validation::Skipped(why),
+    })
 }
 
 /// A session on an in-memory model; keeps its temporary file alive.

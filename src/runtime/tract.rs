@@ -265,6 +265,36 @@ impl super::Runtime for TractRuntime {
     }
 }
 
+/// Type and shape inference over `model` by tract (ops it lacks lowered first, as
+/// for a session): an op with inputs its schema refuses, an attribute of the wrong
+/// kind or shapes that cannot meet fail here with tract's explanation. Symbolic
+/// dims stay symbols. Holds one serialized copy of the model while it runs.
+/// `Ok(Some(why))` when tract cannot read the model at all (an op it lacks).
+pub fn infer_types(model: &Model) -> Result<Option<String>> {
+    let label = model
+        .source
+        .as_deref()
+        .map_or_else(|| "model".to_string(), model_label);
+    let lowered;
+    let m = if super::lowering::needs_lowering(model) {
+        let mut copy = model.clone();
+        super::lowering::lower_for_tract(&mut copy)?;
+        lowered = copy;
+        &lowered
+    } else {
+        model
+    };
+    if let Some(e) = unsupported(m, &label) {
+        return Ok(Some(e.to_string()));
+    }
+    let bytes = crate::io::to_bytes(m)?;
+    tract_onnx::onnx()
+        .model_for_read(&mut bytes.as_slice())
+        .and_then(|typed| typed.into_typed())
+        .map_err(|e| backend(&label, format!("type and shape inference failed: {e:#}")))?;
+    Ok(None)
+}
+
 /// Why tract cannot run `model` (an op it lacks, an element type it cannot hold),
 /// found by reading the IR before tract does.
 pub fn unsupported(model: &Model, label: &str) -> Option<RuntimeError> {

@@ -3,7 +3,7 @@ use serde::Deserialize;
 
 use crate::error::Result;
 use crate::ir::Model;
-use crate::pass::{Pass, PassCx, PassOutcome};
+use crate::rewrite::{Pass, PassCx, PassOutcome};
 
 #[derive(Deserialize, Debug, Clone, Default)]
 #[serde(deny_unknown_fields)]

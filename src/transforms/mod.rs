@@ -1,3 +1,8 @@
-//! Passes, one file each.
+//! Passes, one folder per family. `common` holds what the families share. Families
+//! depend on `common`; `calibrated` also builds on `weight_only` (GPTQ and AWQ emit
+//! what `matmul-nbits` emits); no family depends on `int8` or `calibrated`.
+pub mod calibrated;
 pub mod cleanup;
-pub mod quant;
+pub mod common;
+pub mod int8;
+pub mod weight_only;

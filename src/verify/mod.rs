@@ -1,6 +1,5 @@
 //! Numerical verification: run two models on the same inputs and measure how far
 //! the candidate's outputs are from the reference's.
-pub mod inputs;
 pub mod metrics;
 pub mod report;
 
@@ -9,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-pub use inputs::{random_inputs, InputHints};
+pub use crate::runtime::inputs::{random_inputs, InputHints};
 pub use metrics::OutputMetrics;
 pub use report::{Thresholds, Violation};
 

@@ -22,16 +22,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use rayon::prelude::*;
 use serde::Deserialize;
 
-use super::gptq::{calibrated_setup, targets, weight_kn, CalibData, CalibKeys, Target};
-use super::scale_fold::{apply_scales, fold_site, weight_private, Fold};
-use super::select::Selection;
+use super::{calibrated_setup, CalibKeys};
 use crate::calib::capture::{capture, Observer, Plan};
+use crate::calib::CalibData;
 use crate::error::{Error, Result};
 use crate::ir::{DType, Graph, Model, NodeId, NodeSpec, Tensor, Use, ValueId};
-use crate::pass::{LayerError, Pass, PassCx, PassOutcome, PASS_KEY};
 use crate::quant::awq::{search, ActivationSample};
 use crate::quant::{FloatType, QuantParams};
 use crate::rewrite::matchers::WeightMatMul;
+use crate::rewrite::{LayerError, Pass, PassCx, PassOutcome, PASS_KEY};
+use crate::transforms::common::scale_fold::{apply_scales, fold_site, weight_private, Fold};
+use crate::transforms::common::select::Selection;
+use crate::transforms::common::targets::{targets, weight_kn, Target};
 
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
@@ -254,8 +256,12 @@ impl Pass for Awq {
                 .collect(),
             budget: self.config.calib_memory_mb.saturating_mul(1 << 20),
         };
-        let rt = super::static_qdq::runtime_named(&self.config.runtime)?;
-        let progress = super::kernels::progress_bar(cx.progress, count as u64, "calibrating");
+        let rt = crate::runtime::named(&self.config.runtime)?;
+        let progress = crate::transforms::common::nbits::progress_bar(
+            cx.progress,
+            count as u64,
+            "calibrating",
+        );
         let pieces = capture(
             model,
             &plan,

@@ -2,7 +2,7 @@
 //! a per-node config file.
 use serde::Deserialize;
 
-use super::static_qdq::ActivationType;
+use super::qtypes::ActivationType;
 use crate::error::{Error, Result};
 
 /// What to do with one node.

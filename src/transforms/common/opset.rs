@@ -4,7 +4,7 @@
 //! opset keeps its meaning. A few change inputs or semantics; a node using one of
 //! those makes us refuse the bump rather than write a model that means something else.
 use crate::error::{Error, Result};
-use crate::ir::{Graph, Model, Tensor};
+use crate::ir::{Graph, Model, Node, Tensor};
 
 /// Ops whose list attribute became an int64 input (opset, ops, attribute): these
 /// are upgraded in place when the opset is raised past that version.
@@ -50,35 +50,23 @@ pub fn raise_for_blocked_dq(model: &mut Model) -> Result<()> {
 }
 
 /// Raises the default-domain opset to `target`, refusing when a node's op changed
-/// meaning in between.
+/// meaning in between. Every graph is checked before anything changes, so a
+/// refusal leaves the model exactly as it was.
 pub fn raise_default_opset(model: &mut Model, target: i64) -> Result<()> {
     let current = model.opset("").unwrap_or(1);
     if current >= target {
         return Ok(());
     }
     let mut blocker = None;
-    model.for_each_graph_mut(&mut |g: &mut Graph| {
+    model.for_each_graph(&mut |g| {
         if blocker.is_none() {
-            blocker = upgrade_attrs_to_inputs(g, current, target).err();
-        }
-        if blocker.is_some() {
-            return;
-        }
-        for (_, n) in g.nodes() {
-            if !n.domain().is_empty() {
-                continue;
-            }
-            for (v, ops) in BREAKING {
-                if *v > current && *v <= target && ops.contains(&n.op_type.as_str()) {
-                    blocker = Some(refusal(n.name(), &n.op_type, current, target, *v));
-                    return;
-                }
-            }
+            blocker = blocking_node(g, current, target).err();
         }
     });
     if let Some(e) = blocker {
         return Err(e);
     }
+    model.try_for_each_graph_mut(&mut |g| upgrade_attrs_to_inputs(g, current, target))?;
     model.require_opset("", target);
     Ok(())
 }
@@ -95,33 +83,52 @@ fn refusal(node: &str, op: &str, current: i64, target: i64, changed: i64) -> Err
     }
 }
 
+/// The list attribute of `node` that becomes an input between `current` and
+/// `target`, if it has one.
+fn moved_attr(node: &Node, current: i64, target: i64) -> Option<&'static str> {
+    if !node.domain().is_empty() {
+        return None;
+    }
+    ATTR_TO_INPUT
+        .iter()
+        .find(|(v, ops, _)| *v > current && *v <= target && ops.contains(&node.op_type.as_str()))
+        .map(|(_, _, attr)| *attr)
+        .filter(|attr| node.attr(attr).is_some())
+}
+
+/// Every one of the `ATTR_TO_INPUT` ops takes the list as its second input.
+const MOVED_SLOT: usize = 1;
+
+/// The first node that keeps the raise from meaning the same model: an op whose
+/// meaning changed, or one whose list attribute cannot move into an input slot
+/// that is already taken.
+fn blocking_node(g: &Graph, current: i64, target: i64) -> Result<()> {
+    for (_, n) in g.nodes() {
+        if !n.domain().is_empty() {
+            continue;
+        }
+        for (v, ops) in BREAKING {
+            if *v > current && *v <= target && ops.contains(&n.op_type.as_str()) {
+                return Err(refusal(n.name(), &n.op_type, current, target, *v));
+            }
+        }
+        if moved_attr(n, current, target).is_some() && n.inputs().len() > MOVED_SLOT {
+            return Err(refusal(n.name(), &n.op_type, current, target, current + 1));
+        }
+    }
+    Ok(())
+}
+
 /// Moves list attributes that later opsets take as inputs (`axes`, `split`) into
-/// int64 initializers, so the node means the same under the raised opset.
+/// int64 initializers, so the node means the same under the raised opset. Runs
+/// after `blocking_node` found nothing in the way.
 fn upgrade_attrs_to_inputs(g: &mut Graph, current: i64, target: i64) -> Result<()> {
     for id in g.node_ids() {
         let node = g.node(id);
-        if !node.domain().is_empty() {
-            continue;
-        }
-        let Some((_, _, attr)) = ATTR_TO_INPUT.iter().find(|(v, ops, _)| {
-            *v > current && *v <= target && ops.contains(&node.op_type.as_str())
-        }) else {
-            continue;
-        };
-        let Some(values) = node.attr(attr).map(|a| a.ints.clone()) else {
+        let Some(attr) = moved_attr(node, current, target) else {
             continue; // absent: the input form's default means the same
         };
-        // Every one of these ops takes the list as its second input.
-        let slot = 1;
-        if node.inputs().len() > slot {
-            return Err(refusal(
-                node.name(),
-                &node.op_type,
-                current,
-                target,
-                current + 1,
-            ));
-        }
+        let values = node.attr(attr).map(|a| a.ints.clone()).unwrap_or_default();
         let base = format!(
             "{}_{attr}",
             if node.name().is_empty() {
@@ -132,8 +139,8 @@ fn upgrade_attrs_to_inputs(g: &mut Graph, current: i64, target: i64) -> Result<(
         );
         let name = g.fresh_name(&base);
         let v = g.add_initializer(Tensor::from_i64(name, vec![values.len() as i64], &values))?;
-        g.set_input(id, slot, Some(v));
-        g.node_mut(id).attributes.retain(|a| a.name != *attr);
+        g.set_input(id, MOVED_SLOT, Some(v));
+        g.node_mut(id).attributes.retain(|a| a.name != attr);
     }
     Ok(())
 }

@@ -11,22 +11,15 @@ use std::collections::HashMap;
 use rayon::prelude::*;
 use serde::Deserialize;
 
-use super::kernels::{self, Algorithm, NbitsWeight, ReadyWeight};
-use super::select::{NodeOverride, Selection};
 use crate::error::{Error, Result};
 use crate::ir::{Attribute, Graph, Model, NodeId, NodeSpec, Tensor, ValueId};
-use crate::pass::{Pass, PassCx, PassOutcome, PASS_KEY};
-use crate::rewrite::matchers::{following_bias_add, weight_matmul, ConstSource, WeightMatMul};
-
-#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum Format {
-    /// com.microsoft MatMulNBits (ONNX Runtime's fused dequantize + MatMul).
-    #[default]
-    Matmulnbits,
-    /// Standard ONNX DequantizeLinear (blocked, opset 21) followed by MatMul.
-    Qdq,
-}
+use crate::rewrite::matchers::{following_bias_add, weight_matmul, WeightMatMul};
+use crate::rewrite::{Pass, PassCx, PassOutcome, PASS_KEY};
+use crate::transforms::common::nbits::{
+    self as kernels, Algorithm, Format, NbitsWeight, ReadyWeight,
+};
+use crate::transforms::common::qtypes::remove_orphans;
+use crate::transforms::common::select::{NodeOverride, Selection};
 
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
@@ -188,7 +181,7 @@ impl Pass for WeightOnly {
                 Format::Matmulnbits => {
                     model.require_opset("com.microsoft", 1);
                 }
-                Format::Qdq => super::opset::raise_for_blocked_dq(model)?,
+                Format::Qdq => crate::transforms::common::opset::raise_for_blocked_dq(model)?,
             }
         }
         Ok(outcome)
@@ -466,32 +459,5 @@ impl WeightOnly {
         }
         remove_orphans(g, m);
         Ok(())
-    }
-}
-
-/// Drops the original weight (and its Transpose/Constant) once nothing reads it.
-pub fn remove_orphans(g: &mut Graph, m: &WeightMatMul) {
-    if let Some(t) = m.transpose {
-        if g.contains_node(t)
-            && g.node(t)
-                .outputs()
-                .iter()
-                .flatten()
-                .all(|&v| g.value(v).uses().is_empty() && !g.is_graph_output(v))
-        {
-            let _ = g.remove_node(t);
-        }
-    }
-    if g.value(m.weight).uses().is_empty() && !g.is_graph_output(m.weight) {
-        match m.source {
-            ConstSource::Initializer(v) => {
-                let _ = g.remove_initializer(v);
-            }
-            ConstSource::ConstantNode(n) => {
-                if g.contains_node(n) {
-                    let _ = g.remove_node(n);
-                }
-            }
-        }
     }
 }

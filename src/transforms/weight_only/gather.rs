@@ -10,12 +10,13 @@
 //! whole number of blocks is padded in the blocks and sliced off the output.
 use serde::Deserialize;
 
-use super::kernels::{self, float_bytes, new_tensor, scale_dtype};
-use super::weight_only::validate;
+use super::matmul_nbits::validate;
 use crate::error::{Error, Result};
+use crate::ir::{float_bytes, scale_dtype};
 use crate::ir::{Attribute, DType, Graph, Model, NodeId, NodeSpec, Tensor, Use, ValueId};
-use crate::pass::{Pass, PassCx, PassOutcome, PASS_KEY};
 use crate::rewrite::matchers::{constant, not_constant_reason, ConstSource};
+use crate::rewrite::{Pass, PassCx, PassOutcome, PASS_KEY};
+use crate::transforms::common::nbits::{self as kernels, new_tensor};
 
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
@@ -52,7 +53,7 @@ impl GatherBlockQuantized {
         validate(
             config.bits,
             config.block_size,
-            super::weight_only::Format::Matmulnbits,
+            kernels::Format::Matmulnbits,
             Default::default(),
         )?;
         Ok(GatherBlockQuantized { config })
@@ -429,6 +430,8 @@ impl Pass for GatherBlockQuantized {
 
     fn run(&self, model: &mut Model, _cx: &mut PassCx) -> Result<PassOutcome> {
         let opset = model.opset("").unwrap_or(1);
-        super::run_contrib_rewrite(model, self.name(), &mut |g, o| self.run_graph(g, opset, o))
+        crate::transforms::common::run_contrib_rewrite(model, self.name(), &mut |g, o| {
+            self.run_graph(g, opset, o)
+        })
     }
 }

@@ -21,8 +21,8 @@ use serde::Deserialize;
 
 use crate::error::Result;
 use crate::ir::{Attribute, DType, Graph, Model, NodeId, NodeSpec, Tensor, ValueId};
-use crate::pass::{Pass, PassCx, PassOutcome, PASS_KEY};
 use crate::rewrite::matchers::constant;
+use crate::rewrite::{Pass, PassCx, PassOutcome, PASS_KEY};
 
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]

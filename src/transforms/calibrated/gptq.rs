@@ -12,24 +12,24 @@
 //! Emits: com.microsoft MatMulNBits exactly as `matmul-nbits` does (same names,
 //! bias fusion), with codes/scales/zero points from `crate::quant::gptq`.
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use rayon::prelude::*;
 use serde::Deserialize;
 
-use super::kernels::{self, NbitsWeight};
-use super::select::{NodeOverride, Selection};
-use super::weight_only::{self, Format, WeightOnly, WeightOnlyConfig};
-use crate::calib::text::{feeds_for_tokens, TextSamples};
-use crate::calib::tokenizer::Tokenizer;
-use crate::calib::Source;
+use super::{calibrated_setup, CalibKeys};
+use crate::calib::CalibData;
 use crate::error::{Error, Result};
-use crate::ir::{Graph, Model, NodeId, ValueId};
-use crate::pass::{LayerError, Pass, PassCx, PassOutcome};
+use crate::ir::{Model, ValueId};
 use crate::quant::gptq::GptqOptions;
 use crate::quant::{FloatType, QuantParams};
-use crate::rewrite::matchers::{constant, following_bias_add, weight_matmul, WeightMatMul};
-use crate::verify::inputs::InputHints;
+use crate::rewrite::matchers::constant;
+use crate::rewrite::{LayerError, Pass, PassCx, PassOutcome};
+use crate::transforms::common::nbits::{self as kernels, Format, NbitsWeight};
+use crate::transforms::common::select::Selection;
+use crate::transforms::common::targets::{targets, weight_kn};
+use crate::transforms::weight_only::matmul_nbits::{
+    self as weight_only, WeightOnly, WeightOnlyConfig,
+};
 
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
@@ -119,137 +119,6 @@ const NAME: &str = "gptq";
 /// Output columns the per-layer error report is estimated on.
 const REPORT_COLUMNS: usize = 256;
 
-/// Where calibration inputs come from, checked when the pass is built.
-#[derive(Clone)]
-pub(crate) enum CalibData {
-    Files(Source),
-    /// Token ids of the whole text.
-    Text(Vec<i64>),
-    Random,
-}
-
-impl CalibData {
-    pub(crate) fn open(
-        calib: Option<&str>,
-        text: Option<&str>,
-        tokenizer: Option<&str>,
-    ) -> Result<CalibData> {
-        match (calib, text, tokenizer) {
-            (Some(_), Some(_), _) => Err(Error::invalid(
-                "calib and calib-text are exclusive: give one source of calibration data",
-            )),
-            (Some(p), None, _) => Ok(CalibData::Files(Source::open(Path::new(p))?)),
-            (None, Some(t), Some(tok)) => {
-                let tok = Tokenizer::from_file(Path::new(tok))?;
-                let text = std::fs::read_to_string(t).map_err(|e| Error::io(t, e))?;
-                let ids = tok.encode(&text)?;
-                if ids.is_empty() {
-                    return Err(Error::invalid(format!(
-                        "{t}: the calibration text has no tokens"
-                    )));
-                }
-                Ok(CalibData::Text(ids))
-            }
-            (None, Some(_), None) => Err(Error::invalid(
-                "calib-text needs a tokenizer (tokenizer = \"tokenizer.json\")",
-            )),
-            (None, None, _) => Ok(CalibData::Random),
-        }
-    }
-
-    /// A feed builder for `model` and how many samples it gives. A text shorter than
-    /// one window, or one whose token ids overflow the model's embedding table, is
-    /// refused (naming the table).
-    pub(crate) fn feeds<'a>(
-        &'a self,
-        model: &Model,
-        samples: usize,
-        seqlen: usize,
-        seed: u64,
-        outcome: &mut PassOutcome,
-    ) -> Result<(usize, Box<crate::calib::observe::Feeds<'a>>)> {
-        let specs = model.graph.input_specs();
-        match self {
-            CalibData::Files(src) => {
-                let hints = InputHints::from_model(model);
-                let n = src.len().min(samples.max(1));
-                outcome
-                    .notes
-                    .push(format!("calibration: {n} of {}", src.describe()));
-                Ok((n, Box::new(move |i| src.sample(i, &specs, &hints))))
-            }
-            CalibData::Text(ids) => {
-                let w = TextSamples::windows(ids, samples, seqlen, seed);
-                if ids.len() < seqlen {
-                    return Err(Error::invalid(format!(
-                        "the calibration text has {} tokens, fewer than one window of \
-                         {seqlen} (calib-seqlen): give more text or shorter windows",
-                        ids.len()
-                    )));
-                }
-                if ids.len() < samples.saturating_mul(seqlen) {
-                    outcome.notes.push(format!(
-                        "the calibration text has {} tokens, fewer than {samples} × {seqlen}: \
-                         windows overlap",
-                        ids.len()
-                    ));
-                }
-                crate::calib::data::check_token_ids(model, ids)?;
-                outcome.notes.push(format!(
-                    "calibration: {} windows of {} tokens from a text of {} tokens (seed {seed})",
-                    w.windows.len(),
-                    w.windows[0].len(),
-                    w.tokens
-                ));
-                let n = w.windows.len();
-                Ok((
-                    n,
-                    Box::new(move |i| feeds_for_tokens(&specs, &w.windows[i])),
-                ))
-            }
-            CalibData::Random => {
-                let hints = InputHints::from_model(model);
-                outcome.notes.push(format!(
-                    "no calibration data: {samples} seeded random inputs (seed {seed})"
-                ));
-                let src = Source::Random {
-                    samples,
-                    seed,
-                    dims: BTreeMap::new(),
-                };
-                Ok((samples, Box::new(move |i| src.sample(i, &specs, &hints))))
-            }
-        }
-    }
-}
-
-/// The calibration keys GPTQ and AWQ share, as configured.
-pub(crate) struct CalibKeys<'a> {
-    pub samples: usize,
-    pub seqlen: usize,
-    pub runtime: &'a str,
-    pub exclude: &'a [String],
-    pub include_ops: &'a [String],
-    pub calib: Option<&'a str>,
-    pub text: Option<&'a str>,
-    pub tokenizer: Option<&'a str>,
-}
-
-/// Checks a calibrated pass's shared keys and opens its selection and data.
-pub(crate) fn calibrated_setup(pass: &str, k: CalibKeys) -> Result<(Selection, CalibData)> {
-    if k.samples == 0 || k.seqlen == 0 {
-        return Err(Error::invalid(format!(
-            "{pass} calib-samples and calib-seqlen must be at least 1"
-        )));
-    }
-    k.runtime
-        .parse::<crate::runtime::RuntimeKind>()
-        .map_err(Error::invalid)?;
-    let selection = Selection::new(k.exclude, k.include_ops, None)?;
-    let data = CalibData::open(k.calib, k.text, k.tokenizer)?;
-    Ok((selection, data))
-}
-
 pub struct Gptq {
     pub config: GptqConfig,
     selection: Selection,
@@ -298,67 +167,6 @@ impl Gptq {
             algorithm: kernels::Algorithm::Rtn,
         }
     }
-}
-
-/// A matched MatMul and the value its activations come from.
-pub(crate) struct Target {
-    pub m: WeightMatMul,
-    pub add: Option<(NodeId, ValueId)>,
-    pub x: ValueId,
-}
-
-/// Weight MatMuls of the main graph the selection allows.
-pub(crate) fn targets(
-    g: &Graph,
-    sel: &Selection,
-    fuse_bias: bool,
-    outcome: &mut PassOutcome,
-) -> Vec<Target> {
-    let mut out = Vec::new();
-    for (id, node) in g.nodes() {
-        if !sel.op_included(&node.op_type) || !node.domain().is_empty() {
-            continue;
-        }
-        let m = match weight_matmul(g, id) {
-            Ok(m) => m,
-            Err(reason) => {
-                outcome.skip(node.name(), reason);
-                continue;
-            }
-        };
-        if sel.resolve(node.name()) == NodeOverride::Skip {
-            outcome.skip(node.name(), "excluded");
-            continue;
-        }
-        let Some(x) = node.input(0) else {
-            outcome.skip(node.name(), "no A input");
-            continue;
-        };
-        if constant(g, x).is_some() {
-            outcome.skip(node.name(), "A is a constant (nothing to calibrate)");
-            continue;
-        }
-        let add = if fuse_bias {
-            following_bias_add(g, &m)
-        } else {
-            None
-        };
-        out.push(Target { m, add, x });
-    }
-    out
-}
-
-/// The [K, N] values of a matched weight as f32.
-pub(crate) fn weight_kn(g: &Graph, m: &WeightMatMul) -> Result<Vec<f32>> {
-    let t = constant(g, m.weight)
-        .ok_or_else(|| Error::tensor(g.value_name(m.weight), "weight is no longer a constant"))?
-        .1;
-    let w = kernels::read_f32(t)?;
-    Ok(if m.transposed {
-        crate::quant::transpose(&w, m.n, m.k)
-    } else {
-        w
-    })
 }
 
 impl Pass for Gptq {
@@ -421,7 +229,7 @@ impl Pass for Gptq {
             damp: self.config.damp,
             act_order: self.config.act_order,
         };
-        let rt = super::static_qdq::runtime_named(&self.config.runtime)?;
+        let rt = crate::runtime::named(&self.config.runtime)?;
         let progress = kernels::progress_bar(cx.progress, count as u64, "calibrating");
         let started = std::time::Instant::now();
         let mut solving = std::time::Duration::ZERO;

@@ -5,14 +5,15 @@
 //! B the [N, K] weight flattened and block-quantized, absmax per block.
 use serde::Deserialize;
 
-use super::kernels::{float_tensor, read_f32};
-use super::select::{NodeOverride, Selection};
-use super::weight_only::remove_orphans;
 use crate::error::{Error, Result};
+use crate::ir::float_tensor;
 use crate::ir::{Attribute, DType, Graph, Model, NodeSpec, Tensor};
-use crate::pass::{Pass, PassCx, PassOutcome, PASS_KEY};
 use crate::quant::bnb4::QuantType;
 use crate::rewrite::matchers::{constant, weight_matmul};
+use crate::rewrite::{Pass, PassCx, PassOutcome, PASS_KEY};
+use crate::transforms::common::nbits::read_f32;
+use crate::transforms::common::qtypes::remove_orphans;
+use crate::transforms::common::select::{NodeOverride, Selection};
 
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
@@ -139,6 +140,8 @@ impl Pass for Bnb4 {
     }
 
     fn run(&self, model: &mut Model, _cx: &mut PassCx) -> Result<PassOutcome> {
-        super::run_contrib_rewrite(model, self.name(), &mut |g, o| self.run_graph(g, o))
+        crate::transforms::common::run_contrib_rewrite(model, self.name(), &mut |g, o| {
+            self.run_graph(g, o)
+        })
     }
 }

@@ -1,21 +1,16 @@
-//! Quantization passes. Graph code only: numerics live in `crate::quant`.
-pub mod awq;
-pub mod bnb4;
-pub mod dynamic;
-pub mod gather;
-pub mod gptq;
-pub mod kernels;
+//! What the quantization passes share: node selection, the N-bit weight bridge to
+//! `crate::quant`, stored types and constant tensors, opset raising, scale folding
+//! and target discovery. Graph code only: numerics live in `crate::quant`.
+pub mod nbits;
 pub mod opset;
-pub mod qoperator;
+pub mod qtypes;
 pub mod scale_fold;
 pub mod select;
-pub mod smooth_quant;
-pub mod static_qdq;
-pub mod weight_only;
+pub mod targets;
 
 use crate::error::Result;
 use crate::ir::{Graph, Model};
-use crate::pass::PassOutcome;
+use crate::rewrite::PassOutcome;
 
 /// Runs a per-graph rewrite on every graph of the model and imports the
 /// com.microsoft domain if it changed anything (the ops it emits live there).

@@ -1,13 +1,21 @@
 //! The bridge between graph tensors and the numeric kernels of `crate::quant`:
 //! reads a weight as f32 (releasing mapped pages after), quantizes it, and builds
 //! the tensors each output format stores.
-use bytes::Bytes;
 use serde::Deserialize;
 
-use super::weight_only::Format;
 use crate::error::{Error, Result};
-use crate::ir::{DType, Storage, Tensor};
+use crate::ir::{float_bytes, scale_dtype, DType, Storage, Tensor};
 use crate::quant;
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// com.microsoft MatMulNBits (ONNX Runtime's fused dequantize + MatMul).
+    #[default]
+    Matmulnbits,
+    /// Standard ONNX DequantizeLinear (blocked, opset 21) followed by MatMul.
+    Qdq,
+}
 
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -264,41 +272,6 @@ fn place_blocks(out: &mut quant::nbits::BlockQuant, part: &quant::nbits::BlockQu
     }
 }
 
-/// f32 values stored as `dtype` (the weight's float type).
-pub fn float_tensor(name: &str, dtype: DType, dims: Vec<i64>, values: &[f32]) -> Tensor {
-    Tensor::from_raw(
-        name,
-        scale_dtype(dtype),
-        dims,
-        Bytes::from(float_bytes(dtype, values)),
-    )
-}
-
-/// The type scales of a `dtype` weight are stored as: its own for float16/bfloat16,
-/// float32 otherwise.
-pub fn scale_dtype(dtype: DType) -> DType {
-    if matches!(dtype, DType::F16 | DType::BF16) {
-        dtype
-    } else {
-        DType::F32
-    }
-}
-
-/// f32 values as the little-endian bytes of [`scale_dtype`]`(dtype)`.
-pub fn float_bytes(dtype: DType, values: &[f32]) -> Vec<u8> {
-    match dtype {
-        DType::F16 => values
-            .iter()
-            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-            .collect(),
-        DType::BF16 => values
-            .iter()
-            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
-            .collect(),
-        _ => crate::ir::f32_to_le(values),
-    }
-}
-
 /// A new tensor owning `raw`; large payloads are spilled (see `crate::io::spill`)
 /// so quantized weights waiting for the save do not stay resident.
 pub fn new_tensor(name: &str, dtype: DType, dims: Vec<i64>, raw: Vec<u8>) -> Tensor {
@@ -397,6 +370,7 @@ pub fn progress_bar(enabled: bool, total: u64, msg: &'static str) -> indicatif::
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ir::float_tensor;
 
     fn weight(rows: usize, cols: usize, dtype: DType) -> Tensor {
         let mut s = 12345u32;

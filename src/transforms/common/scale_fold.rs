@@ -2,7 +2,7 @@
 //! a group of MatMuls reading one input `x` gets its weights' K rows multiplied by
 //! `s`, and `x / s` is produced by dividing whatever made `x` — a norm's scale (and
 //! bias), a Mul by a constant, or the output channels of a gated MatMul.
-use super::kernels::read_f32;
+use super::nbits::read_f32;
 use crate::error::{Error, Result};
 use crate::ir::{Attribute, DType, Graph, Tensor, ValueId};
 use crate::rewrite::matchers::{constant, weight_matmul, ConstSource, WeightMatMul};

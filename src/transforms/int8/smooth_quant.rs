@@ -33,17 +33,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use rayon::prelude::*;
 use serde::Deserialize;
 
-use super::dynamic::WeightType;
-use super::gptq::{weight_kn, CalibData};
-use super::scale_fold::{apply_scales, fold_site, weight_private, Fold};
-use super::select::glob_match;
-use super::static_qdq::ActivationType;
 use crate::calib::observe::{channel_stats, ChannelStats};
+use crate::calib::CalibData;
 use crate::error::{Error, Result};
 use crate::ir::{Graph, Model, NodeId, Use, ValueId};
-use crate::pass::{Pass, PassCx, PassOutcome};
 use crate::quant::int8::{self, QType, ScaleZp, WeightSpec};
 use crate::rewrite::matchers::{weight_matmul, WeightMatMul};
+use crate::rewrite::{Pass, PassCx, PassOutcome};
+use crate::transforms::common::qtypes::{ActivationType, WeightType};
+use crate::transforms::common::scale_fold::{apply_scales, fold_site, weight_private, Fold};
+use crate::transforms::common::select::glob_match;
+use crate::transforms::common::targets::weight_kn;
 
 /// Migration strength: a number in [0, 1], or searched per group.
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq)]
@@ -334,8 +334,7 @@ impl Pass for SmoothQuant {
             .map(|gr| g.value_name(gr.x).to_string())
             .collect();
         let seed = self.config.seed.unwrap_or(cx.seed);
-        let (count, mut feeds) = super::static_qdq::calib_feeds(
-            &self.data,
+        let (count, mut feeds) = self.data.feeds_for(
             model,
             self.config.calib_samples,
             self.config.calib_seqlen,
@@ -343,12 +342,13 @@ impl Pass for SmoothQuant {
             "activation statistics",
             &mut outcome,
         )?;
-        let rt = super::static_qdq::runtime_named(&self.config.runtime)?;
+        let rt = crate::runtime::named(&self.config.runtime)?;
         let rows = match self.config.alpha {
             Alpha::Auto => self.config.auto_rows,
             Alpha::Fixed(_) => 0,
         };
-        let progress = super::kernels::progress_bar(cx.progress, 0, "calibrating");
+        let progress =
+            crate::transforms::common::nbits::progress_bar(cx.progress, 0, "calibrating");
         let stats = channel_stats(
             model,
             &names,
