@@ -3,9 +3,10 @@
 //! (up → activation → down, e.g. GELU).
 use serde::Serialize;
 
-use super::walk::{describe_consumers, forward, label, nodes_between, Hit};
+use super::walk::{describe_consumers, forward, label, nodes_between, reaches_back, Hit};
 use super::weights::{is_matmul_like, linear_consumers, weight_ref, WeightRef};
 use crate::ir::{Graph, NodeId, ValueId};
+use crate::rewrite::matchers::constant;
 
 #[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -186,6 +187,23 @@ fn single(g: &Graph, p: &WeightRef) -> Result<MlpMap, Step> {
         }
         None => Vec::new(),
     };
+    // A lone projection's path to down_proj may read only its own output and
+    // constants: another tensor joining in means a projection is missing here.
+    for &n in &between {
+        for i in g.node(n).inputs().iter().flatten() {
+            if constant(g, *i).is_none() && !reaches_back(g, *i, p.output_id, 8) {
+                return Err(err(format!(
+                    "'{}' is the only projection reading the post-attention norm, but \
+                     {} '{}' on its way to down_proj '{}' also reads '{}'",
+                    p.node,
+                    g.node(n).op_type,
+                    label(g, n),
+                    down.node,
+                    g.value_name(*i)
+                )));
+            }
+        }
+    }
     if !split.is_empty() {
         if !down.k.saturating_mul(2).eq(&p.n) {
             return Err(err(format!(
