@@ -711,3 +711,190 @@ fn constant_node_and_half_precision_weights_are_mapped() {
         WeightSource::Initializer
     );
 }
+
+fn node_named(g: &Graph, name: &str) -> onnxq::ir::NodeId {
+    g.nodes()
+        .find(|(_, n)| n.name() == name)
+        .unwrap_or_else(|| panic!("no node '{name}'"))
+        .0
+}
+
+fn int_attr(name: &str, v: i64) -> onnxq::ir::Attribute {
+    onnxq::ir::Attribute {
+        name: name.into(),
+        ty: Some(onnxq::ir::attr_kind::INT),
+        i: Some(v),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn microsoft_rotary_and_multi_head_attention_are_mapped() {
+    let mut m = load("llama-attention23.onnx");
+    let map = DecoderMap::build(&m.graph).unwrap();
+    let g = &mut m.graph;
+    for l in &map.layers {
+        // opset-23 RotaryEmbedding(X, cos, sin, pos) → com.microsoft (X, pos, cos, sin).
+        for rot in &l.attention.rotary.as_ref().unwrap().nodes {
+            let id = node_named(g, rot);
+            let n = g.node(id).clone();
+            let heads = n.attr_int("num_heads").unwrap();
+            let spec = onnxq::ir::NodeSpec::new("com.microsoft", "RotaryEmbedding")
+                .name(rot.clone())
+                .inputs([n.input(0), n.input(3), n.input(1), n.input(2)])
+                .attr(int_attr("num_heads", heads))
+                .attr(int_attr("interleaved", 0));
+            g.swap_node(id, spec).unwrap();
+        }
+        // MultiHeadAttention has as many kv heads as heads: widen k and v to match.
+        for p in [&l.attention.k_proj, &l.attention.v_proj] {
+            let p = p.as_ref().unwrap();
+            let name = g.value_name(p.weight_id).to_string();
+            g.set_initializer(
+                p.weight_id,
+                Tensor::from_f32(name, vec![64, 64], &[0.0; 64 * 64]),
+            );
+        }
+        let a = g.node(l.attention.node_id).clone();
+        let spec = onnxq::ir::NodeSpec::new("com.microsoft", "MultiHeadAttention")
+            .name(l.attention.node.clone())
+            .inputs([a.input(0), a.input(1), a.input(2), None, None, a.input(3)])
+            .attr(int_attr("num_heads", 4));
+        g.swap_node(l.attention.node_id, spec).unwrap();
+    }
+    let map = DecoderMap::build(&m.graph).unwrap();
+    assert_eq!((map.num_heads, map.num_kv_heads, map.head_size), (4, 4, 16));
+    for l in &map.layers {
+        let a = &l.attention;
+        assert_eq!(a.kind, AttentionKind::MultiHeadAttention);
+        assert_eq!(
+            (a.k_proj.as_ref().unwrap().n, a.v_proj.as_ref().unwrap().n),
+            (64, 64)
+        );
+        let r = a.rotary.as_ref().unwrap();
+        assert_eq!(r.kind, RotaryKind::MicrosoftRotaryEmbedding);
+        assert_eq!(r.nodes.len(), 2);
+        assert_eq!(r.cos.as_deref(), Some("model.rotary_emb.cos_cache"));
+        assert_eq!(r.sin.as_deref(), Some("model.rotary_emb.sin_cache"));
+        assert_eq!(a.mask.as_deref(), Some("/model/And_output_0"));
+    }
+    assert_eq!(map.io.position_ids.as_ref().unwrap().name, "position_ids");
+    assert_eq!(
+        map.io.attention_mask.as_ref().unwrap().name,
+        "attention_mask"
+    );
+
+    // Left at 2 kv heads' width, k no longer fits MultiHeadAttention's head count.
+    let mut m = load("llama-attention23.onnx");
+    let fresh = DecoderMap::build(&m.graph).unwrap();
+    let l = &fresh.layers[0];
+    let a = m.graph.node(l.attention.node_id).clone();
+    let spec = onnxq::ir::NodeSpec::new("com.microsoft", "MultiHeadAttention")
+        .name(l.attention.node.clone())
+        .inputs([a.input(0), a.input(1), a.input(2)])
+        .attr(int_attr("num_heads", 4));
+    m.graph.swap_node(l.attention.node_id, spec).unwrap();
+    let err = DecoderMap::build(&m.graph).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "layer 0: attention: k projection '/model/layers.0/self_attn/k_proj/MatMul' has N = 32, \
+         not 4 kv heads x 16 for the MultiHeadAttention node '/model/layers.0/self_attn/Attention'"
+    );
+}
+
+#[test]
+fn two_matrix_and_packed_gate_up_mlps_are_mapped() {
+    let mut m = load("llama-decomposed.onnx");
+    let map = DecoderMap::build(&m.graph).unwrap();
+    let g = &mut m.graph;
+
+    // Layer 1 without up_proj: down(silu(gate(x))), a two-matrix MLP.
+    let mlp = &map.layers[1].mlp;
+    let (gate, up) = (mlp.gate_proj.clone().unwrap(), mlp.up_proj.clone().unwrap());
+    let (join, _) = onnxq::rewrite::matchers::consumers(g, up.output_id)[0];
+    let act = g
+        .node(join)
+        .inputs()
+        .iter()
+        .flatten()
+        .copied()
+        .find(|&v| v != up.output_id)
+        .unwrap();
+    g.swap_node(
+        join,
+        onnxq::ir::NodeSpec::new("", "Identity")
+            .name("no_up")
+            .input(act),
+    )
+    .unwrap();
+    g.remove_node(up.node_id).unwrap();
+
+    // Layer 0 with gate and up packed into one [64, 256] weight split in halves.
+    let mlp = &map.layers[0].mlp;
+    let (gate0, up0) = (mlp.gate_proj.clone().unwrap(), mlp.up_proj.clone().unwrap());
+    let gw = g.initializer(gate0.weight_id).unwrap().to_f32().unwrap();
+    let uw = g.initializer(up0.weight_id).unwrap().to_f32().unwrap();
+    let packed: Vec<f32> = (0..64)
+        .flat_map(|r| {
+            gw[r * 128..(r + 1) * 128]
+                .iter()
+                .chain(&uw[r * 128..(r + 1) * 128])
+        })
+        .copied()
+        .collect();
+    let w = g
+        .add_initializer(Tensor::from_f32("gate_up.weight", vec![64, 256], &packed))
+        .unwrap();
+    let sizes = g
+        .add_initializer(Tensor::from_i64("gate_up.split", vec![2], &[128, 128]))
+        .unwrap();
+    let normed = g.find(&map.layers[0].post_attention_norm.output).unwrap();
+    let mm = g
+        .add_node(
+            onnxq::ir::NodeSpec::new("", "MatMul")
+                .name("gate_up")
+                .input(normed)
+                .input(w)
+                .output("gate_up_out"),
+        )
+        .unwrap();
+    let split = g
+        .add_node(
+            onnxq::ir::NodeSpec::new("", "Split")
+                .name("gate_up_split")
+                .input(g.node(mm).output(0).unwrap())
+                .input(sizes)
+                .output("gate_half")
+                .output("up_half")
+                .attr(int_attr("axis", -1)),
+        )
+        .unwrap();
+    let (gh, uh) = (
+        g.node(split).output(0).unwrap(),
+        g.node(split).output(1).unwrap(),
+    );
+    g.replace_all_uses(gate0.output_id, gh, false).unwrap();
+    g.replace_all_uses(up0.output_id, uh, false).unwrap();
+    g.remove_node(gate0.node_id).unwrap();
+    g.remove_node(up0.node_id).unwrap();
+
+    let map = DecoderMap::build(&m.graph).unwrap();
+    let packed = &map.layers[0].mlp;
+    assert_eq!(
+        (packed.kind, packed.activation.as_str()),
+        (MlpKind::GatedPacked, "silu")
+    );
+    let gu = packed.gate_up_proj.as_ref().unwrap();
+    assert_eq!((gu.node.as_str(), gu.k, gu.n), ("gate_up", 64, 256));
+    assert!(packed.gate_proj.is_none() && packed.up_proj.is_none());
+    assert_eq!((packed.down_proj.k, packed.intermediate_size), (128, 128));
+
+    let two = &map.layers[1].mlp;
+    assert_eq!(
+        (two.kind, two.activation.as_str()),
+        (MlpKind::TwoMatrix, "silu")
+    );
+    assert_eq!(two.up_proj.as_ref().unwrap().node, gate.node);
+    assert!(two.gate_proj.is_none());
+    assert_eq!((two.down_proj.k, two.down_proj.n), (128, 64));
+}

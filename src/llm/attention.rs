@@ -266,6 +266,18 @@ fn fused_attention(
         ));
     }
     let head_size = q_width / heads;
+    for (role, p) in [("k", &r.k), ("v", &r.v)] {
+        if let Some(p) = p.as_ref().filter(|p| p.n != kv_heads * head_size) {
+            return Err((
+                "attention",
+                format!(
+                    "{role} projection '{}' has N = {}, not {kv_heads} kv heads x {head_size} \
+                     for the {what}",
+                    p.node, p.n
+                ),
+            ));
+        }
+    }
     let qkv_split = match &r.qkv {
         Some(p) if p.n != (heads + 2 * kv_heads) * head_size => {
             return Err((

@@ -72,6 +72,9 @@ fn embedding_at(g: &Graph, id: NodeId) -> Option<Embedding> {
     })?;
     let (vocab, hidden, dtype, bits) = if quantized {
         let bits = n.attr_int("bits").unwrap_or(4);
+        if !(1..=8).contains(&bits) {
+            return None;
+        }
         // The scales (input 2) give the float type; a row of the table is packed
         // codes, counted in bytes (uint8) or in elements (int4/uint4).
         let scales = n

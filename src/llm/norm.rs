@@ -85,14 +85,13 @@ fn fused(g: &Graph, n: NodeId, kind: NormKind) -> Option<NormMap> {
         node: label(g, n),
         nodes: vec![label(g, n)],
         weight: name_of(g, node.input(w)),
-        bias: if kind == NormKind::SimplifiedLayerNormalization
-            || kind == NormKind::RmsNormalization
-            || kind == NormKind::SkipSimplifiedLayerNormalization
-        {
-            None
-        } else {
-            name_of(g, node.input(b))
-        },
+        // Only the LayerNorm kinds take a bias (β); RMS norms have none.
+        bias: matches!(
+            kind,
+            NormKind::LayerNormalization | NormKind::SkipLayerNormalization
+        )
+        .then(|| name_of(g, node.input(b)))
+        .flatten(),
         epsilon: node.attr_float("epsilon"),
         output: g.value_name(out).to_string(),
         residual_output: name_of(g, residual),

@@ -106,8 +106,8 @@ pub fn to_text(m: &DecoderMap) -> String {
         }
         weight(&mut s, "down", &p.down_proj);
     }
+    let _ = writeln!(s, "head:");
     norm(&mut s, "final norm", &m.final_norm);
-    let _ = writeln!(s, "  lm_head");
     weight(&mut s, "lm_head", &m.lm_head);
     let io = &m.io;
     let _ = writeln!(s, "inputs:");
