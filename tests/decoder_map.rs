@@ -898,3 +898,83 @@ fn two_matrix_and_packed_gate_up_mlps_are_mapped() {
     assert!(two.gate_proj.is_none());
     assert_eq!((two.down_proj.k, two.down_proj.n), (128, 64));
 }
+
+#[test]
+fn group_query_attention_fed_one_packed_query_is_mapped() {
+    // onnxruntime-genai's other packed form: GQA reads q|k|v as its query, k and v empty.
+    let mut m = load("decoders/genai.onnx");
+    let map = DecoderMap::build(&m.graph).unwrap();
+    for l in &map.layers {
+        let a = &l.attention;
+        let qkv_out = m
+            .graph
+            .node(a.qkv_proj.as_ref().unwrap().node_id)
+            .output(0)
+            .unwrap();
+        let n = m.graph.node(a.node_id).clone();
+        let mut inputs = vec![Some(qkv_out), None, None];
+        inputs.extend(n.inputs()[3..].iter().copied());
+        let mut spec = onnxq::ir::NodeSpec::new("com.microsoft", "GroupQueryAttention")
+            .name(a.node.clone())
+            .inputs(inputs);
+        spec.attributes = n.attributes.clone();
+        m.graph.swap_node(a.node_id, spec).unwrap();
+    }
+    let map = DecoderMap::build(&m.graph).unwrap();
+    for l in &map.layers {
+        let a = &l.attention;
+        assert_eq!(a.kind, AttentionKind::GroupQueryAttention);
+        assert_eq!((a.num_heads, a.num_kv_heads, a.head_size), (6, 2, 16));
+        assert_eq!(a.qkv_proj.as_ref().map(|p| (p.k, p.n)), Some((96, 160)));
+        assert_eq!(a.qkv_split, Some([96, 32, 32]));
+        assert_eq!(a.kv.present_key, Some(format!("present.{}.key", l.index)));
+    }
+}
+
+#[test]
+fn inspect_decoder_prints_a_readable_map() {
+    let out = Command::new(common::onnxq_bin())
+        .args(["inspect", "--decoder"])
+        .arg(common::fixtures().join("llama-genai-kv.onnx"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().next().unwrap_or("");
+    assert_eq!(
+        first,
+        "decoder: 2 layers, hidden 64, 4 heads / 2 kv heads of 16, intermediate 128, vocab 320, \
+         lm_head untied"
+    );
+    assert!(text.contains("layer 1:"), "{text}");
+    assert!(
+        text.contains("/model/layers.1/attn/GroupQueryAttention"),
+        "{text}"
+    );
+    assert!(
+        text.contains("attention_mask  attention_mask int64[batch_size, total_sequence_length]"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_decoder_map_keeps_to_its_layer() {
+    // src/llm sits below the passes: it may use error, ir, io, rewrite, quant,
+    // runtime and calib, never transforms, pass, cli or verify.
+    let dir = common::repo().join("src/llm");
+    let mut files = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        let text = std::fs::read_to_string(&p).unwrap();
+        for banned in [
+            "crate::transforms",
+            "crate::pass",
+            "crate::cli",
+            "crate::verify",
+        ] {
+            assert!(!text.contains(banned), "{} uses {banned}", p.display());
+        }
+        files += 1;
+    }
+    assert!(files >= 5, "{files} files in src/llm");
+}

@@ -510,13 +510,7 @@ fn decomposed_attention(
     ))?;
     let o_proj = o_proj_after(g, out, &what)?;
     let (scale, mask) = scale_and_mask(g, scores, softmax);
-    let kv = LayerKv {
-        past_key: None,
-        past_value: None,
-        present_key: None,
-        present_value: None,
-    };
-    let kv = cache_concat(g, k, kv, true);
+    let kv = cache_concat(g, k, LayerKv::default(), true);
     let kv = match &r.v {
         Some(v) => cache_concat(g, v, kv, false),
         None => kv,
