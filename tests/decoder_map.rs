@@ -1007,3 +1007,33 @@ fn quantized_tied_embedding_shares_the_lm_head_codes() {
     assert_eq!((map.lm_head.k, map.lm_head.n), (64, 320));
     assert_eq!(map.num_layers, 2);
 }
+
+#[test]
+fn no_onnx_backend_model_makes_the_mapper_panic() {
+    // 1 900+ small graphs of every op: none is a decoder, and reading each as one
+    // must end in a typed error, never a panic or a bogus map.
+    let Some(python) = common::python() else {
+        return;
+    };
+    let models = common::models_under(&common::onnx_backend_data(&python));
+    assert!(models.len() > 1000, "{} backend models", models.len());
+    let mut refused = 0;
+    for p in &models {
+        let Ok(m) = onnxq::load(p) else {
+            continue;
+        };
+        match DecoderMap::build(&m.graph) {
+            Err(onnxq::Error::NotDecoder(why)) => {
+                assert!(!why.is_empty());
+                refused += 1;
+            }
+            Err(onnxq::Error::DecoderMap { at, step, .. }) => {
+                assert!(!at.is_empty() && !step.is_empty(), "{}", p.display());
+                refused += 1;
+            }
+            Err(e) => panic!("{}: untyped error {e}", p.display()),
+            Ok(map) => panic!("{}: mapped as a decoder: {map:?}", p.display()),
+        }
+    }
+    assert!(refused > 1000, "{refused} refused");
+}
