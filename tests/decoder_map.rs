@@ -641,6 +641,11 @@ fn matmulnbits_decoder_maps_with_weights_from_attributes() {
         }
     }
     assert_eq!(packed, 14);
+    assert_eq!(q.linears().len(), 15);
+    assert!(q
+        .linears()
+        .iter()
+        .all(|w| w.layout == WeightLayout::MatMulNBits));
     assert_eq!(q.lm_head.layout, WeightLayout::MatMulNBits);
     assert_eq!((q.lm_head.k, q.lm_head.n), (64, 320));
 }

@@ -116,6 +116,15 @@ fn lm_head_of(g: &Graph, normed: ValueId) -> Option<WeightRef> {
 }
 
 impl DecoderMap {
+    /// Every linear layer of the decoder in execution order, lm_head last.
+    pub fn linears(&self) -> Vec<&WeightRef> {
+        self.layers
+            .iter()
+            .flat_map(LayerMap::linears)
+            .chain([&self.lm_head])
+            .collect()
+    }
+
     /// Maps `g` as a decoder, or says which layer and which step of the pattern
     /// failed ("not a decoder" when there is no embedding-fed norm at all).
     pub fn build(g: &Graph) -> Result<DecoderMap> {
