@@ -58,9 +58,10 @@ pub fn forward(
     hits
 }
 
-/// Nodes on the way from `start` to `end` (exclusive of both ends' producers), by a
-/// backward search from `end` limited to `depth` nodes: the ops a component is made
-/// of, e.g. the activation between a gate projection and its join.
+/// The nodes strictly between the value `start` and the node `end` (neither
+/// `start`'s producer nor `end` itself), found backwards from `end` within `depth`
+/// nodes: the ops a component is made of, e.g. the activation between a gate
+/// projection and its join.
 pub fn nodes_between(g: &Graph, start: ValueId, end: NodeId, depth: usize) -> Vec<NodeId> {
     let mut out = Vec::new();
     let mut stack: Vec<(NodeId, usize)> = vec![(end, 0)];
