@@ -42,6 +42,17 @@ pub enum Error {
     Reference(String),
     #[error("runtime {runtime}: {reason}")]
     Runtime { runtime: String, reason: String },
+    /// A graph read as an LLM decoder that has no decoder structure at all.
+    #[error("not a decoder: {0}")]
+    NotDecoder(String),
+    /// A decoder whose structure broke off at one step of the pattern: `at` is the
+    /// layer ("layer 1") or part ("lm_head"), `step` the component being matched.
+    #[error("{at}: {step}: {reason}")]
+    DecoderMap {
+        at: String,
+        step: String,
+        reason: String,
+    },
 }
 
 impl Error {

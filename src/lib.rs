@@ -4,6 +4,7 @@ pub mod cli;
 pub mod error;
 pub mod io;
 pub mod ir;
+pub mod llm;
 pub mod pass;
 pub(crate) mod proto;
 pub mod quant;

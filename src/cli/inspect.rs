@@ -17,6 +17,10 @@ pub struct InspectArgs {
     /// How many of the largest tensors to list.
     #[arg(long, default_value_t = 10)]
     pub top: usize,
+    /// Print the decoder map (embedding, layers, norms, projections, attention, MLP,
+    /// lm_head, KV cache and position/mask inputs) instead of the summary.
+    #[arg(long)]
+    pub decoder: bool,
 }
 
 #[derive(Serialize, Debug)]
@@ -266,6 +270,19 @@ pub fn to_text(i: &Inspection) -> String {
 
 pub fn run(args: &InspectArgs) -> Result<i32> {
     let m = crate::io::load(&args.model)?;
+    if args.decoder {
+        let map = crate::llm::DecoderMap::build(&m.graph)?;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&map)
+                    .map_err(|e| crate::Error::invalid(e.to_string()))?
+            );
+        } else {
+            print!("{}", crate::llm::to_text(&map));
+        }
+        return Ok(0);
+    }
     let i = inspect(&m, args.top);
     if args.json {
         println!(

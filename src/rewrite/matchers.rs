@@ -169,3 +169,81 @@ pub fn following_bias_add(g: &Graph, m: &WeightMatMul) -> Option<(NodeId, ValueI
     let (_, t) = constant(g, other)?;
     (t.dims == [m.n as i64] && t.dtype() == m.dtype).then_some((*add, other))
 }
+
+/// A com.microsoft MatMulNBits or MatMulBnb4 node: y = A · W with W [K, N] stored
+/// packed in the constant B, K and N given by the node's attributes.
+#[derive(Clone, Debug)]
+pub struct PackedMatMul {
+    pub node: NodeId,
+    /// The constant packed weight (input B).
+    pub weight: ValueId,
+    pub source: ConstSource,
+    pub k: usize,
+    pub n: usize,
+    /// Code width: `bits` of MatMulNBits, 4 for MatMulBnb4.
+    pub bits: i64,
+    pub block_size: i64,
+    /// The float type of the scales (the type the weight decodes to).
+    pub dtype: DType,
+}
+
+/// Matches `node` as MatMulNBits/MatMulBnb4 with a constant B, or says why not.
+pub fn packed_matmul(g: &Graph, node: NodeId) -> Result<PackedMatMul, String> {
+    let n = g.node(node);
+    let (bits, scales_slot) = if n.is("com.microsoft", "MatMulNBits") {
+        (n.attr_int("bits").unwrap_or(4), 2)
+    } else if n.is("com.microsoft", "MatMulBnb4") {
+        (4, 2)
+    } else {
+        return Err(format!("{} is not MatMulNBits or MatMulBnb4", n.op_type));
+    };
+    let attr = |name: &str| {
+        n.attr_int(name)
+            .filter(|v| *v > 0)
+            .ok_or_else(|| format!("{} without a positive '{name}' attribute", n.op_type))
+    };
+    let (k, n_out, block_size) = (attr("K")?, attr("N")?, attr("block_size")?);
+    let weight = n.input(1).ok_or("no B input")?;
+    let (source, _) = constant(g, weight).ok_or_else(|| not_constant_reason(g, weight))?;
+    let dtype = n
+        .input(scales_slot)
+        .and_then(|s| constant(g, s))
+        .map(|(_, t)| t.dtype())
+        .ok_or("scales are not a constant")?;
+    Ok(PackedMatMul {
+        node,
+        weight,
+        source,
+        k: k as usize,
+        n: n_out as usize,
+        bits,
+        block_size,
+        dtype,
+    })
+}
+
+/// The integer values of a constant (e.g. a Reshape shape or Split sizes).
+pub fn const_ints(g: &Graph, v: ValueId) -> Option<Vec<i64>> {
+    constant(g, v).and_then(|(_, t)| t.to_i64().ok())
+}
+
+/// The value of a constant holding exactly one float (e.g. an epsilon or exponent).
+pub fn const_scalar(g: &Graph, v: ValueId) -> Option<f32> {
+    let (_, t) = constant(g, v)?;
+    match t.to_f32().ok()?.as_slice() {
+        [x] => Some(*x),
+        _ => None,
+    }
+}
+
+/// The nodes that read `v`, with the input slot, in use-list order.
+pub fn consumers(g: &Graph, v: ValueId) -> Vec<(NodeId, usize)> {
+    g.value(v)
+        .uses()
+        .iter()
+        .filter_map(|u| match u {
+            crate::ir::Use::Input(n, slot) => Some((*n, *slot)),
+            crate::ir::Use::Capture(_) => None,
+        })
+        .collect()
+}
