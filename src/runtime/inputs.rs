@@ -98,6 +98,29 @@ fn default_dim(name: &str, dims: &BTreeMap<String, i64>) -> Option<i64> {
     }
 }
 
+/// The value of a symbolic dim: given in `dims`, else its default; an exporter's
+/// expression (`past_seq_len + seq_len`, `2*sequence_length`) is evaluated term by
+/// term, so a mask sized past + new agrees with the past and the ids it goes with.
+fn dim_value(name: &str, dims: &BTreeMap<String, i64>) -> Option<i64> {
+    let term = |t: &str| {
+        let t = t.trim();
+        t.parse::<i64>()
+            .ok()
+            .or_else(|| dims.get(t).copied())
+            .or_else(|| default_dim(t, dims))
+    };
+    if let Some(v) = dims.get(name) {
+        return Some(*v);
+    }
+    if name.contains('+') {
+        return name.split('+').map(|t| dim_value(t.trim(), dims)).sum();
+    }
+    if name.contains('*') {
+        return name.split('*').map(term).product();
+    }
+    term(name)
+}
+
 /// Concrete shapes for `specs`: symbolic dims from `dims`, else the defaults of
 /// [`default_dim`], else an error naming the dim.
 pub fn resolve_shapes(specs: &[IoSpec], dims: &BTreeMap<String, i64>) -> Result<Vec<Vec<usize>>> {
@@ -116,7 +139,7 @@ pub fn resolve_shapes(specs: &[IoSpec], dims: &BTreeMap<String, i64>) -> Result<
                 .map(|(axis, d)| match d {
                     Dim::Value(v) if *v >= 0 => Ok(*v as usize),
                     Dim::Param(p) => {
-                        let v = dims.get(p).copied().or_else(|| default_dim(p, dims)).ok_or_else(|| {
+                        let v = dim_value(p, dims).ok_or_else(|| {
                             RuntimeError::UnresolvedDim {
                                 input: s.name.clone(),
                                 dim: p.clone(),
@@ -254,6 +277,36 @@ mod tests {
             dtype: Some(dtype),
             dims: Some(dims.to_vec()),
         }
+    }
+
+    #[test]
+    fn dim_expressions_are_evaluated_term_by_term() {
+        let p = |s: &str| Dim::Param(s.into());
+        let specs = [
+            spec("input_ids", DType::I64, &[p("batch"), p("seq_len")]),
+            spec(
+                "past_key_values.0.key",
+                DType::F32,
+                &[
+                    p("batch"),
+                    Dim::Value(2),
+                    p("past_sequence_len"),
+                    Dim::Value(16),
+                ],
+            ),
+            spec(
+                "attention_mask",
+                DType::I64,
+                &[p("batch"), p("past_seq_len + seq_len")],
+            ),
+            spec("doubled", DType::F32, &[p("2*seq_len")]),
+        ];
+        let shapes = resolve_shapes(&specs, &BTreeMap::new()).unwrap();
+        assert_eq!(shapes[1][2], 0, "an empty cache by default");
+        assert_eq!(shapes[2], vec![1, 8], "mask = past (0) + new (8)");
+        assert_eq!(shapes[3], vec![16]);
+        let given = BTreeMap::from([("past_seq_len".to_string(), 3), ("seq_len".to_string(), 1)]);
+        assert_eq!(resolve_shapes(&specs, &given).unwrap()[2], vec![1, 4]);
     }
 
     #[test]
