@@ -1,9 +1,10 @@
 //! onnxq's quantization kernels against onnxruntime's own quantizers (the C++
-//! kernels its Python MatMulNBitsQuantizer and MatMulBnb4Quantizer call), on
-//! seeded random weights: RTN 2/4/8-bit MatMulNBits (f32 and f16), 4-bit QDQ, and
-//! bnb4 NF4/FP4. Scales, zero points, codes and bnb4 output must be identical (QDQ
+//! kernels its Python MatMulNBitsQuantizer and MatMulBnb4Quantizer call, and the
+//! numpy code quantize_dynamic/quantize_static quantize weights with), on seeded
+//! random weights: RTN 2/4/8-bit MatMulNBits (f32 and f16), 4-bit QDQ, bnb4
+//! NF4/FP4, and 8/16-bit weights per tensor and per channel. Scales, zero points, codes and bnb4 output must be identical (QDQ
 //! codes near ties follow a documented other rounding, see the QDQ test). Besides
-//! random weights, RTN runs on weights placed within a few ulps of the midpoints
+//! random weights, RTN and 8-bit run on weights placed within a few ulps of the midpoints
 //! between codes, where the order of float operations decides the code (dividing
 //! instead of multiplying by the reciprocal, or a fused multiply-add, changes ~3 %
 //! of them there and almost none on random data).
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use onnxq::quant::bnb4::{self, QuantType};
+use onnxq::quant::int8::{quantize_weight, QType, WeightSpec};
 use onnxq::quant::nbits::{quantize_kn_as, BlockQuant, QuantParams};
 use onnxq::quant::pack::{unpack, unpack_ordered, Order};
 use onnxq::quant::FloatType;
@@ -71,6 +73,14 @@ fn read_u8(path: &Path) -> Vec<u8> {
     let (descr, data) = read_npy(path);
     assert_eq!(descr, "|u1", "{}", path.display());
     data
+}
+
+fn read_i64(path: &Path) -> Vec<i64> {
+    let (descr, data) = read_npy(path);
+    assert_eq!(descr, "<i8", "{}", path.display());
+    data.chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 /// f32 values of an f4 or f2 array.
@@ -544,4 +554,132 @@ fn bnb4_matches_onnxruntime_exactly() {
         assert_eq!(bytes_differ, 0, "{name}");
         assert_eq!(absmax_differ, 0, "{name}");
     }
+}
+
+/// [K, N] weights for 8/16-bit quantization whose values sit within 3 ulps of the
+/// midpoint between two codes, with onnxruntime's scale and zero point for the
+/// range of the whole tensor or (`per_column`) of each column.
+fn int8_near_ties(k: usize, n: usize, spec: &WeightSpec, per_column: bool, seed: u64) -> Vec<f32> {
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let (qmin, qmax) = spec.qtype.range(spec.reduce_range, spec.symmetric);
+    let mut w = vec![0f32; k * n];
+    let groups: Vec<Vec<usize>> = if per_column {
+        (0..n).map(|c| (0..k).map(|r| r * n + c).collect()).collect()
+    } else {
+        vec![(0..k * n).collect()]
+    };
+    for idx in groups {
+        let mut lo = -(0.1 + 0.9 * rng.uniform() as f32);
+        let mut hi = 0.1 + 0.9 * rng.uniform() as f32;
+        if spec.symmetric {
+            let a = lo.abs().max(hi);
+            (lo, hi) = (-a, a);
+        }
+        let scale = (hi as f64 - lo as f64) / (qmax - qmin) as f64;
+        let zp = if spec.symmetric {
+            ((qmin + qmax) as f64 / 2.0).round_ties_even()
+        } else {
+            (qmin as f64 - lo as f64 / scale).round_ties_even()
+        } as f32;
+        let s = scale as f32;
+        for (i, &e) in idx.iter().enumerate() {
+            w[e] = match i {
+                0 => lo,
+                1 => hi,
+                _ => {
+                    let j = qmin as f32 + (rng.uniform() * (qmax - qmin) as f64).floor() as f32;
+                    let mut v = (j + 0.5 - zp) * s;
+                    let steps = (rng.uniform() * 7.0) as i32 - 3;
+                    for _ in 0..steps.abs() {
+                        v = if steps > 0 { v.next_up() } else { v.next_down() };
+                    }
+                    v.clamp(lo, hi)
+                }
+            };
+        }
+    }
+    w
+}
+
+#[test]
+fn int8_weights_match_onnxruntime_exactly() {
+    let Some(python) = ort_python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (k, n) = (96usize, 40usize);
+    let mut cases = Vec::new();
+    for (qtype, symmetric, reduce_range) in [
+        (QType::I8, true, false),
+        (QType::I8, true, true),
+        (QType::U8, false, false),
+        (QType::U8, false, true),
+        (QType::U8, true, false),
+        (QType::I16, true, false),
+        (QType::U16, false, false),
+    ] {
+        for axis in [None, Some(1), Some(0)] {
+            for near in [false, true] {
+                let spec = WeightSpec {
+                    qtype,
+                    symmetric,
+                    reduce_range,
+                    axis,
+                };
+                cases.push((spec, near));
+            }
+        }
+    }
+    let mut jobs = Vec::new();
+    let mut inputs = Vec::new();
+    for (i, (spec, near)) in cases.iter().enumerate() {
+        let seed = 300 + i as u64;
+        let w = if *near {
+            int8_near_ties(k, n, spec, spec.axis == Some(1), seed)
+        } else {
+            weights(k, n, seed)
+        };
+        let path = save_weight(dir.path(), &format!("i{i}"), &w, k, n, FloatType::F32);
+        let qtype = format!("{:?}", spec.qtype).to_lowercase();
+        let qtype = match qtype.as_str() {
+            "i8" => "int8",
+            "u8" => "uint8",
+            "i16" => "int16",
+            _ => "uint16",
+        };
+        jobs.push(serde_json::json!({
+            "kind": "int8", "weight": path, "out": dir.path().join(format!("q{i}")),
+            "qtype": qtype, "symmetric": spec.symmetric, "reduce_range": spec.reduce_range,
+            "axis": spec.axis,
+        }));
+        inputs.push(w);
+    }
+    run_jobs(&python, dir.path(), &jobs);
+    let mut total = 0;
+    for (i, ((spec, near), w)) in cases.iter().zip(&inputs).enumerate() {
+        let out = |s: &str| dir.path().join(format!("q{i}_{s}.npy"));
+        let q = quantize_weight(w, &[k, n], spec).unwrap();
+        let scales = read_float(&out("scales"));
+        let zps = read_i64(&out("zp"));
+        let codes = read_i64(&out("codes"));
+        let ours_scales: Vec<f32> = q.params.iter().map(|p| p.scale).collect();
+        let ours_zps: Vec<i64> = q.params.iter().map(|p| p.zero_point as i64).collect();
+        let diff = q
+            .codes
+            .iter()
+            .zip(&codes)
+            .filter(|(a, b)| **a as i64 != **b)
+            .count();
+        eprintln!(
+            "{spec:?}{}: scales differ {}, zero points {}, codes differ {diff}/{}",
+            if *near { " near ties" } else { "" },
+            count_bit_mismatches(&ours_scales, &scales),
+            if ours_zps == zps { "equal" } else { "DIFFER" },
+            codes.len()
+        );
+        assert_eq!(count_bit_mismatches(&ours_scales, &scales), 0, "{spec:?}");
+        assert_eq!(ours_zps, zps, "{spec:?}");
+        assert_eq!(q.codes.len(), codes.len(), "{spec:?}");
+        assert_eq!(diff, 0, "{spec:?} near ties {near}");
+        total += codes.len();
+    }
+    eprintln!("8/16-bit weights: {total} codes identical to onnxruntime's");
 }
