@@ -322,8 +322,10 @@ pub fn dequantize_nk(
     block_size: usize,
     qt: QuantType,
 ) -> Result<Vec<f32>, QuantError> {
-    let count = n * k;
-    if q.packed.len() != count.div_ceil(2)
+    // n and k may come from a model's attributes: an overflowing product is a mismatch.
+    let count = n.checked_mul(k).unwrap_or(usize::MAX);
+    if count == usize::MAX
+        || q.packed.len() != count.div_ceil(2)
         || block_size == 0
         || q.absmax.len() != count.div_ceil(block_size)
     {
