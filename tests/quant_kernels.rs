@@ -245,7 +245,11 @@ fn near_ties(k: usize, n: usize, bits: u8, bs: usize, symmetric: bool, seed: u64
                         let mut v = (j + 0.5 - z) * scale;
                         let steps = (rng.uniform() * 7.0) as i32 - 3;
                         for _ in 0..steps.abs() {
-                            v = if steps > 0 { v.next_up() } else { v.next_down() };
+                            v = if steps > 0 {
+                                v.next_up()
+                            } else {
+                                v.next_down()
+                            };
                         }
                         v.clamp(lo, hi)
                     }
@@ -495,16 +499,23 @@ fn qdq_int4_matches_onnxruntime() {
             let z = zps.as_ref().map_or(8.0, |z| z[m] as f32);
             let add_then_round = (v * inv + z).round().clamp(0.0, 15.0) as u8;
             let round_then_add = ((v * inv).round() + z).clamp(0.0, 15.0) as u8;
-            let stored = |c: u8| if *symmetric { c.wrapping_sub(8) & 15 } else { c };
+            let stored = |c: u8| {
+                if *symmetric {
+                    c.wrapping_sub(8) & 15
+                } else {
+                    c
+                }
+            };
             ours_off += (ours[e] != stored(add_then_round)) as usize;
             theirs_off += (codes[e] != stored(round_then_add)) as usize;
             explained += (add_then_round != round_then_add) as usize;
         }
-        eprintln!(
-            "  near ties: {diff} codes differ, {explained} where the two roundings part"
-        );
+        eprintln!("  near ties: {diff} codes differ, {explained} where the two roundings part");
         assert_eq!(ours_off, 0, "onnxq's QDQ codes are not round(w/s + zp)");
-        assert_eq!(theirs_off, 0, "onnxruntime's QDQ codes are not round(w/s) + zp");
+        assert_eq!(
+            theirs_off, 0,
+            "onnxruntime's QDQ codes are not round(w/s) + zp"
+        );
         assert_eq!(diff, explained);
         assert!(diff > 0, "the near-tie weights no longer reach any tie");
     }
@@ -564,7 +575,9 @@ fn int8_near_ties(k: usize, n: usize, spec: &WeightSpec, per_column: bool, seed:
     let (qmin, qmax) = spec.qtype.range(spec.reduce_range, spec.symmetric);
     let mut w = vec![0f32; k * n];
     let groups: Vec<Vec<usize>> = if per_column {
-        (0..n).map(|c| (0..k).map(|r| r * n + c).collect()).collect()
+        (0..n)
+            .map(|c| (0..k).map(|r| r * n + c).collect())
+            .collect()
     } else {
         vec![(0..k * n).collect()]
     };
@@ -591,7 +604,11 @@ fn int8_near_ties(k: usize, n: usize, spec: &WeightSpec, per_column: bool, seed:
                     let mut v = (j + 0.5 - zp) * s;
                     let steps = (rng.uniform() * 7.0) as i32 - 3;
                     for _ in 0..steps.abs() {
-                        v = if steps > 0 { v.next_up() } else { v.next_down() };
+                        v = if steps > 0 {
+                            v.next_up()
+                        } else {
+                            v.next_down()
+                        };
                     }
                     v.clamp(lo, hi)
                 }

@@ -814,7 +814,10 @@ fn quantize_verified(orig: &Path, out: &Path, flags: &[&str]) -> f64 {
     );
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    assert_eq!(r["verify"]["thresholds"]["max_rel_l2"], 0.4, "{flags:?}: {r}");
+    assert_eq!(
+        r["verify"]["thresholds"]["max_rel_l2"], 0.4,
+        "{flags:?}: {r}"
+    );
     assert_eq!(r["verify"]["passed"], true, "{flags:?}: {r}");
     r["verify"]["report"]["outputs"]
         .as_array()
