@@ -7,7 +7,9 @@
                                  OURS vs ORIG no worse than ORT's (1%)
   bnb4 ORIG OURS QTYPE BLOCK     same with MatMulBnb4Quantizer; packed bytes and absmax
                                  must be identical
-  error ORIG CAND                prints relative L2 of CAND's outputs vs ORIG's in ORT
+  error ORIG CAND [SEED]         prints relative L2 of CAND's outputs vs ORIG's in ORT
+                                 (inputs: onnxq_testlib.make_feeds with SEED, default 0)
+  input-sum MODEL SEED           prints the sum of the first input make_feeds gives
 Exit 0 on success; prints what failed otherwise.
 """
 import os
@@ -29,9 +31,9 @@ def session(path):
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
-def rel_l2(orig, cand):
+def rel_l2(orig, cand, seed=0):
     a, b = session(orig), session(cand)
-    f = T.make_feeds(onnx.load(orig, load_external_data=False))
+    f = T.make_feeds(onnx.load(orig, load_external_data=False), seed=seed)
     ya, yb = a.run(None, f), b.run(None, f)
     pairs = [(np.asarray(x), np.asarray(y)) for x, y in zip(ya, yb) if np.asarray(x).dtype.kind == "f"]
     ya, yb = [p[0] for p in pairs], [p[1] for p in pairs]
@@ -142,7 +144,11 @@ def main():
     if cmd == "bnb4":
         return bnb4(args[0], args[1], args[2], int(args[3]))
     if cmd == "error":
-        print(rel_l2(args[0], args[1]))
+        print(rel_l2(args[0], args[1], int(args[2]) if len(args) > 2 else 0))
+        return 0
+    if cmd == "input-sum":
+        f = T.make_feeds(onnx.load(args[0], load_external_data=False), seed=int(args[1]))
+        print(float(np.sum(next(iter(f.values())), dtype=np.float64)))
         return 0
     raise SystemExit(f"unknown command {cmd}")
 
