@@ -2,9 +2,11 @@
 //! test_data_set_*/input_N.pb, output_N.pb) through onnxq: load → save → ONNX
 //! Runtime (via onnxq's runtime layer) → compare with the expected outputs.
 //!
-//! Tests that cannot pass for a known reason are listed with it in
-//! tests/backend_expected_failures.txt. An unlisted failure fails this test; a
-//! listed test that passes is reported (so the list can shrink) but does not fail.
+//! Tests that cannot pass for a known reason are listed in
+//! tests/backend_expected_failures.txt with how they fail (refused or wrong, and a
+//! stable fragment of the error) and why. An unlisted failure fails this test, and
+//! so does a listed one that fails another way; a listed test that passes is
+//! reported (so the list can shrink) but does not fail.
 //! `ONNXQ_BACKEND_FAILURES=FILE` writes every failure with its error to FILE.
 //!
 //! The same cases run on tract (lowering applied) must give the expected values or
@@ -28,16 +30,63 @@ const ATOL: f64 = 1e-5;
 const RTOL_F16: f64 = 2e-3;
 const RTOL_BF16: f64 = 1.6e-2;
 
-fn expected_failures() -> BTreeMap<String, String> {
+/// How a listed test is expected to fail.
+#[derive(Debug)]
+struct Expected {
+    /// The case runs and gives other values (else the runtime refuses it).
+    wrong: bool,
+    /// Part of the error text that stays the same from run to run.
+    fragment: String,
+}
+
+impl Expected {
+    fn matches(&self, f: &Failure) -> bool {
+        let (wrong, text) = match f {
+            Failure::Refused(m) => (false, m),
+            Failure::Wrong(m) => (true, m),
+        };
+        wrong == self.wrong && text.contains(&self.fragment)
+    }
+}
+
+/// `NAME  refused|wrong  "FRAGMENT"  REASON` lines.
+fn expected_failures() -> BTreeMap<String, Expected> {
     let text = std::fs::read_to_string(common::repo().join("tests/backend_expected_failures.txt"))
         .expect("tests/backend_expected_failures.txt");
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|l| {
-            let (name, reason) = l.split_once(char::is_whitespace).unwrap_or((l, ""));
-            assert!(!reason.trim().is_empty(), "no reason given for {name}");
-            (name.to_string(), reason.trim().to_string())
+            let bad = |what: &str| -> ! { panic!("backend_expected_failures.txt: {what}: {l}") };
+            let (name, rest) = l
+                .split_once(char::is_whitespace)
+                .unwrap_or_else(|| bad("no kind"));
+            let (kind, rest) = rest
+                .trim_start()
+                .split_once(char::is_whitespace)
+                .unwrap_or_else(|| bad("no fragment"));
+            let wrong = match kind {
+                "refused" => false,
+                "wrong" => true,
+                _ => bad("kind is not refused or wrong"),
+            };
+            let rest = rest
+                .trim_start()
+                .strip_prefix('"')
+                .unwrap_or_else(|| bad("no quoted fragment"));
+            let (fragment, reason) = rest
+                .split_once('"')
+                .unwrap_or_else(|| bad("unterminated fragment"));
+            if fragment.trim().is_empty() || reason.trim().is_empty() {
+                bad("empty fragment or reason");
+            }
+            (
+                name.to_string(),
+                Expected {
+                    wrong,
+                    fragment: fragment.to_string(),
+                },
+            )
         })
         .collect()
 }
@@ -214,14 +263,18 @@ fn onnx_backend_node_tests_pass_on_onnxruntime() {
 
     let listed = expected_failures();
     let mut unexpected = Vec::new();
+    let mut changed = Vec::new();
     let mut now_passing = Vec::new();
     let mut passed = 0;
     for (name, r) in &results {
-        match (r, listed.contains_key(name)) {
-            (Ok(()), false) => passed += 1,
-            (Ok(()), true) => now_passing.push(name.clone()),
-            (Err(e), false) => unexpected.push(format!("{name}: {e}")),
-            (Err(_), true) => {}
+        match (r, listed.get(name)) {
+            (Ok(()), None) => passed += 1,
+            (Ok(()), Some(_)) => now_passing.push(name.clone()),
+            (Err(e), None) => unexpected.push(format!("{name}: {e}")),
+            (Err(e), Some(want)) if !want.matches(e) => {
+                changed.push(format!("{name}: expected {want:?}, got {e:?}"))
+            }
+            (Err(_), Some(_)) => {}
         }
     }
     let unknown: Vec<&String> = listed
@@ -246,6 +299,12 @@ fn onnx_backend_node_tests_pass_on_onnxruntime() {
         "{} unlisted failures:\n{}",
         unexpected.len(),
         unexpected.join("\n")
+    );
+    assert!(
+        changed.is_empty(),
+        "{} listed failures fail differently now (tests/backend_expected_failures.txt):\n{}",
+        changed.len(),
+        changed.join("\n")
     );
     assert!(passed > 1000, "only {passed} passed");
 }

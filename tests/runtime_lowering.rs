@@ -127,7 +127,6 @@ fn lowered_quantized_ops_match_onnxruntime() {
             with_gbq,
         ),
     ];
-    let mut cases = 0;
     for (i, (flags, want)) in variants.iter().enumerate() {
         let out: PathBuf = tmp.path().join(format!("q{i}.onnx"));
         let mut args = flags.to_vec();
@@ -141,9 +140,7 @@ fn lowered_quantized_ops_match_onnxruntime() {
         // Logits of magnitude ≲ 0.5; the dequantized weights are the same numbers,
         // only the summation order differs (measured ≤ 2.4e-7).
         assert!(d < 1e-5, "{flags:?}: {d}");
-        cases += 1;
     }
-    assert_eq!(cases, variants.len());
 }
 
 #[test]

@@ -322,16 +322,20 @@ pub fn dequantize_nk(
     block_size: usize,
     qt: QuantType,
 ) -> Result<Vec<f32>, QuantError> {
-    let count = n * k;
+    let misfit = || {
+        QuantError(format!(
+            "bnb4 data ({} bytes, {} absmax) does not fit {n}x{k} with block size {block_size}",
+            q.packed.len(),
+            q.absmax.len()
+        ))
+    };
+    // n and k may come from a model's attributes: an overflowing product is a misfit.
+    let count = n.checked_mul(k).ok_or_else(misfit)?;
     if q.packed.len() != count.div_ceil(2)
         || block_size == 0
         || q.absmax.len() != count.div_ceil(block_size)
     {
-        return Err(QuantError(format!(
-            "bnb4 data ({} bytes, {} absmax) does not fit {n}x{k} with block size {block_size}",
-            q.packed.len(),
-            q.absmax.len()
-        )));
+        return Err(misfit());
     }
     let t = table(qt);
     let mut codes = vec![0u8; count];

@@ -266,19 +266,28 @@ impl BlockQuant {
     ) -> Result<Self, QuantError> {
         params.check()?;
         let kb = params.k_blocks(cols);
-        let want = |what: &str, got: usize, want: usize| {
-            if got == want {
-                Ok(())
-            } else {
-                Err(QuantError(format!(
-                    "{what} has {got} elements, expected {want} for {rows}x{cols} with {params:?}"
-                )))
-            }
+        // Sizes come from a model's attributes: a product that overflows is a
+        // mismatch, not a panic.
+        let want = |what: &str, got: usize, want: Option<usize>| match want {
+            Some(w) if w == got => Ok(()),
+            _ => Err(QuantError(format!(
+                "{what} has {got} elements, expected {} for {rows}x{cols} with {params:?}",
+                want.map_or("more than fit in memory".to_string(), |w| w.to_string())
+            ))),
         };
-        want("packed data", packed.len(), rows * kb * params.blob_size())?;
-        want("scales", scales.len(), rows * kb)?;
+        let blob_row = kb.checked_mul(params.blob_size());
+        want(
+            "packed data",
+            packed.len(),
+            blob_row.and_then(|b| b.checked_mul(rows)),
+        )?;
+        want("scales", scales.len(), rows.checked_mul(kb))?;
         if let Some(z) = &zero_points {
-            want("zero points", z.len(), rows * params.zp_row_bytes(cols))?;
+            want(
+                "zero points",
+                z.len(),
+                rows.checked_mul(params.zp_row_bytes(cols)),
+            )?;
         }
         Ok(BlockQuant {
             params: QuantParams {

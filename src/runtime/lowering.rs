@@ -254,6 +254,24 @@ fn attr_usize(n: &Node, name: &str, default: Option<i64>) -> Result<usize> {
     usize::try_from(v).map_err(|_| node_err(n, format!("'{name}' = {v} is negative")))
 }
 
+/// Bits and block size of a blocked quantized op, checked before anything is sized
+/// from them (a zero divides, a wide `bits` would wrap when narrowed).
+fn block_params(n: &Node, block_default: Option<i64>, symmetric: bool) -> Result<QuantParams> {
+    let bits = n.attr_int("bits").unwrap_or(4);
+    let bits = match bits {
+        2 | 4 | 8 => bits as u8,
+        b => return Err(node_err(n, format!("'bits' = {b} is not 2, 4 or 8"))),
+    };
+    let block_size = attr_usize(n, "block_size", block_default)?;
+    QuantParams::new(bits, block_size, symmetric).map_err(|e| node_err(n, e.to_string()))
+}
+
+/// `a * b`, or an error naming the node when the product does not fit in memory.
+fn product(n: &Node, a: usize, b: usize, what: &str) -> Result<usize> {
+    a.checked_mul(b)
+        .ok_or_else(|| node_err(n, format!("{what} ({a} x {b}) is too large")))
+}
+
 /// Adds a float initializer of `dtype` (f32, f16 or bf16) named after `base`.
 fn add_float(
     g: &mut Graph,
@@ -303,11 +321,11 @@ fn matmul_nbits(g: &mut Graph, id: NodeId) -> Result<()> {
     let n = g.node(id);
     let k = attr_usize(n, "K", None)?;
     let nn = attr_usize(n, "N", None)?;
-    let bits = attr_usize(n, "bits", Some(4))?;
-    let block_size = attr_usize(n, "block_size", None)?;
     if n.input(4).is_some() {
         return Err(node_err(n, "g_idx (act-order) is not supported"));
     }
+    let params = block_params(n, None, constant(g, n, 3)?.is_none())?;
+    product(n, k, nn, "the [K, N] weight")?;
     let b = required(g, n, 1)?;
     let scales = required(g, n, 2)?;
     let zp = match constant(g, n, 3)? {
@@ -320,8 +338,6 @@ fn matmul_nbits(g: &mut Graph, id: NodeId) -> Result<()> {
         Some(z) => Some(z.raw_bytes()?.into_owned()),
         None => None,
     };
-    let params = QuantParams::new(bits as u8, block_size, zp.is_none())
-        .map_err(|e| node_err(n, e.to_string()))?;
     let q = BlockQuant::from_parts(
         params,
         nn,
@@ -349,6 +365,10 @@ fn matmul_bnb4(g: &mut Graph, id: NodeId) -> Result<()> {
     let k = attr_usize(n, "K", None)?;
     let nn = attr_usize(n, "N", None)?;
     let block_size = attr_usize(n, "block_size", None)?;
+    if block_size == 0 {
+        return Err(node_err(n, "'block_size' = 0"));
+    }
+    product(n, k, nn, "the [K, N] weight")?;
     let qt = match n.attr_int("quant_type") {
         Some(0) => QuantType::Fp4,
         Some(1) => QuantType::Nf4,
@@ -412,8 +432,8 @@ fn gather_data<'g>(g: &'g Graph, n: &Node) -> Result<(&'g Tensor, Vec<i64>, Opti
 
 fn gather_bq(g: &mut Graph, id: NodeId) -> Result<()> {
     let n = g.node(id);
-    let bits = attr_usize(n, "bits", Some(4))?;
-    let block_size = attr_usize(n, "block_size", Some(128))?;
+    let params = block_params(n, Some(128), constant(g, n, 3)?.is_none())?;
+    let (bits, block_size) = (params.bits as usize, params.block_size);
     let (data, dims, reshape) = gather_data(g, n)?;
     let scales = required(g, n, 2)?;
     if data.dtype() != DType::U8 {
@@ -432,19 +452,25 @@ fn gather_bq(g: &mut Graph, id: NodeId) -> Result<()> {
             "only 2-D tables quantized along the last axis are supported",
         ));
     }
+    // Dims of an initializer (or a checked Reshape of one) are non-negative.
     let rows = dims[0] as usize;
-    let cols = dims[1] as usize * 8 / bits;
+    let cols = product(n, dims[1] as usize, 8, "the table")? / bits;
     if !cols.is_multiple_of(block_size) {
         return Err(node_err(
             n,
             format!("{cols} columns are not a multiple of block_size {block_size}"),
         ));
     }
-    let zp = constant(g, n, 3)?
-        .map(|z| z.raw_bytes().map(|b| b.into_owned()))
-        .transpose()?;
-    let params = QuantParams::new(bits as u8, block_size, zp.is_none())
-        .map_err(|e| node_err(n, e.to_string()))?;
+    let zp = match constant(g, n, 3)? {
+        Some(z) if z.dtype() != DType::U8 => {
+            return Err(node_err(
+                n,
+                format!("{} zero points are not supported", z.dtype()),
+            ))
+        }
+        Some(z) => Some(z.raw_bytes()?.into_owned()),
+        None => None,
+    };
     let q = BlockQuant::from_parts(
         params,
         rows,
@@ -503,6 +529,12 @@ fn dequantize_linear(g: &mut Graph, id: NodeId) -> Result<()> {
     let x = required(g, n, 0)?;
     let scale = required(g, n, 1)?;
     let zp = constant(g, n, 2)?;
+    if let Some(z) = zp.filter(|z| z.dtype() != x.dtype()) {
+        return Err(node_err(
+            n,
+            format!("{} zero points for {} data", z.dtype(), x.dtype()),
+        ));
+    }
     if x.dims.len() != 2 {
         return Err(node_err(
             n,
@@ -514,7 +546,9 @@ fn dequantize_linear(g: &mut Graph, id: NodeId) -> Result<()> {
         a if a < 0 => a + 2,
         a => a,
     };
-    let block = n.attr_int("block_size").unwrap_or(0) as usize;
+    let block = n.attr_int("block_size").unwrap_or(0);
+    let block = usize::try_from(block)
+        .map_err(|_| node_err(n, format!("'block_size' = {block} is negative")))?;
     let scales = scale.to_f32()?;
     let dtype = x.dtype();
     if !matches!(
@@ -543,6 +577,15 @@ fn dequantize_linear(g: &mut Graph, id: NodeId) -> Result<()> {
         let zps = match zp {
             None => None,
             Some(z) => {
+                if z.numel()? != 1 {
+                    return Err(node_err(
+                        n,
+                        format!(
+                            "a per-tensor zero point must be one value, got dims {:?}",
+                            z.dims
+                        ),
+                    ));
+                }
                 let bits = dtype.bits() as u8;
                 let code = crate::quant::pack::unpack(&z.raw_bytes()?, bits, 1)[0];
                 let mut packed = vec![0u8; crate::quant::pack::packed_len(nn, bits)];

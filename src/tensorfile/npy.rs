@@ -41,6 +41,11 @@ enum Elem {
 }
 
 fn parse_descr(descr: &str) -> Option<Elem> {
+    // Every NumPy type string is ASCII; checking first keeps the byte splits below
+    // on character boundaries.
+    if !descr.is_ascii() {
+        return None;
+    }
     let (order, rest) = descr.split_at(1.min(descr.len()));
     let big = order == ">";
     if !matches!(order, "<" | ">" | "|" | "=") {
@@ -134,20 +139,26 @@ pub fn read(bytes: &[u8], what: &str) -> Result<HostTensor> {
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
     let width = match &elem {
-        Elem::Num { size, .. } => *size,
-        Elem::Bytes(w) => *w,
-        Elem::Unicode { chars, .. } => chars * 4,
-    };
+        Elem::Num { size, .. } => Some(*size),
+        Elem::Bytes(w) => Some(*w),
+        Elem::Unicode { chars, .. } => chars.checked_mul(4),
+    }
+    .ok_or_else(|| bad(format!("element type '{descr}' is too wide")))?;
+    // Every element then takes at least one byte of the file, so the element count
+    // (and what is allocated per element) is bounded by the file's length.
+    if width == 0 {
+        return Err(bad(format!("element type '{descr}' has zero width")));
+    }
     let data_len = n
         .checked_mul(width)
         .ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
-    let body = bytes
-        .get(start + hlen..start + hlen + data_len)
-        .ok_or_else(|| {
-            bad(format!(
-                "holds fewer than the {data_len} data bytes its header announces"
-            ))
-        })?;
+    let available = bytes.len() - (start + hlen);
+    if data_len > available {
+        return Err(bad(format!(
+            "holds {available} data bytes, fewer than the {data_len} its header announces"
+        )));
+    }
+    let body = &bytes[start + hlen..start + hlen + data_len];
     let mut body = body.to_vec();
     if fortran && shape.len() > 1 {
         body = fortran_to_c(&body, &shape, width);
@@ -167,15 +178,13 @@ pub fn read(bytes: &[u8], what: &str) -> Result<HostTensor> {
         }
         Elem::Bytes(w) => {
             let strings = body
-                .chunks(w.max(1))
-                .take(n)
+                .chunks_exact(w)
                 .map(|c| {
                     let end = c.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
                     c[..end].to_vec()
                 })
                 .collect();
-            HostTensor::from_strings(shape, if w == 0 { vec![Vec::new(); n] } else { strings })
-                .map_err(|e| bad(e.to_string()))
+            HostTensor::from_strings(shape, strings).map_err(|e| bad(e.to_string()))
         }
         Elem::Unicode { chars, big } => {
             let mut strings = Vec::with_capacity(n);

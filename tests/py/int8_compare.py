@@ -16,8 +16,9 @@
 
 Comparing means: OURS passes the onnx checker and runs in onnxruntime; every
 initializer named like onnxruntime names quantization parameters (`X_scale`,
-`X_zero_point`, `X_quantized`) present in both models is equal — scales to float
-rounding (rtol 1e-6), zero points exactly, codes within one step (counted) — and
+`X_zero_point`, `X_quantized`) present in both models is identical (weight scales bit
+for bit, zero points and codes exactly, same dtypes; calibrated activation scales
+within 1e-6 relative) — and
 at least --min-compared scales were compared; the relative L2 error of OURS vs ORIG
 (onnxruntime CPU, seeded inputs) is no worse than onnxruntime's output's by more
 than 1%. Prints one `rel L2 vs fp32:` line with both numbers. Exit 1 on failure.
@@ -91,7 +92,7 @@ def compare_params(ours, ref, min_compared, orig):
     (calibrated range), onnxq as weights."""
     a, b = inits(ours), inits(ref)
     consts = constant_node_outputs(orig)
-    scales = zps = codes = 0
+    scales = wscales = zps = codes = 0
     ok = True
     for name in sorted(set(a) & set(b)):
         if any(name == c + s for c in consts for s in ("_scale", "_zero_point", "_quantized")):
@@ -100,7 +101,13 @@ def compare_params(ours, ref, min_compared, orig):
         if x.size == 1 and y.size == 1:
             x, y = x.reshape(()), y.reshape(())
         if name.endswith("_scale"):
-            if x.shape != y.shape or not np.allclose(x, y, rtol=1e-6, atol=0):
+            # Weights are quantized from the same numbers: bit-identical. Activation
+            # ranges come from two calibration sessions whose float sums may differ
+            # in the last bit: within 1e-6 relative.
+            weight = name[: -len("_scale")] + "_quantized" in a
+            wscales += weight
+            same = np.array_equal(x, y) if weight else np.allclose(x, y, rtol=1e-6, atol=0)
+            if x.shape != y.shape or x.dtype != y.dtype or not same:
                 d = np.abs(x.astype(np.float64) - y).max() if x.shape == y.shape else "shape"
                 print(f"FAIL {name}: scales differ ({x.shape} vs {y.shape}, max diff {d}): {x.ravel()[:4]} vs {y.ravel()[:4]}")
                 ok = False
@@ -116,13 +123,11 @@ def compare_params(ours, ref, min_compared, orig):
                 ok = False
                 continue
             d = np.abs(x.astype(np.int64) - y.astype(np.int64))
-            if d.size and d.max() > 1:
-                print(f"FAIL {name}: codes differ by {d.max()} steps")
-                ok = False
             if d.size and d.max() > 0:
-                print(f"{name}: {int((d > 0).sum())} of {d.size} codes differ by one step")
+                print(f"FAIL {name}: {int((d > 0).sum())} of {d.size} codes differ (by up to {d.max()} steps)")
+                ok = False
             codes += 1
-    print(f"compared {scales} scales, {zps} zero points, {codes} quantized tensors")
+    print(f"compared {scales} scales ({wscales} of weights), {zps} zero points, {codes} quantized tensors")
     if scales < min_compared:
         print(f"FAIL: only {scales} scales in common (want >= {min_compared})")
         ok = False

@@ -9,6 +9,12 @@ Each job is an object:
 and writes prefix_packed.npy, prefix_scales.npy (nbits, qdq), prefix_zp.npy
 (asymmetric nbits/qdq) or prefix_absmax.npy (bnb4), exactly as onnxruntime's
 MatMulNBitsQuantizer / MatMulBnb4Quantizer compute them before building the graph.
+  {"kind": "int8", "weight": "w.npy" (float32), "out": "prefix", "qtype": "int8" |
+   "uint8" | "int16" | "uint16", "symmetric": true, "reduce_range": false, "axis": null | 0 | 1}
+writes prefix_codes.npy (int64, the weight's shape), prefix_scales.npy (float32) and
+prefix_zp.npy (int64), one per tensor or per channel, as quantize_dynamic /
+quantize_static quantize a weight (quant_utils.quantize_data, per channel on
+weights.take(i, axis) like BaseQuantizer.quantize_weight_per_channel_impl).
 """
 
 import json
@@ -54,6 +60,23 @@ def run(job):
         packed, absmax = MatMulBnb4Quantizer.bnb4_block_quant(quantizer, w)
         np.save(out + "_packed.npy", packed.reshape(-1))
         np.save(out + "_absmax.npy", absmax.reshape(-1))
+    elif kind == "int8":
+        from onnx import TensorProto  # noqa: PLC0415
+        from onnxruntime.quantization.quant_utils import quantize_data  # noqa: PLC0415
+
+        qtype = getattr(TensorProto, job["qtype"].upper())
+        sym, rr, axis = job["symmetric"], job["reduce_range"], job["axis"]
+        slices = [w] if axis is None else [w.take(i, axis) for i in range(w.shape[axis])]
+        zps, scales, codes = [], [], []
+        for x in slices:
+            zp, scale, q = quantize_data(x.flatten(), qtype, sym, reduce_range=rr)
+            zps.append(int(zp))
+            scales.append(np.float32(scale))
+            codes.append(np.asarray(q, np.int64).reshape(x.shape))
+        codes = codes[0] if axis is None else np.stack(codes, axis=axis)
+        np.save(out + "_codes.npy", np.ascontiguousarray(codes, np.int64).reshape(-1))
+        np.save(out + "_scales.npy", np.asarray(scales, np.float32))
+        np.save(out + "_zp.npy", np.asarray(zps, np.int64))
     else:
         raise ValueError(f"unknown job kind {kind!r}")
 

@@ -9,10 +9,14 @@ PAIRS_FILE has one "ORIGINAL<TAB>RESAVED" per line. For each pair:
   3. if the original runs in onnxruntime on the test inputs next to it
      (test_data_set_0/input_*.pb) or, when there are none, on seeded random inputs
      (onnxq_testlib.make_feeds), the re-saved model must give bitwise identical outputs.
-Prints one line per failure and a summary; exit status 1 on any failure.
+Prints one line per failure, then a summary and, last, one JSON line
+{"models": N, "equal": N, "compared": N, "not_runnable": N, "have_ort": B} that
+tests/roundtrip.rs checks. Exit status 1 on any failure, and when onnxruntime is
+missing while ONNXQ_REQUIRE_ORT=1.
 """
 import glob
 import importlib.util
+import json
 import os
 import sys
 
@@ -22,8 +26,9 @@ from onnx import numpy_helper  # noqa: E402
 
 import onnxq_testlib as T  # noqa: E402
 
-# Without onnxruntime the message equality still runs.
+# Without onnxruntime the message equality still runs, unless CI requires it.
 HAVE_ORT = importlib.util.find_spec("onnxruntime") is not None
+REQUIRE_ORT = os.environ.get("ONNXQ_REQUIRE_ORT") == "1"
 
 
 def test_data_feeds(original, sess):
@@ -42,8 +47,11 @@ def test_data_feeds(original, sess):
 
 
 def main():
+    if REQUIRE_ORT and not HAVE_ORT:
+        print("FAIL: ONNXQ_REQUIRE_ORT=1 but onnxruntime is not importable")
+        sys.exit(1)
     pairs = [line.rstrip("\n").split("\t") for line in open(sys.argv[1]) if line.strip()]
-    failures, ran, equal = [], 0, 0
+    failures, ran, equal, not_runnable = [], 0, 0, 0
     for orig, new in pairs:
         try:
             a, b = T.normalized_digest(orig), T.normalized_digest(new)
@@ -62,7 +70,8 @@ def main():
             if feeds is None:
                 feeds = T.make_feeds(a, seed=0)
             out_a = sess.run(None, feeds)
-        except Exception:  # the original itself does not run: nothing to compare
+        except Exception:  # noqa: BLE001 - the original itself does not run: counted, nothing to compare
+            not_runnable += 1
             continue
         try:
             out_b = T.session(new).run(None, feeds)
@@ -76,7 +85,12 @@ def main():
                 break
     for f in failures:
         print("FAIL", f)
-    print(f"{len(pairs)} models: {equal} equal as messages, {ran} compared in onnxruntime, {len(failures)} failures")
+    print(
+        f"{len(pairs)} models: {equal} equal as messages, {ran} compared in onnxruntime "
+        f"({not_runnable} do not run there), {len(failures)} failures"
+    )
+    counts = {"models": len(pairs), "equal": equal, "compared": ran, "not_runnable": not_runnable, "have_ort": HAVE_ORT}
+    print(json.dumps(counts))
     sys.exit(1 if failures else 0)
 
 

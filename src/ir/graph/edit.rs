@@ -177,6 +177,15 @@ impl Graph {
         Ok(id)
     }
 
+    /// Recomputes the `Use::Capture`s of node `id` after its subgraphs changed
+    /// what they read from this graph.
+    pub fn refresh_captures(&mut self, id: NodeId) {
+        for v in self.values.iter_mut() {
+            v.uses.retain(|u| *u != Use::Capture(id));
+        }
+        self.record_captures(id);
+    }
+
     /// Records `Use::Capture` for every outer name the node's subgraphs read.
     fn record_captures(&mut self, id: NodeId) {
         let mut free = BTreeSet::new();

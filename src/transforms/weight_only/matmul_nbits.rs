@@ -12,8 +12,8 @@ use rayon::prelude::*;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::ir::{Attribute, Graph, Model, NodeId, NodeSpec, Tensor, ValueId};
-use crate::rewrite::matchers::{following_bias_add, weight_matmul, WeightMatMul};
+use crate::ir::{Attribute, Graph, Model, NodeId, NodeSpec, Tensor, Use, ValueDef, ValueId};
+use crate::rewrite::matchers::{following_bias_add, weight_matmul, ConstSource, WeightMatMul};
 use crate::rewrite::{Pass, PassCx, PassOutcome, PASS_KEY};
 use crate::transforms::common::nbits::{
     self as kernels, Algorithm, Format, NbitsWeight, ReadyWeight,
@@ -161,6 +161,7 @@ impl Pass for WeightOnly {
 
     fn run(&self, model: &mut Model, cx: &mut PassCx) -> Result<PassOutcome> {
         let mut outcome = PassOutcome::new(self.name());
+        localize_captured_weights(&mut model.graph)?;
         let mut total = 0usize;
         model.for_each_graph_mut(&mut |g| {
             total += candidates_in(
@@ -186,6 +187,76 @@ impl Pass for WeightOnly {
         }
         Ok(outcome)
     }
+}
+
+/// Whether `sg` has a MatMul/Gemm whose weight (directly or through a Transpose)
+/// is the value named `name`.
+fn weight_of_matmul_in(sg: &Graph, name: &str) -> bool {
+    let Some(v) = sg.find(name) else {
+        return false;
+    };
+    sg.nodes().any(|(_, n)| {
+        (n.is("", "MatMul") || n.is("", "Gemm"))
+            && n.input(1).is_some_and(|b| {
+                b == v
+                    || sg.producer(b).is_some_and(|p| {
+                        sg.node(p).is("", "Transpose") && sg.node(p).input(0) == Some(v)
+                    })
+            })
+    })
+}
+
+/// A subgraph MatMul/Gemm whose weight is an initializer of the enclosing graph
+/// reads it by capture, which the per-graph rewrite cannot quantize. When only
+/// that one node's subgraphs read the initializer, it moves into each of them
+/// (same name, now local), so each subgraph's rewrite quantizes it like a weight
+/// of its own; the enclosing graph no longer holds it. Recurses into subgraphs.
+fn localize_captured_weights(g: &mut Graph) -> Result<()> {
+    let holders: Vec<NodeId> = g
+        .nodes()
+        .filter(|(_, n)| n.attributes.iter().any(|a| a.subgraphs().next().is_some()))
+        .map(|(id, _)| id)
+        .collect();
+    for id in holders {
+        let movable: Vec<(ValueId, Tensor)> = g
+            .initializers()
+            .filter_map(|(v, t)| {
+                let only_this_node = !g.value(v).uses().is_empty()
+                    && g.value(v).uses().iter().all(|u| *u == Use::Capture(id))
+                    && !g.is_graph_input(v)
+                    && !g.is_graph_output(v);
+                let read_as_weight = g
+                    .node(id)
+                    .attributes
+                    .iter()
+                    .any(|a| a.subgraphs().any(|sg| weight_of_matmul_in(sg, t.name())));
+                (only_this_node && read_as_weight).then(|| (v, t.clone()))
+            })
+            .collect();
+        if movable.is_empty() {
+            continue;
+        }
+        for a in g.node_mut(id).attributes.iter_mut() {
+            for sg in a.subgraphs_mut() {
+                for (_, t) in &movable {
+                    if sg
+                        .find(t.name())
+                        .is_some_and(|v| sg.value(v).def == ValueDef::Outer)
+                    {
+                        sg.add_initializer(t.clone())?;
+                    }
+                }
+            }
+        }
+        g.refresh_captures(id);
+        for (v, _) in movable {
+            g.remove_initializer(v)?;
+        }
+    }
+    for sg in g.subgraphs_mut() {
+        localize_captured_weights(sg)?;
+    }
+    Ok(())
 }
 
 fn candidates_in(
