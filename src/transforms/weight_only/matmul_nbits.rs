@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::ir::{Attribute, Graph, Model, NodeId, NodeSpec, Tensor, Use, ValueDef, ValueId};
-use crate::rewrite::matchers::{following_bias_add, weight_matmul, ConstSource, WeightMatMul};
+use crate::rewrite::matchers::{following_bias_add, weight_matmul, WeightMatMul};
 use crate::rewrite::{Pass, PassCx, PassOutcome, PASS_KEY};
 use crate::transforms::common::nbits::{
     self as kernels, Algorithm, Format, NbitsWeight, ReadyWeight,
