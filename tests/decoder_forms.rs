@@ -37,7 +37,7 @@ fn run(rt: &dyn Runtime, path: &Path, feeds: &NamedTensors) -> NamedTensors {
         .unwrap_or_else(|e| panic!("{} on {}: {e}", path.display(), rt.name()))
 }
 
-fn get<'a>(outs: &'a NamedTensors, name: &str) -> Vec<f32> {
+fn get(outs: &NamedTensors, name: &str) -> Vec<f32> {
     outs.iter()
         .find(|(n, _)| n == name)
         .unwrap_or_else(|| panic!("no output {name}"))
