@@ -27,9 +27,12 @@ fn tract() -> Box<dyn runtime::Runtime> {
     Box::new(runtime::tract::TractRuntime)
 }
 
-fn feeds(path: &Path, dims: &[(&str, i64)], seed: u64) -> NamedTensors {
+fn feeds<S: AsRef<str>>(path: &Path, dims: &[(S, i64)], seed: u64) -> NamedTensors {
     let m = onnxq::load(path).unwrap();
-    let dims: BTreeMap<String, i64> = dims.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    let dims: BTreeMap<String, i64> = dims
+        .iter()
+        .map(|(k, v)| (k.as_ref().to_string(), *v))
+        .collect();
     random_inputs(
         &m.graph.input_specs(),
         &dims,
@@ -46,6 +49,31 @@ fn run(rt: &dyn runtime::Runtime, path: &Path, inputs: &NamedTensors) -> NamedTe
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     s.run(inputs)
         .unwrap_or_else(|e| panic!("{} on {}: {e}", path.display(), rt.name()))
+}
+
+/// Every symbolic dim of a decoder's inputs set for `past` cached positions and
+/// `seq` new tokens, under the names the model uses: a total or a sum such as
+/// "past_seq_len + seq_len" (decoders/opset24.onnx, whose defaults are wrong today:
+/// see decoder_forms.rs) is past + seq.
+fn step_dims(specs: &[IoSpec], past: i64, seq: i64) -> Vec<(String, i64)> {
+    let mut out: Vec<(String, i64)> = Vec::new();
+    for d in specs.iter().flat_map(|s| s.dims.iter().flatten()) {
+        let Dim::Param(p) = d else { continue };
+        let lp = p.to_ascii_lowercase();
+        let v = if p.contains('+') || lp.starts_with("total") {
+            past + seq
+        } else if lp.contains("past") {
+            past
+        } else if lp.contains("seq") {
+            seq
+        } else {
+            continue;
+        };
+        if !out.iter().any(|(n, _)| n == p) {
+            out.push((p.clone(), v));
+        }
+    }
+    out
 }
 
 /// Largest |a - b| over all outputs (names and shapes must agree).
@@ -70,6 +98,13 @@ fn max_diff(a: &NamedTensors, b: &NamedTensors) -> f64 {
 
 /// Fixtures tract cannot run, with the reason its error must give.
 const TRACT_CANNOT: &[(&str, &str)] = &[("mlp.onnx", "(Loop)")];
+/// Fixture runs where tract computes something else than ONNX Runtime: (file, the
+/// past-length dim that is > 0 in that run). tract-onnx 0.23 aligns Attention's
+/// `is_causal` mask top-left (query i sees keys j <= i) even after a past, where ONNX
+/// Runtime and onnx's reference implementation shift it by the past length (what
+/// cached decoding needs; decoders/opset24.onnx agrees with the other forms on ORT).
+/// Remove the entry once tract or the lowering handles it: this test then fails.
+const TRACT_DIFFERS: &[(&str, &str)] = &[("opset24.onnx", "past_sequence_len")];
 /// Fixtures whose outputs are not all tensors (a sequence), so no runtime here
 /// returns them.
 const NOT_TENSOR_OUTPUTS: &[&str] = &["roundtrip.onnx"];
@@ -84,17 +119,18 @@ fn every_fixture_matches_between_tract_and_onnxruntime() {
         if NOT_TENSOR_OUTPUTS.contains(&file.as_str()) {
             continue;
         }
-        let kv = file.contains("-kv");
+        let specs = onnxq::load(&path).unwrap().graph.input_specs();
+        let kv = specs.iter().any(|s| s.name.starts_with("past_key_values"));
         // A prompt from an empty cache, then (KV models) one decoding step after 3
         // cached tokens (tract's GroupQueryAttention refuses multi-token steps
         // against a non-empty cache).
-        let shapes: Vec<Vec<(&str, i64)>> = if kv {
+        let shapes: Vec<Vec<(String, i64)>> = if kv {
+            vec![step_dims(&specs, 0, 8), step_dims(&specs, 3, 1)]
+        } else {
             vec![
                 vec![],
-                vec![("past_sequence_length", 3), ("sequence_length", 1)],
+                vec![("batch_size".into(), 2), ("sequence_length".into(), 5)],
             ]
-        } else {
-            vec![vec![], vec![("batch_size", 2), ("sequence_length", 5)]]
         };
         for (i, dims) in shapes.iter().enumerate() {
             let inputs = feeds(&path, dims, i as u64);
@@ -108,6 +144,18 @@ fn every_fixture_matches_between_tract_and_onnxruntime() {
             let a = run(&*tract, &path, &inputs);
             let d = max_diff(&a, &b);
             eprintln!("{file} {dims:?}: max |tract - ort| = {d:.3e}");
+            let with_past = |dim: &str| dims.iter().any(|(n, v)| n == dim && *v > 0);
+            if TRACT_DIFFERS
+                .iter()
+                .any(|(f, dim)| *f == file && with_past(dim))
+            {
+                // Measured 0.65 (3 cached positions, 1 new token).
+                assert!(
+                    d > 1e-2,
+                    "{file} {dims:?}: tract agrees now ({d}): remove it from TRACT_DIFFERS"
+                );
+                continue;
+            }
             // fp32 models with outputs of magnitude ≲ 2: measured ≤ 3.6e-7.
             assert!(d < 1e-5, "{file} {dims:?}: {d}");
             checked += 1;

@@ -1,6 +1,7 @@
 //! Shared test plumbing: where the pinned Python venv and fixtures are.
 #![allow(dead_code)]
 pub mod build;
+pub mod forms;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
