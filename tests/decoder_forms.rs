@@ -160,13 +160,6 @@ fn rel_l2(reference: &[f32], cand: &[f32]) -> f64 {
     (num / den).sqrt()
 }
 
-/// Forms whose input dims the verify defaults (src/verify/inputs.rs) get wrong today,
-/// with the error `onnxq quantize` then reports while skipping its verification: the
-/// mask width "past_seq_len + seq_len" is taken for a past length (0 columns) while 8
-/// new tokens are fed. Remove the entry once that is fixed; the test then requires
-/// the built-in verification of every form.
-const VERIFY_DEFAULTS_FAIL: &[(&str, &str)] = &[("opset24", "inconsistent total_sequence_length")];
-
 fn quantize(input: &Path, output: &Path, extra: &[&str]) -> String {
     let o = Command::new(common::onnxq_bin())
         .arg("quantize")
@@ -206,19 +199,9 @@ fn forms_quantize_to_int4() {
     for (form, path) in forms::decoder_forms() {
         let out = tmp.path().join(format!("{form}-int4.onnx"));
         let log = quantize(&path, &out, &[]);
-        match VERIFY_DEFAULTS_FAIL.iter().find(|(f, _)| *f == form) {
-            Some((_, why)) => {
-                assert!(
-                    !verified(&log) && log.contains(why),
-                    "{form}: the verify defaults work now? remove it from VERIFY_DEFAULTS_FAIL:\n{log}"
-                );
-                // With the mask width given, the built-in verification runs.
-                let again = tmp.path().join(format!("{form}-int4-dims.onnx"));
-                let log = quantize(&path, &again, &["--dim", "past_seq_len + seq_len=8"]);
-                assert!(verified(&log), "{form} with --dim: {log}");
-            }
-            None => assert!(verified(&log), "{form}: verification did not run:\n{log}"),
-        }
+        // The mask width "past_seq_len + seq_len" is evaluated from its terms, so
+        // the built-in verification runs on every form with its default inputs.
+        assert!(verified(&log), "{form}: verification did not run:\n{log}");
         let m = onnxq::load(&out).unwrap();
         let nbits: Vec<_> = m
             .graph
