@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 pub mod build;
 pub mod forms;
+pub mod int8;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
