@@ -20,8 +20,10 @@ record_begin() {
   cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
   mem=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
   commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
-  # Uncommitted changes outside benches/results make the commit an approximation: say so.
-  if [ -n "$(git status --porcelain --untracked-files=no -- . ':!benches/results' 2>/dev/null)" ]; then
+  # Uncommitted changes to what builds or runs the benchmark make the commit an
+  # approximation: say so.
+  if [ -n "$(git status --porcelain --untracked-files=no -- src benches Cargo.toml Cargo.lock build.rs \
+    proto passes fixtures tests/py ':!benches/results' 2>/dev/null)" ]; then
     dirty=" (with uncommitted changes)"
   fi
   {
