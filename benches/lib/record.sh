@@ -32,7 +32,7 @@ record_begin() {
     echo
     echo "- machine: $(nproc) cores, $cpu, $mem RAM, $(uname -sm)"
     echo "- onnxq commit: $commit$dirty"
-    echo "- command: \`bash benches/$RECORD_NAME.sh$(printf ' %q' "$@")\`${RECORD_ENV:+ with $RECORD_ENV}"
+    echo "- command: \`bash benches/$RECORD_NAME.sh${*:+$(printf ' %q' "$@")}\`${RECORD_ENV:+ with $RECORD_ENV}"
     echo "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo
   } | tee -a "$RECORD_FILE"
