@@ -34,7 +34,7 @@ measure() { # key, label, command...
     'BEGIN { printf "| %s | %.1f s | %.1f s | %.2f GiB |\n", l, s, c, k / 1048576 }')"
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", a / b }'; }
-percent() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f%%", 100 * a / b }'; }
+percent() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f%%", 100 * a / b }'; }
 
 cat "$DATA" >/dev/null # in page cache before the first job, for every job alike
 record_begin quantize "$@"
