@@ -3,6 +3,7 @@
 mod common;
 
 use common::int8::*;
+use common::run::*;
 use onnxq::ir::{DType, Dim, GraphIo, Model, NodeSpec, Tensor};
 use onnxq::pass::recipe::Recipe;
 use onnxq::pass::{run_pipeline, PassCx};

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use common::int8::*;
+use common::run::*;
 use onnxq::ir::Tensor;
 use onnxq::pass::recipe::Recipe;
 use onnxq::pass::{run_pipeline, PassCx};

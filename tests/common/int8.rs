@@ -1,44 +1,9 @@
 //! Helpers of the 8-bit tests (tests/int8.rs, tests/int8_calibration.rs).
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use onnxq::ir::{DType, Dim, GraphIo, Model, NodeSpec, Tensor};
 use onnxq::pass::recipe::Recipe;
 use onnxq::pass::{run_pipeline, PassCx};
-use onnxq::verify::{compare, VerifyOptions};
-
-pub fn save(m: &Model, dir: &Path, name: &str) -> PathBuf {
-    let p = dir.join(name);
-    onnxq::save(m, &p, &Default::default()).unwrap();
-    p
-}
-
-pub fn apply(model: &Model, recipe_toml: &str) -> Model {
-    let r = Recipe::parse("test", recipe_toml).unwrap();
-    let mut m = model.clone();
-    run_pipeline(&mut m, &r.build().unwrap(), &mut PassCx::default()).unwrap();
-    m
-}
-
-pub fn try_apply(model: &Model, recipe_toml: &str) -> onnxq::Result<Model> {
-    let r = Recipe::parse("test", recipe_toml)?;
-    let mut m = model.clone();
-    run_pipeline(&mut m, &r.build()?, &mut PassCx::default())?;
-    Ok(m)
-}
-
-pub fn rel_l2(a: &Path, b: &Path) -> f64 {
-    let r = compare(
-        a,
-        b,
-        &VerifyOptions {
-            samples: 2,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    r.outputs.iter().map(|o| o.rel_l2).fold(0.0, f64::max)
-}
 
 pub fn ops(m: &Model) -> Vec<String> {
     m.graph.nodes().map(|(_, n)| n.op_type.clone()).collect()
@@ -50,14 +15,6 @@ pub fn count(m: &Model, op: &str) -> usize {
 
 pub fn fixture(name: &str) -> PathBuf {
     crate::common::fixtures().join(name)
-}
-
-pub fn quantize_cli(args: &[&str]) -> std::process::Output {
-    Command::new(crate::common::onnxq_bin())
-        .arg("quantize")
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 /// A .npy file (format 1.0) of little-endian values.
