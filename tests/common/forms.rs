@@ -3,6 +3,8 @@
 //! forms compute the same function. See fixtures/README.md for their layouts.
 use std::path::PathBuf;
 
+use onnxq::ir::Graph;
+use onnxq::llm::{WeightLayout, WeightRef};
 use onnxq::runtime::{HostTensor, NamedTensors};
 
 pub const LAYERS: usize = 2;
@@ -109,4 +111,57 @@ pub fn decoder_feeds(
         }
     }
     f
+}
+
+/// A fixture, by its path under fixtures/.
+pub fn load(rel: &str) -> onnxq::Model {
+    onnxq::load(&super::fixtures().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// The weight's tensor seen as [K, N] by its layout must be the K and N the map
+/// reports: checked against the stored dims, not against the map's own reading.
+pub fn assert_weight(
+    g: &Graph,
+    w: &WeightRef,
+    k: usize,
+    n: usize,
+    layout: WeightLayout,
+    what: &str,
+) {
+    assert_eq!((w.k, w.n), (k, n), "{what} '{}' K/N", w.node);
+    assert_eq!(w.layout, layout, "{what} '{}' layout", w.node);
+    let v = g
+        .find(&w.initializer)
+        .unwrap_or_else(|| panic!("{what}: no '{}'", w.initializer));
+    let t = g
+        .initializer(v)
+        .unwrap_or_else(|| panic!("{what}: '{}' is no initializer", w.initializer));
+    let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+    match layout {
+        WeightLayout::Kn => assert_eq!(dims, [k, n], "{what} dims"),
+        WeightLayout::NkTransposed | WeightLayout::NkGemmTransB => {
+            assert_eq!(dims, [n, k], "{what} dims")
+        }
+        WeightLayout::MatMulNBits | WeightLayout::MatMulBnb4 => {
+            let block = w.block_size.expect("packed weight has a block size") as usize;
+            let bits = w.bits.expect("packed weight has bits") as usize;
+            assert_eq!(
+                dims,
+                [n, k.div_ceil(block), block * bits / 8],
+                "{what} packed dims"
+            )
+        }
+    }
+    assert_eq!(w.dtype, "float", "{what} dtype");
+    // The node named really reads that weight.
+    let node = g
+        .nodes()
+        .find(|(_, nd)| nd.name() == w.node)
+        .unwrap_or_else(|| panic!("{what}: no node '{}'", w.node))
+        .1;
+    assert!(
+        matches!(node.op_type.as_str(), "MatMul" | "Gemm" | "MatMulNBits"),
+        "{what}: {}",
+        node.op_type
+    );
 }
