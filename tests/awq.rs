@@ -305,7 +305,10 @@ fn awq_folds_into_the_norms_the_decoder_map_finds_on_every_form() {
              {} muls; held-out logits rel-L2 RTN {e_rtn:.4}, AWQ+RTN {e_awq:.4}",
             c.get("muls inserted").copied().unwrap_or(0)
         );
-        assert!(e_awq <= e_rtn, "{fixture}: AWQ {e_awq} worse than RTN {e_rtn}");
+        assert!(
+            e_awq <= e_rtn,
+            "{fixture}: AWQ {e_awq} worse than RTN {e_rtn}"
+        );
         if let Some(py) = common::python() {
             common::py(
                 &py,

@@ -154,7 +154,10 @@ fn groups(map: &DecoderMap) -> Vec<MapGroup> {
                     .chain(m.up_proj.iter().map(|u| member(i, "up_proj", u)))
                     .collect(),
             ),
-            (None, None) => ("up_proj", m.up_proj.iter().map(|u| member(i, "up_proj", u)).collect()),
+            (None, None) => (
+                "up_proj",
+                m.up_proj.iter().map(|u| member(i, "up_proj", u)).collect(),
+            ),
         };
         out.push(group(
             format!("layer {} {label}", l.index),
