@@ -287,6 +287,14 @@ fn awq_folds_into_the_norms_the_decoder_map_finds_on_every_form() {
             o[0].notes,
             o[0].skipped
         );
+        // o_proj's input comes out of the attention core: the reason is reported.
+        assert!(
+            o[0].notes
+                .iter()
+                .any(|n| n.starts_with("layer 0 o_proj: ") && n.contains("Mul(x, 1/s)")),
+            "{fixture}: {:?}",
+            o[0].notes
+        );
         // The report names groups after the map.
         assert!(
             o[0].layers.iter().any(|l| l.name.starts_with("layer 0 ")),

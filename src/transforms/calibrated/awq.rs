@@ -2,8 +2,12 @@
 //! quantization. The pass only rescales (the float model computes the same function,
 //! up to float rounding); the `matmul-nbits` pass that follows in the recipe rounds.
 //!
-//! Matches: groups of float32 weight MatMul/Gemm (as `matmul-nbits` matches them,
-//! main graph) reading the same activation x, each weight read by that MatMul only.
+//! Matches: on a model that maps as a decoder (`crate::llm`), the map's groups in
+//! execution order (input norm → q,k,v; o_proj; post-attention norm → gate,up; down;
+//! final norm → lm_head), folding into the norm the map found (fused, Skip or
+//! decomposed) and saying why a site cannot take a scale; on any other model, groups
+//! of float32 weight MatMul/Gemm (as `matmul-nbits` matches them, main graph) reading
+//! the same activation x. Either way each weight must be read by its MatMul only.
 //! Calibrates: mean|x| per channel over every row and a bounded row sample per x
 //! (one session over the calibration samples, as in `gptq`).
 //! Searches: `crate::quant::awq::search` (α grid, RTN of the configured bits/block/
@@ -218,12 +222,10 @@ impl Awq {
             let fold = match fold_for(g, &mg.site, x, &members, k) {
                 Ok(f) => Some(f),
                 Err(why) if self.config.insert_mul => {
-                    if !matches!(mg.site, Site::Attention) {
-                        outcome.notes.push(format!(
-                            "{}: {why}; a Mul(x, 1/s) is inserted instead",
-                            mg.label
-                        ));
-                    }
+                    outcome.notes.push(format!(
+                        "{}: {why}; a Mul(x, 1/s) is inserted instead",
+                        mg.label
+                    ));
                     None
                 }
                 Err(why) => {

@@ -9,6 +9,9 @@
 //! sample. Samples come from `calib` (.npz/.npy sets), from `calib-text` tokenized with
 //! `tokenizer` (seeded windows; ids, all-ones mask, positions, empty past), or else
 //! seeded random inputs.
+//! On a decoder, weights are solved in the decoder map's execution order and the
+//! per-layer report uses its names ("layer 0 q_proj"); each solve is independent, so
+//! the output is the same as without the map.
 //! Emits: com.microsoft MatMulNBits exactly as `matmul-nbits` does (same names,
 //! bias fusion), with codes/scales/zero points from `crate::quant::gptq`.
 use std::collections::BTreeMap;

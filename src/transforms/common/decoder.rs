@@ -16,8 +16,8 @@ pub(crate) enum Site {
     Norm(Box<NormMap>),
     /// The gated product before down_proj: the up projection's output columns.
     Up,
-    /// The attention core sits between v and o_proj; nothing constant to fold into.
-    Attention,
+    /// The attention core sits between v and o_proj.
+    Attention { heads: usize, kv_heads: usize },
 }
 
 /// Linear layers reading one activation.
@@ -142,7 +142,10 @@ fn groups(map: &DecoderMap) -> Vec<MapGroup> {
         ));
         out.push(group(
             format!("layer {} o_proj", l.index),
-            Site::Attention,
+            Site::Attention {
+                heads: a.num_heads,
+                kv_heads: a.num_kv_heads,
+            },
             vec![member(i, "o_proj", &a.o_proj)],
         ));
         let m = &l.mlp;
@@ -256,6 +259,12 @@ pub(crate) fn fold_for(
              non-float32 weight)"
                 .to_string()
         }),
-        Site::Attention => Err("the attention core lies between v and o_proj".into()),
+        Site::Attention { heads, kv_heads } if kv_heads < heads => Err(format!(
+            "{kv_heads} v heads serve {heads} query heads, so one v_proj channel feeds \
+             several o_proj inputs and cannot take their different scales"
+        )),
+        Site::Attention { .. } => {
+            Err("the attention core lies between v_proj and o_proj (no fold into v_proj)".into())
+        }
     }
 }
