@@ -229,3 +229,155 @@ fn inputs_nothing_can_absorb_are_skipped_without_insert_mul() {
 fn logits_error(reference: &Path, cand: &Path, windows: &[Vec<i64>]) -> f64 {
     common::text_logits_error(reference, cand, windows, RuntimeKind::Auto)
 }
+
+/// Every decoder form the map knows, old and new fixtures.
+const DECODER_FORMS: &[&str] = &[
+    "decoders/decomposed.onnx",
+    "decoders/genai.onnx",
+    "decoders/opset24.onnx",
+    "decoders/dynamo.onnx",
+    "llama-decomposed.onnx",
+    "llama-decomposed-kv.onnx",
+    "llama-decomposed-tied.onnx",
+    "llama-attention23.onnx",
+    "llama-attention23-kv.onnx",
+    "llama-genai-kv.onnx",
+];
+
+fn count_op(path: &Path, op: &str) -> usize {
+    onnxq::load(path)
+        .unwrap()
+        .graph
+        .nodes()
+        .filter(|(_, n)| n.op_type == op)
+        .count()
+}
+
+#[test]
+fn awq_folds_into_the_norms_the_decoder_map_finds_on_every_form() {
+    let s = setup();
+    let nbits = "[[pass]]\nname='matmul-nbits'\nbits=4\nblock-size=32\nsymmetric=true\n";
+    let table = format!(
+        "[[pass]]\nname='awq'\nbits=4\nblock-size=32\nsymmetric=true\ncalib-text='{}'\n\
+         tokenizer='{}'\ncalib-samples=4\ncalib-seqlen=48\nmax-rows=128\n",
+        s.calib.display(),
+        s.tokenizer.display()
+    );
+    for fixture in DECODER_FORMS {
+        let orig = common::fixtures().join(fixture);
+        let model = onnxq::load(&orig).unwrap();
+        let map = onnxq::llm::DecoderMap::build(&model.graph).unwrap();
+        let layers = map.num_layers as u64;
+        let tag = fixture.replace('/', "-");
+        let rtn = s.dir.join(format!("rtn-{tag}"));
+        apply(&model, &format!("[recipe]\nname='r'\n{nbits}"), &rtn);
+        let awq = s.dir.join(format!("awq-{tag}"));
+        let o = apply(&model, &format!("[recipe]\nname='a'\n{table}{nbits}"), &awq);
+        let c = &o[0].counters;
+        let sites = c.get("norm fold sites").copied().unwrap_or(0);
+        let norms = c.get("folded into norms").copied().unwrap_or(0);
+        let ups = c.get("folded into up projections").copied().unwrap_or(0);
+        // Both norms of every layer absorb their scales (fused, Skip or decomposed);
+        // the final norm too unless the lm_head is tied to the embedding.
+        // (A tied lm_head's weight is the embedding's: it is not scaled.)
+        let want_sites = layers * 2 + u64::from(!map.tied_lm_head);
+        assert!(
+            sites >= want_sites && norms >= 1,
+            "{fixture}: {sites} norm fold sites, want >= {want_sites}: {c:?} {:?} {:?}",
+            o[0].notes,
+            o[0].skipped
+        );
+        // o_proj's input comes out of the attention core: the reason is reported.
+        assert!(
+            o[0].notes
+                .iter()
+                .any(|n| n.starts_with("layer 0 o_proj: ") && n.contains("Mul(x, 1/s)")),
+            "{fixture}: {:?}",
+            o[0].notes
+        );
+        // The report names groups after the map.
+        assert!(
+            o[0].layers.iter().any(|l| l.name.starts_with("layer 0 ")),
+            "{fixture}: {:?}",
+            o[0].layers
+        );
+        let n_rtn = count_op(&rtn, "MatMulNBits");
+        let n_awq = count_op(&awq, "MatMulNBits");
+        assert_eq!(n_awq, n_rtn, "{fixture}");
+        assert_eq!(n_awq, map.linears().len(), "{fixture}");
+        let e_rtn = logits_error(&orig, &rtn, &s.eval);
+        let e_awq = logits_error(&orig, &awq, &s.eval);
+        eprintln!(
+            "{fixture}: {layers} layers, {n_awq} MatMulNBits, {sites} norm sites, folds: {norms} \
+             norms, {ups} up, \
+             {} muls; held-out logits rel-L2 RTN {e_rtn:.4}, AWQ+RTN {e_awq:.4}",
+            c.get("muls inserted").copied().unwrap_or(0)
+        );
+        assert!(
+            e_awq <= e_rtn,
+            "{fixture}: AWQ {e_awq} worse than RTN {e_rtn}"
+        );
+        if let Some(py) = common::python() {
+            common::py(
+                &py,
+                "ort_check.py",
+                &["run", awq.to_str().unwrap(), orig.to_str().unwrap()],
+            );
+        }
+    }
+}
+
+#[test]
+fn a_norm_weight_read_by_two_norms_is_reported_and_not_divided() {
+    let s = setup();
+    let orig = common::fixtures().join("llama-decomposed.onnx");
+    let mut model = onnxq::load(&orig).unwrap();
+    let map = onnxq::llm::DecoderMap::build(&model.graph).unwrap();
+    // Layer 1's input norm now reads layer 0's gamma: one weight, two norms.
+    let shared = model
+        .graph
+        .find(map.layers[0].input_norm.weight.as_deref().unwrap())
+        .unwrap();
+    let own = model
+        .graph
+        .find(map.layers[1].input_norm.weight.as_deref().unwrap())
+        .unwrap();
+    let norm1 = map.layers[1].input_norm.node_id;
+    let slot = model
+        .graph
+        .node(norm1)
+        .inputs()
+        .iter()
+        .position(|v| *v == Some(own))
+        .unwrap();
+    model.graph.set_input(norm1, slot, Some(shared));
+    let before = model.graph.initializer(shared).unwrap().to_f32().unwrap();
+    let out = s.dir.join("shared.onnx");
+    let o = apply(
+        &model,
+        &format!(
+            "[recipe]\nname='a'\n{}insert-mul=false\n",
+            awq_table(&s, true)
+        ),
+        &out,
+    );
+    for label in ["layer 0 q,k,v", "layer 1 q,k,v"] {
+        assert!(
+            o[0].skipped
+                .iter()
+                .any(|k| k.node == label && k.reason.contains("shared (2 readers)")),
+            "{label}: {:?}",
+            o[0].skipped
+        );
+    }
+    // The post-attention norms and the final norm still take their scales.
+    assert_eq!(o[0].counters.get("norm fold sites"), Some(&3), "{:?}", o[0]);
+    let m = onnxq::load(&out).unwrap();
+    let after = m
+        .graph
+        .initializer(m.graph.find(model.graph.value_name(shared)).unwrap())
+        .unwrap()
+        .to_f32()
+        .unwrap();
+    assert_eq!(before, after);
+}

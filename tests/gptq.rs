@@ -477,3 +477,88 @@ fn text_that_cannot_calibrate_the_model_is_refused_by_name() {
 fn logits_error(reference: &Path, cand: &Path, windows: &[Vec<i64>]) -> f64 {
     common::text_logits_error(reference, cand, windows, RuntimeKind::Auto)
 }
+
+#[test]
+fn gptq_names_and_orders_layers_by_the_decoder_map_on_every_form() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (calib, held_out) = split_sample();
+    let calib_path = tmp.path().join("calib.txt");
+    std::fs::write(&calib_path, &calib).unwrap();
+    let tok_path = common::fixtures().join("tokenizer.json");
+    let tok = Tokenizer::from_file(&tok_path).unwrap();
+    let eval = TextSamples::windows(&tok.encode(&held_out).unwrap(), 4, 48, 99).windows;
+    for fixture in [
+        "decoders/decomposed.onnx",
+        "decoders/genai.onnx",
+        "decoders/opset24.onnx",
+        "decoders/dynamo.onnx",
+        "llama-decomposed.onnx",
+        "llama-decomposed-kv.onnx",
+        "llama-decomposed-tied.onnx",
+        "llama-attention23.onnx",
+        "llama-attention23-kv.onnx",
+        "llama-genai-kv.onnx",
+    ] {
+        let orig = common::fixtures().join(fixture);
+        let model = onnxq::load(&orig).unwrap();
+        let map = onnxq::llm::DecoderMap::build(&model.graph).unwrap();
+        let tag = fixture.replace('/', "-");
+        let rtn = quantize(
+            &model,
+            "[recipe]\nname='r'\n[[pass]]\nname='matmul-nbits'\nbits=4\nblock-size=32\n",
+            tmp.path(),
+            &format!("rtn-{tag}"),
+        );
+        let gptq_path = tmp.path().join(format!("gptq-{tag}"));
+        let o = quantize_noting(
+            &model,
+            &format!(
+                "[recipe]\nname='g'\n[[pass]]\nname='gptq'\nbits=4\nblock-size=32\n\
+                 calib-text='{}'\ntokenizer='{}'\ncalib-samples=4\ncalib-seqlen=48\n",
+                calib_path.display(),
+                tok_path.display()
+            ),
+            &gptq_path,
+        );
+        // Layers are reported by the map's names, in its execution order.
+        let names: Vec<&str> = o.layers.iter().map(|l| l.name.as_str()).collect();
+        let first = names.first().copied().unwrap_or_default();
+        assert!(
+            first == "layer 0 q_proj" || first == "layer 0 qkv_proj",
+            "{fixture}: {names:?}"
+        );
+        assert!(
+            names.iter().filter(|n| n.ends_with("down_proj")).count() == map.num_layers,
+            "{fixture}: {names:?}"
+        );
+        let n_rtn = count_op(&rtn, "MatMulNBits");
+        let n_gptq = count_op(&gptq_path, "MatMulNBits");
+        assert_eq!(n_gptq, n_rtn, "{fixture}");
+        assert_eq!(n_gptq, map.linears().len(), "{fixture}");
+        let e_rtn = logits_error(&orig, &rtn, &eval);
+        let e_gptq = logits_error(&orig, &gptq_path, &eval);
+        eprintln!(
+            "{fixture}: {n_gptq} MatMulNBits; held-out logits rel-L2 RTN {e_rtn:.4}, GPTQ {e_gptq:.4}"
+        );
+        assert!(
+            e_gptq <= e_rtn,
+            "{fixture}: GPTQ {e_gptq} worse than RTN {e_rtn}"
+        );
+        if let Some(py) = common::python() {
+            common::py(
+                &py,
+                "ort_check.py",
+                &["run", gptq_path.to_str().unwrap(), orig.to_str().unwrap()],
+            );
+        }
+    }
+}
+
+fn count_op(path: &Path, op: &str) -> usize {
+    onnxq::load(path)
+        .unwrap()
+        .graph
+        .nodes()
+        .filter(|(_, n)| n.op_type == op)
+        .count()
+}

@@ -2,8 +2,12 @@
 //! quantization. The pass only rescales (the float model computes the same function,
 //! up to float rounding); the `matmul-nbits` pass that follows in the recipe rounds.
 //!
-//! Matches: groups of float32 weight MatMul/Gemm (as `matmul-nbits` matches them,
-//! main graph) reading the same activation x, each weight read by that MatMul only.
+//! Matches: on a model that maps as a decoder (`crate::llm`), the map's groups in
+//! execution order (input norm → q,k,v; o_proj; post-attention norm → gate,up; down;
+//! final norm → lm_head), folding into the norm the map found (fused, Skip or
+//! decomposed) and saying why a site cannot take a scale; on any other model, groups
+//! of float32 weight MatMul/Gemm (as `matmul-nbits` matches them, main graph) reading
+//! the same activation x. Either way each weight must be read by its MatMul only.
 //! Calibrates: mean|x| per channel over every row and a bounded row sample per x
 //! (one session over the calibration samples, as in `gptq`).
 //! Searches: `crate::quant::awq::search` (α grid, RTN of the configured bits/block/
@@ -31,6 +35,7 @@ use crate::quant::awq::{search, ActivationSample};
 use crate::quant::{FloatType, QuantParams};
 use crate::rewrite::matchers::WeightMatMul;
 use crate::rewrite::{LayerError, Pass, PassCx, PassOutcome, PASS_KEY};
+use crate::transforms::common::decoder::{fold_for, DecoderView, Site};
 use crate::transforms::common::scale_fold::{apply_scales, fold_site, weight_private, Fold};
 use crate::transforms::common::select::Selection;
 use crate::transforms::common::targets::{targets, weight_kn, Target};
@@ -162,11 +167,29 @@ struct Group {
     targets: Vec<WeightMatMul>,
     /// What absorbs `1/s`; None: a new `Mul(x, 1/s)` feeds the group.
     fold: Option<Fold>,
+    /// The decoder map's name for the group ("layer 3 q,k,v"); None off the map.
+    label: Option<String>,
+    /// The counter a fold is reported under ("folded into norms", ...).
+    site: &'static str,
+}
+
+fn site_counter(fold: &Fold, mapped_norm: bool) -> &'static str {
+    match fold {
+        Fold::Constants(_) if mapped_norm => "folded into norms",
+        Fold::Constants(_) => "folded into constants",
+        Fold::Columns(_) => "folded into up projections",
+    }
 }
 
 impl Awq {
-    fn groups(&self, g: &Graph, found: Vec<Target>, outcome: &mut PassOutcome) -> Vec<Group> {
-        let mut by_x: BTreeMap<ValueId, Vec<WeightMatMul>> = BTreeMap::new();
+    fn groups(
+        &self,
+        g: &Graph,
+        found: Vec<Target>,
+        view: &DecoderView,
+        outcome: &mut PassOutcome,
+    ) -> Vec<Group> {
+        let mut accepted: BTreeMap<NodeId, Target> = BTreeMap::new();
         for t in found {
             let name = g.node(t.m.node).name().to_string();
             if t.m.dtype != DType::F32 {
@@ -174,10 +197,61 @@ impl Awq {
             } else if !weight_private(g, &t.m) {
                 outcome.skip(&name, "its weight is shared with other nodes");
             } else {
-                by_x.entry(t.x).or_default().push(t.m);
+                accepted.insert(t.m.node, t);
             }
         }
         let mut out = Vec::new();
+        for mg in &view.groups {
+            let mine: Vec<Target> = mg
+                .members
+                .iter()
+                .filter_map(|(_, id)| accepted.remove(id))
+                .collect();
+            let Some(first) = mine.first() else { continue };
+            let x = first.x;
+            if mine.iter().any(|t| t.x != x) {
+                // Projections reading different values are grouped by input below.
+                for t in mine {
+                    accepted.insert(t.m.node, t);
+                }
+                continue;
+            }
+            let k = first.m.k;
+            let members: BTreeSet<NodeId> = mine.iter().map(|t| t.m.node).collect();
+            let targets: Vec<WeightMatMul> = mine.into_iter().map(|t| t.m).collect();
+            let fold = match fold_for(g, &mg.site, x, &members, k) {
+                Ok(f) => Some(f),
+                Err(why) if self.config.insert_mul => {
+                    outcome.notes.push(format!(
+                        "{}: {why}; a Mul(x, 1/s) is inserted instead",
+                        mg.label
+                    ));
+                    None
+                }
+                Err(why) => {
+                    outcome.skip(&mg.label, format!("{why} (insert-mul = false)"));
+                    continue;
+                }
+            };
+            if fold.is_some() && matches!(mg.site, Site::Norm(_)) {
+                // Counted when planned: a group whose best α is 0 folds nothing.
+                outcome.count("norm fold sites", 1);
+            }
+            let site = fold.as_ref().map_or("muls inserted", |f| {
+                site_counter(f, matches!(mg.site, Site::Norm(_)))
+            });
+            out.push(Group {
+                x,
+                targets,
+                fold,
+                label: Some(mg.label.clone()),
+                site,
+            });
+        }
+        let mut by_x: BTreeMap<ValueId, Vec<WeightMatMul>> = BTreeMap::new();
+        for t in accepted.into_values() {
+            by_x.entry(t.x).or_default().push(t.m);
+        }
         for (x, targets) in by_x {
             let name = g.node(targets[0].node).name().to_string();
             let consumers: BTreeSet<NodeId> = g
@@ -196,12 +270,16 @@ impl Awq {
                 Some(fold) => out.push(Group {
                     x,
                     targets,
+                    site: site_counter(&fold, false),
                     fold: Some(fold),
+                    label: None,
                 }),
                 None if self.config.insert_mul => out.push(Group {
                     x,
                     targets,
                     fold: None,
+                    label: None,
+                    site: "muls inserted",
                 }),
                 None => outcome.skip(
                     &name,
@@ -222,7 +300,9 @@ impl Pass for Awq {
     fn run(&self, model: &mut Model, cx: &mut PassCx) -> Result<PassOutcome> {
         let mut outcome = PassOutcome::new(NAME);
         let found = targets(&model.graph, &self.selection, false, &mut outcome);
-        let groups = self.groups(&model.graph, found, &mut outcome);
+        let view = DecoderView::of(&model.graph);
+        outcome.notes.push(view.summary());
+        let groups = self.groups(&model.graph, found, &view, &mut outcome);
         if groups.is_empty() {
             return Ok(outcome);
         }
@@ -322,20 +402,21 @@ impl Pass for Awq {
         for (gr, res) in groups.iter().zip(searched) {
             let g = &mut model.graph;
             let xname = g.value_name(gr.x).to_string();
+            let label = gr.label.clone().unwrap_or_else(|| xname.clone());
             let Some(res) = res else {
-                outcome.skip(&xname, "not observed in calibration");
+                outcome.skip(&label, "not observed in calibration");
                 continue;
             };
             if res.output_norm > 0.0 {
                 outcome.layers.push(LayerError {
-                    name: xname.clone(),
+                    name: label.clone(),
                     rtn: res.rtn_loss / res.output_norm,
                     after: res.loss / res.output_norm,
                 });
             }
             if res.alpha == 0.0 {
                 outcome.notes.push(format!(
-                    "'{xname}': α = 0 is best (no scaling helps on the calibration rows)"
+                    "'{label}': α = 0 is best (no scaling helps on the calibration rows)"
                 ));
                 continue;
             }
@@ -362,8 +443,11 @@ impl Pass for Awq {
                 }
                 outcome.count("muls inserted", 1);
             }
+            if gr.fold.is_some() {
+                outcome.count(gr.site, 1);
+            }
             outcome.notes.push(format!(
-                "'{xname}' ({} MatMul): α = {:.2}",
+                "'{label}' ({} MatMul): α = {:.2}",
                 gr.targets.len(),
                 res.alpha,
             ));

@@ -9,6 +9,9 @@
 //! sample. Samples come from `calib` (.npz/.npy sets), from `calib-text` tokenized with
 //! `tokenizer` (seeded windows; ids, all-ones mask, positions, empty past), or else
 //! seeded random inputs.
+//! On a decoder, weights are solved in the decoder map's execution order and the
+//! per-layer report uses its names ("layer 0 q_proj"); each solve is independent, so
+//! the output is the same as without the map.
 //! Emits: com.microsoft MatMulNBits exactly as `matmul-nbits` does (same names,
 //! bias fusion), with codes/scales/zero points from `crate::quant::gptq`.
 use std::collections::BTreeMap;
@@ -24,6 +27,7 @@ use crate::quant::gptq::GptqOptions;
 use crate::quant::{FloatType, QuantParams};
 use crate::rewrite::matchers::constant;
 use crate::rewrite::{LayerError, Pass, PassCx, PassOutcome};
+use crate::transforms::common::decoder::DecoderView;
 use crate::transforms::common::nbits::{self as kernels, Format, NbitsWeight};
 use crate::transforms::common::select::Selection;
 use crate::transforms::common::targets::{targets, weight_kn};
@@ -176,7 +180,7 @@ impl Pass for Gptq {
 
     fn run(&self, model: &mut Model, cx: &mut PassCx) -> Result<PassOutcome> {
         let mut outcome = PassOutcome::new(NAME);
-        let targets = targets(
+        let mut targets = targets(
             &model.graph,
             &self.selection,
             self.config.fuse_bias,
@@ -186,6 +190,11 @@ impl Pass for Gptq {
             return Ok(outcome);
         }
         let g = &model.graph;
+        // On a decoder, layers are solved and reported in the map's order and by its
+        // names; each weight's solve is independent, so the order changes no number.
+        let view = DecoderView::of(g);
+        outcome.notes.push(view.summary());
+        targets.sort_by_key(|t| view.order_of(t.m.node));
         let mut k_of: BTreeMap<String, usize> = BTreeMap::new();
         for t in &targets {
             let name = g.value_name(t.x).to_string();
@@ -308,7 +317,9 @@ impl Pass for Gptq {
                             REPORT_COLUMNS,
                         );
                         let layer = LayerError {
-                            name: t.name().to_string(),
+                            name: view
+                                .name_of(m.node)
+                                .map_or_else(|| t.name().to_string(), str::to_string),
                             rtn: e[0],
                             after: e[1],
                         };

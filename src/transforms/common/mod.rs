@@ -1,6 +1,7 @@
 //! What the quantization passes share: node selection, the N-bit weight bridge to
 //! `crate::quant`, stored types and constant tensors, opset raising, scale folding
 //! and target discovery. Graph code only: numerics live in `crate::quant`.
+pub(crate) mod decoder;
 pub mod nbits;
 pub mod opset;
 pub mod qtypes;
