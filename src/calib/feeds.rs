@@ -34,7 +34,7 @@ impl CalibData {
             (Some(p), None, _) => Ok(CalibData::Files(Source::open(Path::new(p))?)),
             (None, Some(t), Some(tok)) => {
                 let tok = Tokenizer::from_file(Path::new(tok))?;
-                let text = std::fs::read_to_string(t).map_err(|e| Error::io(t, e))?;
+                let text = super::text::read_text(Path::new(t))?;
                 let ids = tok.encode(&text)?;
                 if ids.is_empty() {
                     return Err(Error::invalid(format!(

@@ -19,6 +19,21 @@ pub struct TextSamples {
     pub tokens: usize,
 }
 
+/// Reads a text file as a tokenizer expects it: Windows (CRLF) and old Mac (CR) line
+/// ends become LF, so a text saved on another system gives the same tokens as the one
+/// a user evaluates on.
+pub fn read_text(path: &Path) -> Result<String> {
+    let raw = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    Ok(normalize_newlines(&raw))
+}
+
+fn normalize_newlines(text: &str) -> String {
+    if !text.contains('\r') {
+        return text.to_string();
+    }
+    text.replace("\r\n", "\n").replace('\r', "\n")
+}
+
 /// splitmix64: a tiny seeded generator, enough to pick offsets reproducibly.
 pub fn splitmix(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -39,7 +54,7 @@ impl TextSamples {
         seed: u64,
     ) -> Result<TextSamples> {
         let tok = Tokenizer::from_file(tokenizer)?;
-        let text = std::fs::read_to_string(text_file).map_err(|e| Error::io(text_file, e))?;
+        let text = read_text(text_file)?;
         let ids = tok.encode(&text)?;
         if ids.is_empty() {
             return Err(Error::invalid(format!(
@@ -132,4 +147,15 @@ pub fn feeds_for_tokens(specs: &[IoSpec], ids: &[i64]) -> Result<NamedTensors> {
         out.push((s.name.clone(), t));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_newlines;
+
+    #[test]
+    fn line_ends_become_lf() {
+        assert_eq!(normalize_newlines("a\r\nb\rc\nd"), "a\nb\nc\nd");
+        assert_eq!(normalize_newlines("plain\n"), "plain\n");
+    }
 }
