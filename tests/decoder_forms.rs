@@ -198,7 +198,9 @@ fn forms_quantize_to_int4() {
     let mut quantized_logits: Vec<(&str, Vec<f32>)> = Vec::new();
     for (form, path) in forms::decoder_forms() {
         let out = tmp.path().join(format!("{form}-int4.onnx"));
-        let log = quantize(&path, &out, &[]);
+        // The genai form's head is its own tensor (untied), so compare the forms with
+        // the tied head quantized like any MatMul.
+        let log = quantize(&path, &out, &["--tied-head", "separate"]);
         // The mask width "past_seq_len + seq_len" is evaluated from its terms, so
         // the built-in verification runs on every form with its default inputs.
         assert!(verified(&log), "{form}: verification did not run:\n{log}");
@@ -245,6 +247,75 @@ fn forms_quantize_to_int4() {
         eprintln!("int4 {form} vs int4 decomposed: {d:.2e}");
         assert!(d < 1e-4, "int4 {form} differs from int4 decomposed by {d}");
     }
+}
+
+#[test]
+fn a_tied_head_is_one_8_bit_table_by_default() {
+    // onnxruntime's quantizer leaves a tied head fp32 (the table stored once, fp32);
+    // quantizing it like any MatMul adds a 4-bit copy beside the fp32 embedding. The
+    // default must be smaller than both and lose no more than the fp32 head does.
+    let Some(ort) = ort() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(29);
+    let ids = tokens(&mut rng, 2 * 6);
+    let prompt = decoder_feeds(&ids, 2, 0, None, &mut rng);
+    let mut tied_forms = 0;
+    for (form, path) in forms::decoder_forms() {
+        let map = onnxq::llm::DecoderMap::build(&onnxq::load(&path).unwrap().graph).unwrap();
+        if !map.tied_lm_head {
+            assert_eq!(form, "genai", "only the genai form unties its head");
+            continue;
+        }
+        tied_forms += 1;
+        let head = map.lm_head.node.as_str();
+        let out = |name: &str| tmp.path().join(format!("{form}-{name}.onnx"));
+        quantize(&path, &out("shared"), &["--no-verify"]);
+        quantize(
+            &path,
+            &out("separate"),
+            &["--no-verify", "--tied-head", "separate"],
+        );
+        let float_head = ["--no-verify", "--tied-head", "separate", "--exclude", head];
+        quantize(&path, &out("float-head"), &float_head);
+
+        let m = onnxq::load(&out("shared")).unwrap();
+        let q = onnxq::llm::DecoderMap::build(&m.graph).unwrap();
+        assert!(
+            q.tied_lm_head,
+            "{form}: the quantized map sees the table tied"
+        );
+        assert_eq!(q.embedding.op, "com.microsoft::GatherBlockQuantized");
+        assert_eq!(q.embedding.bits, Some(8), "{form}");
+        assert_eq!(
+            q.lm_head.initializer, q.embedding.table,
+            "{form}: one table"
+        );
+        let head_bits = m
+            .graph
+            .nodes()
+            .find(|(_, n)| n.name() == q.lm_head.node)
+            .and_then(|(_, n)| n.attr_int("bits"));
+        assert_eq!(head_bits, Some(8), "{form}");
+
+        let size = |name: &str| std::fs::metadata(out(name)).unwrap().len();
+        let (shared, separate, float_head) = (size("shared"), size("separate"), size("float-head"));
+        eprintln!("{form}: bytes shared {shared}, separate {separate}, fp32 head {float_head}");
+        assert!(shared < float_head && shared < separate, "{form}");
+
+        let f = get(&run(&ort, &path, &prompt), "logits");
+        let err = |name: &str| rel_l2(&f, &get(&run(&ort, &out(name), &prompt), "logits"));
+        let (e_shared, e_separate, e_float) = (err("shared"), err("separate"), err("float-head"));
+        eprintln!(
+            "{form}: logits rel L2 shared {e_shared:.4}, separate {e_separate:.4}, \
+             fp32 head {e_float:.4}"
+        );
+        assert!(
+            e_shared < e_separate,
+            "{form}: 8-bit head loses more than 4-bit"
+        );
+        assert!(e_shared < e_float * 1.05, "{form}: 8-bit head vs fp32 head");
+    }
+    assert_eq!(tied_forms, 3);
 }
 
 /// Held-out logits error (relative L2, ONNX Runtime) each form's 8-bit model must

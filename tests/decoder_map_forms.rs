@@ -450,12 +450,12 @@ fn the_decoder_map_keeps_to_its_layer() {
 
 #[test]
 fn quantized_tied_embedding_shares_the_lm_head_codes() {
-    // --embeddings stores a tied table once: GatherBlockQuantized reads the lm_head's
-    // MatMulNBits codes through a Reshape, and the map must still see them tied.
+    // The default stores a tied table once, at 8 bits: GatherBlockQuantized reads the
+    // lm_head's MatMulNBits codes through a Reshape, and the map must still see them tied.
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("tied-q4.onnx");
     let run = Command::new(common::onnxq_bin())
-        .args(["quantize", "--no-verify", "--embeddings"])
+        .args(["quantize", "--no-verify"])
         .arg(common::fixtures().join("llama-decomposed-tied.onnx"))
         .arg(&out)
         .output()
@@ -469,7 +469,7 @@ fn quantized_tied_embedding_shares_the_lm_head_codes() {
     let map = DecoderMap::build(&m.graph).unwrap();
     let e = &map.embedding;
     assert_eq!(e.op, "com.microsoft::GatherBlockQuantized");
-    assert_eq!((e.vocab_size, e.hidden_size, e.bits), (320, 64, Some(4)));
+    assert_eq!((e.vocab_size, e.hidden_size, e.bits), (320, 64, Some(8)));
     assert!(map.tied_lm_head);
     assert_eq!(map.lm_head.initializer, e.table);
     assert_eq!(map.lm_head.layout, WeightLayout::MatMulNBits);

@@ -8,6 +8,12 @@ use crate::error::Result;
 use crate::pass::recipe::Recipe;
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TiedHeadArg {
+    Shared,
+    Separate,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AlgorithmArg {
     /// Round to nearest per block (fast; onnxruntime's default quantizer).
     Rtn,
@@ -112,6 +118,15 @@ pub struct QuantizeArgs {
     /// Also quantize embedding tables (Gather on a constant table) to GatherBlockQuantized.
     #[arg(long)]
     pub embeddings: bool,
+    /// A decoder whose lm_head multiplies by its embedding table: `shared` stores both as
+    /// one quantized table (--tied-head-bits) read by GatherBlockQuantized and
+    /// MatMulNBits; `separate` quantizes the head like any MatMul and keeps the
+    /// embedding float (unless --embeddings).
+    #[arg(long, value_enum, default_value = "shared")]
+    pub tied_head: TiedHeadArg,
+    /// Bits of the shared tied table: 8 (default; next to lossless) or 4.
+    #[arg(long, value_name = "4|8")]
+    pub tied_head_bits: Option<u8>,
     /// Node name pattern to leave in float (`*` wildcards); repeatable.
     #[arg(long, value_name = "PATTERN")]
     pub exclude: Vec<String>,
@@ -291,6 +306,7 @@ impl QuantizeArgs {
             t.insert("symmetric".into(), V::Boolean(!self.asymmetric));
             r.passes.push(t);
         }
+        self.apply_tied_head(&mut r, format == FormatArg::Qdq)?;
         // Validate everything (bits/block size combinations) before any work.
         r.build()?;
         Ok(r)
@@ -298,6 +314,26 @@ impl QuantizeArgs {
 }
 
 impl QuantizeArgs {
+    /// `--tied-head` and `--tied-head-bits` on a weight-only recipe. The QDQ format
+    /// keeps to standard ops, so it never shares a table through GatherBlockQuantized.
+    fn apply_tied_head(&self, r: &mut Recipe, qdq: bool) -> Result<()> {
+        let separate = self.tied_head == TiedHeadArg::Separate || qdq;
+        if separate {
+            if self.tied_head_bits.is_some() {
+                return Err(crate::Error::invalid(if qdq {
+                    "--tied-head-bits: the qdq format does not share a tied table"
+                } else {
+                    "--tied-head-bits applies to --tied-head shared"
+                }));
+            }
+            r.passes
+                .retain(|t| t.get("name").and_then(|v| v.as_str()) != Some("tied-embedding"));
+        } else if let Some(b) = self.tied_head_bits {
+            r.set("head-bits", toml::Value::Integer(b as i64));
+        }
+        Ok(())
+    }
+
     /// A flag only GPTQ/AWQ (and, for the text calibration ones, static) take, if
     /// given.
     fn gptq_only_flag(&self) -> Option<&'static str> {
@@ -415,6 +451,7 @@ impl QuantizeArgs {
                 V::Array(self.include_op.iter().cloned().map(V::String).collect()),
             );
         }
+        self.apply_tied_head(&mut r, false)?;
         // Validate everything (paths, tokenizer, combinations) before any work.
         r.build()?;
         Ok(r)

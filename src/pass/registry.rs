@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::transforms::calibrated::{awq, gptq};
 use crate::transforms::cleanup::RemoveDead;
 use crate::transforms::int8::{dynamic, qoperator, smooth_quant, static_qdq};
-use crate::transforms::weight_only::{bnb4, gather, matmul_nbits as weight_only};
+use crate::transforms::weight_only::{bnb4, gather, matmul_nbits as weight_only, tied};
 
 /// (name, config keys, what it does).
 pub const PASSES: &[(&str, &[&str], &str)] = &[
@@ -24,6 +24,11 @@ pub const PASSES: &[(&str, &[&str], &str)] = &[
         "awq",
         awq::AWQ_KEYS,
         "activation-aware per-channel weight scaling before N-bit quantization (AWQ), folded into the producer",
+    ),
+    (
+        "tied-embedding",
+        tied::TIED_KEYS,
+        "a decoder's tied embedding and lm_head as one shared N-bit table (MatMulNBits + GatherBlockQuantized)",
     ),
     (
         "gather-block-quantized",
@@ -75,6 +80,7 @@ pub fn build(name: &str, table: toml::Table) -> Result<Box<dyn Pass>> {
         "gptq" => Box::new(gptq::Gptq::new(config(table)?)?),
         "awq" => Box::new(awq::Awq::new(config(table)?)?),
         "gather-block-quantized" => Box::new(gather::GatherBlockQuantized::new(config(table)?)?),
+        "tied-embedding" => Box::new(tied::TiedEmbedding::new(config(table)?)?),
         "bnb4" => Box::new(bnb4::Bnb4::new(config(table)?)?),
         "int8-dynamic" => Box::new(dynamic::Dynamic::new(config(table)?)?),
         "int8-static-qdq" => Box::new(static_qdq::StaticQdq::new(config(table)?)?),

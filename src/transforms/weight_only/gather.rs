@@ -60,77 +60,112 @@ impl GatherBlockQuantized {
     }
 
     fn run_graph(&self, g: &mut Graph, opset: i64, outcome: &mut PassOutcome) -> Result<()> {
+        // In a decoder, a table whose rows are not hidden-size vectors is no embedding:
+        // rotary cos/sin caches are gathered by position and lose far more at 4 bits.
+        let hidden = crate::llm::DecoderMap::build(g).ok().map(|m| m.hidden_size);
         for id in g.node_ids() {
             if !g.contains_node(id) || !g.node(id).is("", "Gather") {
                 continue;
             }
-            let node = g.node(id);
-            let name = node.name().to_string();
-            if node.attr_int("axis").unwrap_or(0) != 0 {
-                outcome.skip(&name, "Gather axis is not 0");
-                continue;
-            }
-            let (Some(data), Some(indices)) = (node.input(0), node.input(1)) else {
-                continue;
-            };
-            let Some((source, table)) = constant(g, data) else {
-                outcome.skip(&name, not_constant_reason(g, data));
-                continue;
-            };
-            if table.dims.len() != 2
-                || !matches!(table.dtype(), DType::F32 | DType::F16 | DType::BF16)
-            {
-                outcome.skip(
-                    &name,
-                    format!("table '{}' is not a 2-D float tensor", table.name()),
-                );
-                continue;
-            }
-            let (vocab, hidden) = (table.dims[0] as usize, table.dims[1] as usize);
-            let base = g.value_name(data).to_string();
-            let shared = match self.shared_rows(g, &base, vocab, hidden, table.dtype(), opset) {
-                Ok(s) => s,
-                Err(why) => {
-                    outcome
-                        .notes
-                        .push(format!("'{base}' is not shared with its lm_head: {why}"));
-                    None
-                }
-            };
-            if let Some(shared) = shared {
-                self.emit_shared(g, id, indices, &shared, hidden, outcome)?;
-            } else {
-                if hidden % self.config.block_size != 0 && opset < 10 {
+            if let Some(hidden) = hidden {
+                let rows = g
+                    .node(id)
+                    .input(0)
+                    .and_then(|d| constant(g, d))
+                    .and_then(|(_, t)| t.dims.get(1).copied());
+                if rows.is_some_and(|r| r != hidden as i64) {
+                    let name = g.node(id).name().to_string();
                     outcome.skip(
                         &name,
                         format!(
-                            "hidden size {hidden} is not a multiple of block size {} and \
-                             slicing the padding off needs opset 10 (the model has {opset})",
-                            self.config.block_size
+                            "rows of {} values are not the decoder's hidden size {hidden} \
+                             (a rotary cos/sin cache or another position table stays float)",
+                            rows.unwrap_or(0)
                         ),
                     );
                     continue;
                 }
-                let table = table.clone();
-                self.emit_own(g, id, indices, &table, &base, outcome)?;
             }
-            if g.value(data).uses().is_empty() && !g.is_graph_output(data) {
-                match source {
-                    ConstSource::Initializer(v) => {
-                        let _ = g.remove_initializer(v);
-                    }
-                    ConstSource::ConstantNode(n) => {
-                        let _ = g.remove_node(n);
-                    }
-                }
-            } else {
-                outcome.notes.push(format!(
-                    "'{base}' is also read by other nodes; the float table stays for them"
-                ));
-            }
-            outcome.count("embeddings quantized", 1);
-            outcome.changed = true;
+            self.rewrite(g, id, opset, outcome)?;
         }
+        Ok(())
+    }
+
+    /// Rewrites Gather `id` on a constant [vocab, hidden] float table into
+    /// GatherBlockQuantized (sharing a tied lm_head's quantized rows when there is
+    /// one), or records why it stays.
+    pub fn rewrite(
+        &self,
+        g: &mut Graph,
+        id: NodeId,
+        opset: i64,
+        outcome: &mut PassOutcome,
+    ) -> Result<()> {
+        let node = g.node(id);
+        let name = node.name().to_string();
+        if node.attr_int("axis").unwrap_or(0) != 0 {
+            outcome.skip(&name, "Gather axis is not 0");
+            return Ok(());
+        }
+        let (Some(data), Some(indices)) = (node.input(0), node.input(1)) else {
+            return Ok(());
+        };
+        let Some((source, table)) = constant(g, data) else {
+            outcome.skip(&name, not_constant_reason(g, data));
+            return Ok(());
+        };
+        if table.dims.len() != 2 || !matches!(table.dtype(), DType::F32 | DType::F16 | DType::BF16)
+        {
+            outcome.skip(
+                &name,
+                format!("table '{}' is not a 2-D float tensor", table.name()),
+            );
+            return Ok(());
+        }
+        let (vocab, hidden) = (table.dims[0] as usize, table.dims[1] as usize);
+        let base = g.value_name(data).to_string();
+        let shared = match self.shared_rows(g, &base, vocab, hidden, table.dtype(), opset) {
+            Ok(s) => s,
+            Err(why) => {
+                outcome
+                    .notes
+                    .push(format!("'{base}' is not shared with its lm_head: {why}"));
+                None
+            }
+        };
+        if let Some(shared) = shared {
+            self.emit_shared(g, id, indices, &shared, hidden, outcome)?;
+        } else {
+            if hidden % self.config.block_size != 0 && opset < 10 {
+                outcome.skip(
+                    &name,
+                    format!(
+                        "hidden size {hidden} is not a multiple of block size {} and \
+                         slicing the padding off needs opset 10 (the model has {opset})",
+                        self.config.block_size
+                    ),
+                );
+                return Ok(());
+            }
+            let table = table.clone();
+            self.emit_own(g, id, indices, &table, &base, outcome)?;
+        }
+        if g.value(data).uses().is_empty() && !g.is_graph_output(data) {
+            match source {
+                ConstSource::Initializer(v) => {
+                    let _ = g.remove_initializer(v);
+                }
+                ConstSource::ConstantNode(n) => {
+                    let _ = g.remove_node(n);
+                }
+            }
+        } else {
+            outcome.notes.push(format!(
+                "'{base}' is also read by other nodes; the float table stays for them"
+            ));
+        }
+        outcome.count("embeddings quantized", 1);
+        outcome.changed = true;
         Ok(())
     }
 

@@ -1,5 +1,7 @@
 //! Weight-only passes without calibration: N-bit MatMul weights (MatMulNBits or
-//! blocked QDQ, RTN or HQQ), N-bit embedding tables, and NF4/FP4 (bnb4).
+//! blocked QDQ, RTN or HQQ), N-bit embedding tables, a tied embedding and lm_head
+//! stored once, and NF4/FP4 (bnb4).
 pub mod bnb4;
 pub mod gather;
 pub mod matmul_nbits;
+pub mod tied;
