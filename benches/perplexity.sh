@@ -99,6 +99,8 @@ row fp32 "fp32" "-" "GGUF Q4_1 dequantized" --
 # 4-bit weight-only (MatMulNBits)
 for b in 32 128; do
   row rtn-sym-b$b "4-bit" onnxq "RTN sym b$b" -- "${Q[@]}" --algorithm rtn --block-size $b
+  # Before the tied-embedding default: the tied head a second, 4-bit copy of the table.
+  row rtn-sym-b$b-sep "4-bit" onnxq "RTN sym b$b --tied-head separate" -- "${Q[@]}" --algorithm rtn --block-size $b --tied-head separate
   # Same codes; the 'ppl run' times show what int8 activations (accuracy_level 4) save.
   row rtn-sym-b$b-al4 "4-bit" onnxq "RTN sym b$b --accuracy-level 4" -- "${Q[@]}" --algorithm rtn --block-size $b --accuracy-level 4
   row ort-rtn-sym-b$b "4-bit" onnxruntime "MatMulNBitsQuantizer default (RTN) sym b$b" -- "${NBITS[@]}" --block-size $b
