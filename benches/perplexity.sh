@@ -119,6 +119,9 @@ for s in sym asym; do
 done
 row awq-sym-b32 "4-bit" onnxq "AWQ sym b32, $CALIB_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm awq --block-size 32 "${CALIB[@]}"
 row gptq-sym-b32 "4-bit" onnxq "GPTQ sym b32, $CALIB_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm gptq --block-size 32 "${CALIB[@]}"
+# GPTQ's variants: columns by decreasing activation energy, and a stronger damping.
+row gptq-sym-b32-ao "4-bit" onnxq "GPTQ sym b32 --act-order, $CALIB_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm gptq --block-size 32 --act-order "${CALIB[@]}"
+row gptq-sym-b32-d10 "4-bit" onnxq "GPTQ sym b32 --damp 0.1, $CALIB_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm gptq --block-size 32 --damp 0.1 "${CALIB[@]}"
 # The same few samples as onnxruntime's GPTQ below, for a like-for-like comparison.
 row gptq-sym-b128-s$ORT_GPTQ_SAMPLES "4-bit" onnxq "GPTQ sym b128, $ORT_GPTQ_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm gptq --block-size 128 \
   "${TEXT[@]}" --calib-samples "$ORT_GPTQ_SAMPLES"
