@@ -18,6 +18,51 @@ const ROWS_PER_GEMM: usize = 1024;
 /// H rows per parallel task.
 const H_ROWS_PER_TASK: usize = 64;
 
+/// How much each activation row (token) counts in `H`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenWeighting {
+    /// Plain `XᵀX`: a token counts by its squared norm, so one token with massive
+    /// activations (the attention sink at position 0) can make up nearly all of H.
+    #[default]
+    Energy,
+    /// Every token's row scaled to unit norm: the objective is each token's relative
+    /// error, whatever its magnitude.
+    Equal,
+    /// As `Equal`, with the first position of each sequence (the attention sink every
+    /// later token reads) weighted as much as all the other positions together.
+    Sink,
+}
+
+impl TokenWeighting {
+    /// `values` ([.., seq, k] rows) reweighted; `None` when rows stay as they are.
+    fn apply(self, values: &[f32], shape: &[usize], k: usize) -> Option<Vec<f32>> {
+        if self == TokenWeighting::Energy || k == 0 {
+            return None;
+        }
+        let seq = if shape.len() >= 2 {
+            shape[shape.len() - 2].max(1)
+        } else {
+            1
+        };
+        let mut out = values.to_vec();
+        for (i, row) in out.chunks_exact_mut(k).enumerate() {
+            let n2: f64 = row.iter().map(|&v| v as f64 * v as f64).sum();
+            if n2 == 0.0 || !n2.is_finite() {
+                continue;
+            }
+            let weight = if self == TokenWeighting::Sink && seq > 1 && i % seq == 0 {
+                (seq - 1) as f64
+            } else {
+                1.0
+            };
+            let s = (weight / n2).sqrt() as f32;
+            row.iter_mut().for_each(|v| *v *= s);
+        }
+        Some(out)
+    }
+}
+
 /// Running `Σ xᵀx` over rows `x` of length `k`.
 #[derive(Clone, Debug)]
 pub struct Hessian {
@@ -127,6 +172,7 @@ impl Hessian {
 
 struct HessianObserver<'a> {
     k_of: &'a BTreeMap<String, usize>,
+    weighting: TokenWeighting,
     acc: BTreeMap<String, Hessian>,
     mismatch: Option<Error>,
     done: &'a mut dyn FnMut(Vec<(String, Hessian)>) -> Result<()>,
@@ -146,10 +192,11 @@ impl Observer for HessianObserver<'_> {
             });
             return;
         }
+        let weighted = self.weighting.apply(values, shape, k);
         self.acc
             .entry(name.to_string())
             .or_insert_with(|| Hessian::new(k))
-            .add(values);
+            .add(weighted.as_deref().unwrap_or(values));
     }
 
     fn piece_done(&mut self, completed: &[String]) -> Result<()> {
@@ -170,7 +217,8 @@ impl Observer for HessianObserver<'_> {
     }
 }
 
-/// `XᵀX / rows` of each value in `k_of` (name → row length K) over the samples,
+/// `XᵀX / rows` (rows weighted by `weighting`) of each value in `k_of` (name → row
+/// length K) over the samples,
 /// calibrated piece by piece within `budget` bytes (see [`capture`]): after each
 /// piece, `done` receives the finished matrices of the values it completed (values
 /// never observed come with 0 rows), so at most one piece's Hessians are held.
@@ -179,6 +227,7 @@ impl Observer for HessianObserver<'_> {
 pub fn hessians(
     model: &Model,
     k_of: &BTreeMap<String, usize>,
+    weighting: TokenWeighting,
     budget: u64,
     count: usize,
     feeds: &mut dyn FnMut(usize) -> Result<NamedTensors>,
@@ -195,6 +244,7 @@ pub fn hessians(
     };
     let mut observer = HessianObserver {
         k_of,
+        weighting,
         acc: BTreeMap::new(),
         mismatch: None,
         done,
@@ -206,6 +256,28 @@ pub fn hessians(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_weighting_normalizes_rows_and_weights_the_sink() {
+        // Two sequences of 3 tokens, k = 2: rows of norm 5, 1, 10 and 2, 3, 4.
+        let x = [3.0, 4.0, 1.0, 0.0, 6.0, 8.0, 0.0, 2.0, 3.0, 0.0, 0.0, 4.0];
+        let shape = [2, 3, 2];
+        assert!(TokenWeighting::Energy.apply(&x, &shape, 2).is_none());
+        let norms = |v: Vec<f32>| -> Vec<f32> {
+            v.chunks(2)
+                .map(|r| (r[0] * r[0] + r[1] * r[1]).sqrt())
+                .collect()
+        };
+        let eq = norms(TokenWeighting::Equal.apply(&x, &shape, 2).unwrap());
+        assert!(eq.iter().all(|n| (n - 1.0).abs() < 1e-6), "{eq:?}");
+        let sink = norms(TokenWeighting::Sink.apply(&x, &shape, 2).unwrap());
+        // Position 0 of each sequence carries the weight of the other two: norm √2.
+        let want = [2f32.sqrt(), 1.0, 1.0, 2f32.sqrt(), 1.0, 1.0];
+        assert!(
+            sink.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6),
+            "{sink:?}"
+        );
+    }
 
     #[test]
     fn blocked_gemm_matches_the_naive_sum() {

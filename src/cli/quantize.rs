@@ -194,9 +194,11 @@ pub struct QuantizeArgs {
     /// piece, cut between layers, so peak memory stays near this budget.
     #[arg(long, value_name = "MIB")]
     pub calib_memory_mb: Option<u64>,
-    /// --algorithm gptq: quantize input channels by decreasing activation energy.
-    #[arg(long)]
-    pub act_order: bool,
+    /// GPTQ: quantize columns in the order of their input's energy, not
+    /// left to right (the default; blocks stay contiguous, so no g_idx).
+    /// `--act-order false` processes them left to right.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub act_order: Option<bool>,
     /// --algorithm gptq: dampening of the Hessian diagonal, relative to its mean (0.01).
     #[arg(long, value_name = "X")]
     pub damp: Option<f64>,
@@ -347,7 +349,7 @@ impl QuantizeArgs {
             ),
             (self.calib_seqlen.is_some() && not_static, "--calib-seqlen"),
             (self.calib_memory_mb.is_some(), "--calib-memory-mb"),
-            (self.act_order, "--act-order"),
+            (self.act_order.is_some(), "--act-order"),
             (self.damp.is_some(), "--damp"),
         ]
         .into_iter()
@@ -388,7 +390,7 @@ impl QuantizeArgs {
         let awq = self.algorithm == AlgorithmArg::Awq;
         if awq {
             for (set, flag) in [
-                (self.act_order, "--act-order"),
+                (self.act_order.is_some(), "--act-order"),
                 (self.damp.is_some(), "--damp"),
             ] {
                 if set {
@@ -428,8 +430,8 @@ impl QuantizeArgs {
         if let Some(n) = self.calib_memory_mb {
             r.set("calib-memory-mb", V::Integer(n as i64));
         }
-        if self.act_order {
-            r.set("act-order", V::Boolean(true));
+        if let Some(a) = self.act_order {
+            r.set("act-order", V::Boolean(a));
         }
         if let Some(d) = self.damp {
             r.set("damp", V::Float(d));

@@ -19,6 +19,8 @@ use std::collections::BTreeMap;
 use rayon::prelude::*;
 use serde::Deserialize;
 
+use crate::calib::hessian::TokenWeighting;
+
 use super::{calibrated_setup, CalibKeys};
 use crate::calib::CalibData;
 use crate::error::{Error, Result};
@@ -48,6 +50,8 @@ pub struct GptqConfig {
     pub damp: f64,
     /// Quantize input channels by decreasing activation energy (groups stay contiguous).
     pub act_order: bool,
+    /// How much each calibration token counts in H (energy, equal, sink).
+    pub token_weighting: TokenWeighting,
     /// Calibration samples: a directory of .npz files / <input>.npy folders, or one .npz.
     pub calib: Option<String>,
     /// Calibration text (needs `tokenizer`).
@@ -82,7 +86,8 @@ impl Default for GptqConfig {
             symmetric: true,
             accuracy_level: 0,
             damp: 0.01,
-            act_order: false,
+            act_order: true,
+            token_weighting: TokenWeighting::Energy,
             calib: None,
             calib_text: None,
             tokenizer: None,
@@ -105,6 +110,7 @@ pub const GPTQ_KEYS: &[&str] = &[
     "accuracy-level",
     "damp",
     "act-order",
+    "token-weighting",
     "calib",
     "calib-text",
     "tokenizer",
@@ -252,6 +258,7 @@ impl Pass for Gptq {
         let pieces = crate::calib::hessian::hessians(
             model,
             &k_of,
+            self.config.token_weighting,
             self.config.calib_memory_mb.saturating_mul(1 << 20),
             count,
             &mut feeds,
