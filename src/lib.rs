@@ -1,4 +1,5 @@
 //! onnxq: ONNX in, smaller and faster ONNX out.
+pub mod adapter;
 pub mod calib;
 pub mod cli;
 pub mod error;

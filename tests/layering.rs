@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["error", "proto"],
     &["ir"],
-    &["io"],
+    &["io", "adapter"],
     &["rewrite"],
     &["quant"],
     &["runtime", "tensorfile"],

@@ -3,6 +3,7 @@ mod apply;
 mod convert;
 mod diff;
 mod inspect;
+mod lora;
 mod pipeline;
 mod quantize;
 mod run;
@@ -49,6 +50,9 @@ pub enum Command {
     /// Run a model on inputs (.npy/.npz/.pb files, or seeded random ones), print a
     /// summary of its outputs and optionally write them to files.
     Run(run::RunArgs),
+    /// LoRA adapters (PEFT) on a decoder: inject a switchable branch plus an ONNX
+    /// Runtime .onnx_adapter file, merge into the weights, or pack an adapter file.
+    Lora(lora::LoraArgs),
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -61,5 +65,6 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Apply(a) => apply::run(&a),
         Command::Verify(a) => verify::run(&a),
         Command::Run(a) => run::run(&a),
+        Command::Lora(a) => lora::run(&a),
     }
 }

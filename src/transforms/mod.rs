@@ -5,4 +5,5 @@ pub mod calibrated;
 pub mod cleanup;
 pub mod common;
 pub mod int8;
+pub mod lora;
 pub mod weight_only;

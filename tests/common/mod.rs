@@ -3,6 +3,7 @@
 pub mod build;
 pub mod forms;
 pub mod int8;
+pub mod peft;
 pub mod run;
 use std::path::{Path, PathBuf};
 use std::process::Command;
