@@ -2,6 +2,7 @@
 pub mod calib;
 pub mod cli;
 pub mod error;
+pub mod eval;
 pub mod io;
 pub mod ir;
 pub mod llm;

@@ -2,6 +2,7 @@
 mod apply;
 mod convert;
 mod diff;
+mod eval;
 mod inspect;
 mod pipeline;
 mod quantize;
@@ -49,6 +50,9 @@ pub enum Command {
     /// Run a model on inputs (.npy/.npz/.pb files, or seeded random ones), print a
     /// summary of its outputs and optionally write them to files.
     Run(run::RunArgs),
+    /// Perplexity of a decoder on a text in sliding windows; with --reference also
+    /// the KL divergence, top-1 and greedy-generation agreement with another model.
+    Eval(eval::EvalArgs),
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -61,5 +65,6 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Apply(a) => apply::run(&a),
         Command::Verify(a) => verify::run(&a),
         Command::Run(a) => run::run(&a),
+        Command::Eval(a) => eval::run(&a),
     }
 }
