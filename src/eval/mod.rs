@@ -169,8 +169,11 @@ pub fn evaluate(
              tables"
         ));
     }
+    let stride = opts.stride.unwrap_or(window.div_ceil(2));
+    windows::check(window, stride)?;
+    // A text shorter than the window is one pass over all of it.
     let window = window.min(ids.len());
-    let stride = opts.stride.unwrap_or(window.div_ceil(2)).min(window);
+    let stride = stride.min(window);
     let plan = windows::plan(ids.len(), window, stride)?;
     let sel = runtime::select(&opts.runtime)?;
     if let Some(why) = &sel.fallback {

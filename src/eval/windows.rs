@@ -27,8 +27,9 @@ impl Window {
     }
 }
 
-/// The windows over `tokens` tokens.
-pub fn plan(tokens: usize, window: usize, stride: usize) -> Result<Vec<Window>> {
+/// Refuses a window too short to predict anything and a stride that would leave
+/// tokens unscored.
+pub fn check(window: usize, stride: usize) -> Result<()> {
     if window < 2 {
         return Err(Error::invalid(format!(
             "--window {window}: a window needs at least 2 tokens (one to predict from)"
@@ -40,6 +41,12 @@ pub fn plan(tokens: usize, window: usize, stride: usize) -> Result<Vec<Window>> 
              stride would leave tokens unscored"
         )));
     }
+    Ok(())
+}
+
+/// The windows over `tokens` tokens.
+pub fn plan(tokens: usize, window: usize, stride: usize) -> Result<Vec<Window>> {
+    check(window, stride)?;
     if tokens < 2 {
         return Err(Error::invalid(format!(
             "the text has {tokens} token(s): perplexity needs at least 2"
