@@ -171,7 +171,7 @@ fn reference_statistics_match_onnxruntime() {
     let model = onnxq::load(&orig).unwrap();
     let int4 = common::run::apply(
         &model,
-        "[[pass]]\nname = \"matmul-nbits\"\nbits = 4\nblock-size = 32\nsymmetric = true\n",
+        "[recipe]\nname = \"int4\"\n\n[[pass]]\nname = \"matmul-nbits\"\nbits = 4\nblock-size = 32\nsymmetric = true\n",
     );
     let q = common::run::save(&int4, dir.path(), "int4.onnx");
     let (n, w) = (128, 64);
