@@ -3,6 +3,7 @@ pub mod adapter;
 pub mod calib;
 pub mod cli;
 pub mod error;
+pub mod eval;
 pub mod io;
 pub mod ir;
 pub mod llm;

@@ -20,6 +20,7 @@ const LAYERS: &[&[&str]] = &[
     &["calib"],
     &["llm"],
     &["verify"],
+    &["eval"],
     &["transforms"],
     &["pass"],
     &["cli"],

@@ -2,6 +2,7 @@
 mod apply;
 mod convert;
 mod diff;
+mod eval;
 mod inspect;
 mod lora;
 mod pipeline;
@@ -53,6 +54,9 @@ pub enum Command {
     /// LoRA adapters (PEFT) on a decoder: inject a switchable branch plus an ONNX
     /// Runtime .onnx_adapter file, merge into the weights, or pack an adapter file.
     Lora(lora::LoraArgs),
+    /// Perplexity of a decoder on a text in sliding windows; with --reference also
+    /// the KL divergence, top-1 and greedy-generation agreement with another model.
+    Eval(eval::EvalArgs),
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -66,5 +70,6 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Verify(a) => verify::run(&a),
         Command::Run(a) => run::run(&a),
         Command::Lora(a) => lora::run(&a),
+        Command::Eval(a) => eval::run(&a),
     }
 }
