@@ -27,7 +27,10 @@ fn algorithms() -> Vec<(&'static str, Vec<String>)> {
     };
     vec![
         ("rtn", vec!["--embeddings".into()]),
-        ("rtn", vec!["--format".into(), "qdq".into(), "--asymmetric".into()]),
+        (
+            "rtn",
+            vec!["--format".into(), "qdq".into(), "--asymmetric".into()],
+        ),
         ("hqq", vec![]),
         ("bnb4", vec![]),
         ("dynamic", vec![]),
