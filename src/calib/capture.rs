@@ -269,6 +269,26 @@ pub fn capture(
         return Err(Error::invalid("the calibration set is empty"));
     }
     let pieces = pieces(model, plan)?;
+    if pieces.is_empty() {
+        // Only graph inputs are observed: the feeds are the statistics, nothing runs.
+        progress.set_length(count as u64);
+        for i in 0..count {
+            for (name, t) in &feeds(i)? {
+                if plan.observed.contains_key(name) && t.is_float() {
+                    observer.observe(name, &t.to_f32_vec()?, &t.shape);
+                }
+            }
+            progress.inc(1);
+        }
+        let completed: Vec<String> = plan
+            .observed
+            .keys()
+            .filter(|n| graph_inputs.contains(*n))
+            .cloned()
+            .collect();
+        observer.piece_done(&completed)?;
+        return Ok(0);
+    }
     progress.set_length((count * pieces.len()) as u64);
     // Values crossing the current cut, per sample.
     let mut carried: Vec<BTreeMap<String, HostTensor>> = vec![BTreeMap::new(); count];

@@ -62,6 +62,28 @@ pub fn from_bytes_in(bytes: Bytes, dir: &Path) -> Result<Model> {
     cx.model(proto)
 }
 
+/// Refuses a main graph whose nodes read a name nothing defines: in a subgraph such
+/// a name is a capture from the enclosing graph, in the main graph there is none.
+fn undefined_reads(g: &Graph) -> Result<()> {
+    for (_, n) in g.nodes() {
+        for v in n.inputs().iter().flatten() {
+            if g.value(*v).def == ValueDef::Outer {
+                return Err(Error::graph(
+                    g.name(),
+                    format!(
+                        "node '{}' ({}) reads '{}', which is not a graph input, an \
+                         initializer or any node's output",
+                        n.name(),
+                        n.op_type,
+                        g.value_name(*v)
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Decodes one TensorProto (as the ONNX test data sets store inputs and outputs).
 pub fn tensor_from_pb_bytes(bytes: &[u8]) -> Result<Tensor> {
     let t = pb::TensorProto::decode(Bytes::copy_from_slice(bytes))
@@ -98,6 +120,7 @@ impl Cx {
             Some(g) => self.graph(g)?,
             None => Graph::default(),
         };
+        undefined_reads(&graph)?;
         let functions = m
             .functions
             .into_iter()

@@ -1,5 +1,6 @@
 //! Reading and writing ONNX files. The only module that sees protobuf types.
 mod external;
+mod generation;
 mod load;
 mod save;
 mod sink;

@@ -1,11 +1,14 @@
 //! IR → protobuf, with the tensor layout decided here: inline, kept where it was, or
 //! moved to external data files; protobuf's 2 GB limit handled by moving the largest
-//! initializers out. All files are written atomically, data files before the model.
+//! initializers out. All files are written atomically, data files before the model;
+//! data files an overwritten output still reads are replaced under fresh names (see
+//! `generation`), so a kill never pairs a model with the wrong data.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use prost::Message;
 
+use super::generation::DataNames;
 use super::load::EXTERNAL;
 use super::sink::{release_pages, AtomicFile, PendingRename, ProtoSink};
 use crate::error::{Error, Result};
@@ -95,6 +98,7 @@ pub fn save(model: &Model, path: &Path, opts: &SaveOptions) -> Result<SaveReport
         sinks: None,
         inline_inits: Vec::new(),
         moved_for_limit: 0,
+        names: DataNames::in_dir(&dir),
     };
     let dry = plan.model(model)?;
     let size = dry.encoded_len() as u64;
@@ -161,6 +165,7 @@ pub fn save(model: &Model, path: &Path, opts: &SaveOptions) -> Result<SaveReport
         p.commit()?;
     }
     model_file.commit()?;
+    plan.names.remove_displaced();
     Ok(report)
 }
 
@@ -253,6 +258,7 @@ struct Placer {
     /// Sizes of initializers placed inline (dry run).
     inline_inits: Vec<usize>,
     moved_for_limit: usize,
+    names: DataNames,
 }
 
 impl Placer {
@@ -267,6 +273,7 @@ impl Placer {
             sinks: None,
             inline_inits: Vec::new(),
             moved_for_limit: 0,
+            names: DataNames::default(),
         }
     }
 }
@@ -502,8 +509,14 @@ impl Placer {
         }
     }
 
-    /// The data file a tensor goes to, or None for inline.
+    /// The data file a tensor goes to (a fresh name when that file exists), or None
+    /// for inline.
     fn placement(&mut self, t: &Tensor, initializer: bool) -> Option<String> {
+        let location = self.requested_placement(t, initializer)?;
+        Some(self.names.name_for(&location))
+    }
+
+    fn requested_placement(&mut self, t: &Tensor, initializer: bool) -> Option<String> {
         let size = t.stored_len();
         // As onnx does: only tensors held as raw bytes move to external data; typed
         // fields (float_data, ...) stay where the producer put them.

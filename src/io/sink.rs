@@ -9,6 +9,45 @@ use bytes::BufMut;
 
 use crate::error::{Error, Result};
 
+/// Temp files are `.<target name>` + this + the writer's process id.
+const TMP_TAG: &str = ".onnxq-tmp-";
+
+/// Removes temp files whose writer is gone (killed before it could clean up): a
+/// process that no longer exists will never rename or remove them.
+fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let Some(pid) = name
+            .strip_prefix('.')
+            .and_then(|n| n.rsplit_once(TMP_TAG))
+            .and_then(|(_, pid)| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid > 0 && !process_alive(pid) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+fn process_alive(pid: i32) -> bool {
+    #[cfg(unix)]
+    {
+        // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+        let r = unsafe { libc::kill(pid, 0) };
+        r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
+    }
+}
+
 /// A file being written under a temporary name next to its final path. Dropped
 /// without `commit`, the temp file is removed: an error never leaves a partial output.
 pub struct AtomicFile {
@@ -29,7 +68,8 @@ impl AtomicFile {
             .file_name()
             .ok_or_else(|| Error::invalid(format!("{}: not a file path", target.display())))?
             .to_string_lossy();
-        let tmp = dir.join(format!(".{name}.onnxq-tmp-{}", std::process::id()));
+        remove_stale_temps(dir);
+        let tmp = dir.join(format!(".{name}{TMP_TAG}{}", std::process::id()));
         let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         Ok(AtomicFile {
             tmp,

@@ -61,6 +61,35 @@ impl Model {
         found
     }
 
+    /// Nodes (name, domain::op) of domains onnxq has no op definitions for: passes
+    /// leave them as they are, and the reference runtimes may not run them.
+    pub fn unknown_domain_nodes(&self) -> Vec<(String, String)> {
+        const KNOWN: &[&str] = &[
+            "",
+            "ai.onnx",
+            "ai.onnx.ml",
+            "ai.onnx.preview.training",
+            "com.microsoft",
+            "com.microsoft.nchwc",
+            "com.microsoft.mlfeaturizers",
+            "com.ms.internal.nhwc",
+        ];
+        let local: Vec<&str> = self
+            .functions
+            .iter()
+            .filter_map(|f| f.domain.as_deref())
+            .collect();
+        let mut found = Vec::new();
+        self.for_each_graph(&mut |g| {
+            for (_, n) in g.nodes() {
+                if !KNOWN.contains(&n.domain()) && !local.contains(&n.domain()) {
+                    found.push((n.name().to_string(), op_key(n.domain(), &n.op_type)));
+                }
+            }
+        });
+        found
+    }
+
     /// The external data files the model's tensors (initializers and tensor
     /// attributes) read, with the bytes each holds for it.
     pub fn external_data_files(&self) -> BTreeMap<String, u64> {

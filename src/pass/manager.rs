@@ -65,6 +65,7 @@ pub fn run_pipeline_with(
     opts: &RunOptions,
 ) -> Result<Vec<PassOutcome>> {
     let count = opts.pass_count(passes)?;
+    crate::transforms::common::opset::refuse_unknown_opset(model)?;
     if let Some(dir) = &opts.dump_dir {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         dump(model, dir, "00-input")?;
@@ -93,6 +94,16 @@ pub fn run_pipeline_with(
             dump(model, dir, &format!("{:02}-{}", i + 1, p.name()))?;
         }
         outcomes.push(outcome);
+    }
+    if let Some(first) = outcomes.first_mut() {
+        let unknown = model.unknown_domain_nodes();
+        if let Some((node, op)) = unknown.first() {
+            first.notes.push(format!(
+                "{} node(s) of domains onnxq does not know kept unchanged (first: '{node}', \
+                 {op})",
+                unknown.len()
+            ));
+        }
     }
     Ok(outcomes)
 }

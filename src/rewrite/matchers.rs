@@ -117,6 +117,10 @@ pub fn weight_matmul(g: &Graph, node: NodeId) -> Result<WeightMatMul, String> {
         ));
     }
     let (r, c) = (tensor.dims[0] as usize, tensor.dims[1] as usize);
+    if r == 0 || c == 0 {
+        // Nothing to quantize, and zero-length blocks would divide by zero.
+        return Err(format!("weight '{}' is empty ({r} x {c})", tensor.name()));
+    }
     let (k, n_out) = if transposed { (c, r) } else { (r, c) };
     let bias = if is_gemm {
         match n.input(2) {

@@ -4,9 +4,13 @@
     .venv/bin/python tests/bad-inputs/make.py
 
 Each file is the smallest input of one class that once crashed onnxq or could:
-malformed quantized ops for the tract lowering (lowering/*.onnx) and .npy
-headers that lie about their size or type (npy/*.npy). The expected error of
-each is in EXPECTED.txt. Deterministic: every run writes the same bytes.
+malformed quantized ops for the tract lowering (lowering/*.onnx), .npy
+headers that lie about their size or type (npy/*.npy), models `onnxq quantize`
+must refuse (model/*.onnx: broken protobuf, broken graphs, bad external data,
+impossible tensors, unknown opsets and domains), calibration sets that do not
+fit their model (calib/*.npz) and weights quantizers must handle without NaN
+(handled/*.onnx). The expected error (or note) of each is in EXPECTED.txt.
+Deterministic: every run writes the same bytes.
 """
 import os
 import struct
@@ -142,6 +146,125 @@ def npys():
     npy("npy/huge-shape-short-file.npy", "<f4", "(1099511627776,)", b"\0" * 16)
 
 
+# A MatMul y = x[1, 64] @ w[64, 16]: the model the quantize cases break.
+def matmul_model(w=None, opset=21, dims=(64, 16), extra_nodes=(), node_inputs=("x", "w"), w_tensor=None, k=64):
+    if w_tensor is None:
+        if w is None:
+            w = np.random.default_rng(22).standard_normal(dims).astype(np.float32) * 0.1
+        w_tensor = numpy_helper.from_array(w, "w")
+    nodes = [helper.make_node("MatMul", list(node_inputs), ["y"], name="mm")] + list(extra_nodes)
+    g = helper.make_graph(nodes, "mm", [f32("x", [1, k])], [f32("y", [1, 16])], initializer=[w_tensor])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name="onnxq bad-inputs")
+    m.ir_version = 10
+    return m
+
+
+def raw(rel, data):
+    path = os.path.join(HERE, rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def external(rel, location, offset, length):
+    """The MatMul model whose weight lives at `location` (offset, length)."""
+    w = onnx.TensorProto()
+    w.name = "w"
+    w.data_type = TensorProto.FLOAT
+    w.dims.extend([64, 16])
+    w.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        e = w.external_data.add()
+        e.key, e.value = k, v
+    save(matmul_model(w_tensor=w), rel)
+
+
+def models():
+    good = matmul_model().SerializeToString(deterministic=True)
+    raw("model/truncated.onnx", good[: len(good) // 2])
+    raw("model/garbage.onnx", np.random.default_rng(7).integers(0, 256, 512, dtype=np.uint8).tobytes())
+    # ir_version = 10, then field 7 (graph, a message: wire type 2) as a varint (wire type 0).
+    raw("model/wrong-wire-type.onnx", b"\x08\x0a\x38\x01")
+
+    relu = lambda i, o, n: helper.make_node("Relu", [i], [o], name=n)
+    save(matmul_model(extra_nodes=[relu("x", "y", "dup")]), "model/duplicate-value-names.onnx")
+    # h1 = Relu(h2), h2 = Relu(h1): a cycle feeding nothing but itself.
+    save(matmul_model(extra_nodes=[relu("h2", "h1", "a"), relu("h1", "h2", "b")]), "model/cycle.onnx")
+    save(matmul_model(node_inputs=("nowhere", "w")), "model/undefined-input.onnx")
+
+    # 64 x 16 floats = 4096 bytes; data.bin holds 2048.
+    raw("external/data.bin", bytes(range(256)) * 8)
+    external("external/missing.onnx", "no-such-file.bin", 0, 4096)
+    external("external/short.onnx", "data.bin", 0, 4096)
+    external("external/offset-past-end.onnx", "data.bin", 1 << 40, 4096)
+    external("external/length-past-end.onnx", "data.bin", 1024, 1 << 40)
+    external("external/absolute.onnx", "/etc/hostname", 0, 4096)
+    external("external/escapes.onnx", "../../bad_inputs.rs", 0, 4096)
+    link = os.path.join(HERE, "external/link-out.bin")
+    if os.path.lexists(link):
+        os.remove(link)
+    os.symlink("../../bad_inputs.rs", link)
+    external("external/symlink-out.onnx", "link-out.bin", 0, 4096)
+
+    huge = onnx.TensorProto()
+    huge.name, huge.data_type = "w", TensorProto.FLOAT
+    huge.dims.extend([1 << 40, 1 << 40])
+    huge.raw_data = b"\0" * 16
+    save(matmul_model(w_tensor=huge), "model/huge-dims.onnx")
+    neg = onnx.TensorProto()
+    neg.name, neg.data_type = "w", TensorProto.FLOAT
+    neg.dims.extend([-64, 16])
+    neg.raw_data = b"\0" * 4096
+    save(matmul_model(w_tensor=neg), "model/negative-dims.onnx")
+    save(matmul_model(w=np.zeros((0, 16), np.float32), k=0), "handled/zero-size-weight.onnx")
+    s = helper.make_tensor("w", TensorProto.STRING, [64, 16], [b"w"] * 1024)
+    save(matmul_model(w_tensor=s), "handled/string-weight.onnx")
+
+    save(matmul_model(opset=99), "model/future-opset.onnx")
+    unk = helper.make_node("Frobnicate", ["y"], ["z"], name="frob", domain="com.example.unknown")
+    m = matmul_model()
+    m.graph.node.append(unk)
+    m.graph.output[0].name = "z"
+    m.opset_import.append(helper.make_opsetid("com.example.unknown", 1))
+    save(m, "handled/unknown-domain.onnx")
+
+
+def handled():
+    w = np.random.default_rng(22).standard_normal((64, 16)).astype(np.float32) * 0.1
+    nan = w.copy()
+    nan[5, 3] = np.nan
+    save(matmul_model(w=nan), "model/nan-weight.onnx")
+    inf = w.copy()
+    inf[40, 0] = np.inf
+    save(matmul_model(w=inf), "model/inf-weight.onnx")
+    zero = w.copy()
+    zero[0:32, 2] = 0.0  # one whole block (K 0..32 of column 2)
+    save(matmul_model(w=zero), "handled/zero-block.onnx")
+
+
+def npz(rel, **arrays):
+    """An .npz with fixed timestamps (np.savez stamps the current time)."""
+    import io
+    import zipfile
+    path = os.path.join(HERE, rel)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for name, a in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, a)
+            z.writestr(zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue())
+
+
+def calib():
+    save(matmul_model(), "calib/model.onnx")
+    rng = np.random.default_rng(3)
+    npz("calib/wrong-shape.npz", x=rng.standard_normal((1, 48)).astype(np.float32))
+    npz("calib/wrong-dtype.npz", x=rng.integers(0, 9, (1, 64)).astype(np.int64))
+    npz("calib/wrong-name.npz", input=rng.standard_normal((1, 64)).astype(np.float32))
+
+
 if __name__ == "__main__":
     lowering()
     npys()
+    models()
+    handled()
+    calib()

@@ -36,6 +36,26 @@ const BREAKING: &[(i64, &[&str])] = &[
     (21, &["GroupNormalization"]),
 ];
 
+/// The newest default-domain opset onnxq knows the op changes of (ONNX 1.22's).
+pub const NEWEST_KNOWN_OPSET: i64 = 27;
+
+/// Refuses a model stamped with a default-domain opset newer than onnxq knows: an op
+/// there may mean something else than the rewrites assume.
+pub fn refuse_unknown_opset(model: &Model) -> Result<()> {
+    let v = model
+        .opset("")
+        .unwrap_or(1)
+        .max(model.opset("ai.onnx").unwrap_or(1));
+    if v > NEWEST_KNOWN_OPSET {
+        return Err(Error::invalid(format!(
+            "the model imports opset {v} of the default (ai.onnx) domain; onnxq knows opsets \
+             up to {NEWEST_KNOWN_OPSET}, and ops may change meaning in newer ones: re-export \
+             the model at opset {NEWEST_KNOWN_OPSET} or lower"
+        )));
+    }
+    Ok(())
+}
+
 /// Opset and IR version blocked DequantizeLinear (and int4) need.
 pub const BLOCKED_DQ_OPSET: i64 = 21;
 pub const BLOCKED_DQ_IR: i64 = 10;
