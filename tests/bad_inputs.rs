@@ -272,9 +272,13 @@ fn an_all_zero_block_gets_scale_zero_and_no_algorithm_writes_nan() {
         if let Err(e) = non_finite_free(&out) {
             failures.push(format!("{args:?}: {e}"));
         }
-        // Block quantizers with a per-block scale: the zero block's scale is 0.
-        let blocked =
-            !args.contains(&"bnb4") && !args.contains(&"dynamic") && !args.contains(&"static");
+        // Block quantizers with a per-block scale: the zero block's scale is 0. GPTQ
+        // in its default act-order fits a block after the error feedback of columns
+        // processed earlier has moved its weights, so only its finiteness is checked.
+        let blocked = !args.contains(&"bnb4")
+            && !args.contains(&"dynamic")
+            && !args.contains(&"static")
+            && !args.contains(&"gptq");
         if blocked {
             match column2_block0_scale(&out) {
                 Some(0.0) => {}

@@ -90,7 +90,10 @@ fn assert_rel(ours: f64, theirs: f64, tol: f64, what: &str) {
 fn python_and_ort() -> Option<PathBuf> {
     let py = common::python()?;
     if !runtime::ort::available() {
-        assert!(!common::required(), "ONNXQ_REQUIRE_ORT=1 but ONNX Runtime is not found");
+        assert!(
+            !common::required(),
+            "ONNXQ_REQUIRE_ORT=1 but ONNX Runtime is not found"
+        );
         eprintln!("SKIPPED: ONNX Runtime is not found");
         return None;
     }
@@ -112,9 +115,21 @@ fn one_window_perplexity_matches_onnxruntime_on_every_form() {
         for rt in ["ort", "tract"] {
             let got = eval_cli(
                 &path,
-                &["--window", &ns, "--stride", &ns, "--tokens", &ns, "--runtime", rt],
+                &[
+                    "--window",
+                    &ns,
+                    "--stride",
+                    &ns,
+                    "--tokens",
+                    &ns,
+                    "--runtime",
+                    rt,
+                ],
             );
-            assert_eq!(got["runtime"], if rt == "ort" { "onnxruntime" } else { "tract" });
+            assert_eq!(
+                got["runtime"],
+                if rt == "ort" { "onnxruntime" } else { "tract" }
+            );
             assert_eq!(num(&got, "tokens"), (n - 1) as f64, "{form} {rt}");
             assert_eq!(num(&got, "windows"), 1.0, "{form} {rt}");
             assert_rel(
@@ -149,7 +164,11 @@ fn strided_perplexity_matches_onnxruntime() {
                 "ort",
             ],
         );
-        assert_eq!(num(&got, "tokens"), (n - 1) as f64, "{form}: every token but the first");
+        assert_eq!(
+            num(&got, "tokens"),
+            (n - 1) as f64,
+            "{form}: every token but the first"
+        );
         assert_eq!(num(&got, "tokens"), num(&want, "tokens"));
         assert!(num(&got, "windows") > 1.0);
         assert_rel(
@@ -192,12 +211,20 @@ fn reference_statistics_match_onnxruntime() {
         ],
     );
     for key in ["perplexity", "reference_perplexity", "kl_mean", "kl_p99"] {
-        assert_rel(num(&got, key), num(&want, key), 1e-3, &format!("{form} int4 {key}"));
+        assert_rel(
+            num(&got, key),
+            num(&want, key),
+            1e-3,
+            &format!("{form} int4 {key}"),
+        );
     }
     assert!(num(&got, "kl_mean") > 0.0, "int4 changes the distributions");
     assert!(num(&got, "kl_p99") >= num(&got, "kl_mean"));
     let top1 = num(&got, "top1_agreement");
-    assert!((top1 - num(&want, "top1_agreement")).abs() < 1e-9, "top-1 {top1} vs {want}");
+    assert!(
+        (top1 - num(&want, "top1_agreement")).abs() < 1e-9,
+        "top-1 {top1} vs {want}"
+    );
     let g = &got["greedy"];
     assert_eq!(g["prompts"], 4);
     assert_eq!(g["kv_cache"], true);

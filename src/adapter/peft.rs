@@ -134,12 +134,14 @@ fn to_f32(dir: &Path, name: &str, view: &safetensors::tensor::TensorView) -> Res
                 .collect(),
             2,
         ),
-        other => return Err(adapter_err(
-            dir,
-            format!(
+        other => {
+            return Err(adapter_err(
+                dir,
+                format!(
                 "tensor '{name}' is {other:?}; LoRA weights must be float32, float16 or bfloat16"
             ),
-        )),
+            ))
+        }
     };
     if vals.len() * unit != d.len() {
         return Err(adapter_err(

@@ -188,9 +188,10 @@ fn int_tensor(spec: &IoSpec, shape: Vec<usize>, values: &[i64]) -> Result<HostTe
 
 /// An empty past for `spec`: batch 1, the cache length 0, fixed dims as declared.
 fn empty_past(spec: &IoSpec) -> Result<HostTensor> {
-    let dims = spec.dims.as_ref().ok_or_else(|| {
-        Error::tensor(&spec.name, "the past input has no declared shape")
-    })?;
+    let dims = spec
+        .dims
+        .as_ref()
+        .ok_or_else(|| Error::tensor(&spec.name, "the past input has no declared shape"))?;
     // [batch, heads, past, head_size] is what every exporter writes; for another rank
     // the first symbolic axis after the batch is taken for the past length.
     let past_axis = if dims.len() == 4 {
@@ -252,7 +253,11 @@ impl Decoder {
 
     /// Runs `ids` (batch 1) after `cache` (none: an empty past); returns the logits of
     /// every new token and the cache after them (when the model has one).
-    pub fn forward(&mut self, ids: &[i64], cache: Option<&Cache>) -> Result<(Logits, Option<Cache>)> {
+    pub fn forward(
+        &mut self,
+        ids: &[i64],
+        cache: Option<&Cache>,
+    ) -> Result<(Logits, Option<Cache>)> {
         let past = cache.map_or(0, Cache::len);
         let seq = ids.len();
         let mut feeds = Vec::with_capacity(self.specs.len());

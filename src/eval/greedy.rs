@@ -5,7 +5,12 @@ use super::stats::argmax;
 use crate::error::Result;
 
 /// `steps` tokens generated greedily after `prompt`.
-pub fn generate(dec: &mut Decoder, prompt: &[i64], steps: usize, use_cache: bool) -> Result<Vec<i64>> {
+pub fn generate(
+    dec: &mut Decoder,
+    prompt: &[i64],
+    steps: usize,
+    use_cache: bool,
+) -> Result<Vec<i64>> {
     let mut out = Vec::with_capacity(steps);
     if steps == 0 {
         return Ok(out);

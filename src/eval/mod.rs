@@ -181,7 +181,11 @@ pub fn evaluate(
     }
     let rt = sel.runtime.as_ref();
     let mut dec = Decoder::open(rt, model)?;
-    notes.push(format!("{}: inputs by {}", model.display(), dec.names.source));
+    notes.push(format!(
+        "{}: inputs by {}",
+        model.display(),
+        dec.names.source
+    ));
     let mut refdec = match reference {
         Some(r) => {
             let d = Decoder::open(rt, r)?;
@@ -284,11 +288,7 @@ fn greedy_agreement(
     // Prompt and generation stay within one window: the positions the model was
     // evaluated at.
     let steps = opts.generate_tokens.min(window.saturating_sub(1));
-    let plen = opts
-        .prompt_tokens
-        .min(window - steps)
-        .min(ids.len())
-        .max(1);
+    let plen = opts.prompt_tokens.min(window - steps).min(ids.len()).max(1);
     let kv_cache = dec.names.has_cache() && reference.names.has_cache();
     let mut shared = 0;
     let mut identical = 0;

@@ -16,8 +16,18 @@ pub fn table(r: &EvalReport) -> String {
         r.window,
         r.stride
     );
-    let _ = writeln!(s, "  {:<28} {:>12}", "perplexity", format!("{:.4}", r.perplexity));
-    let _ = writeln!(s, "  {:<28} {:>12}", "nll / token", format!("{:.6}", r.nll_mean));
+    let _ = writeln!(
+        s,
+        "  {:<28} {:>12}",
+        "perplexity",
+        format!("{:.4}", r.perplexity)
+    );
+    let _ = writeln!(
+        s,
+        "  {:<28} {:>12}",
+        "nll / token",
+        format!("{:.6}", r.nll_mean)
+    );
     if let Some(c) = &r.reference {
         let change = (r.perplexity / c.reference_perplexity - 1.0) * 100.0;
         let _ = writeln!(s, "reference {}", c.reference.display());
@@ -27,7 +37,10 @@ pub fn table(r: &EvalReport) -> String {
             ("KL mean (nats)", format!("{:.3e}", c.kl_mean)),
             ("KL p99", format!("{:.3e}", c.kl_p99)),
             ("KL max", format!("{:.3e}", c.kl_max)),
-            ("top-1 agreement", format!("{:.2}%", c.top1_agreement * 100.0)),
+            (
+                "top-1 agreement",
+                format!("{:.2}%", c.top1_agreement * 100.0),
+            ),
         ];
         for (k, v) in rows {
             let _ = writeln!(s, "  {k:<28} {v:>12}");

@@ -4,7 +4,12 @@
 /// log softmax of `row`.
 pub fn log_softmax(row: &[f32]) -> Vec<f64> {
     let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
-    let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+    let lse = max
+        + row
+            .iter()
+            .map(|&x| (x as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
     row.iter().map(|&x| x as f64 - lse).collect()
 }
 
