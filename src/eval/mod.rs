@@ -219,16 +219,16 @@ pub fn evaluate(
             }
             None => None,
         };
-        for t in w.score_from..w.end {
+        for (t, &id) in ids.iter().enumerate().take(w.end).skip(w.score_from) {
             let row = t - w.start - 1;
-            let target = usize::try_from(ids[t])
+            let target = usize::try_from(id)
                 .ok()
                 .filter(|&i| i < logits.vocab)
                 .ok_or_else(|| {
                     Error::invalid(format!(
                         "token id {} is outside the model's {} logits: the tokenizer does not \
                          match the model",
-                        ids[t], logits.vocab
+                        id, logits.vocab
                     ))
                 })?;
             let lp = stats::log_softmax(logits.row(row));

@@ -98,8 +98,8 @@ mod tests {
         let mut seen = vec![0; 10];
         for x in &w {
             assert!(x.len() <= 4 && x.score_from > x.start);
-            for t in x.score_from..x.end {
-                seen[t] += 1;
+            for c in &mut seen[x.score_from..x.end] {
+                *c += 1;
             }
         }
         assert_eq!(seen[0], 0);
