@@ -43,8 +43,8 @@ pub struct PeftSpec<'a> {
     pub use_rslora: bool,
 }
 
-/// Writes the adapter directory; A and B uniform in ±0.1 (B non-zero, as after
-/// training) so the update is of the size of the 0.02-scaled base weights.
+/// Writes the adapter directory; A and B uniform in ±0.1 (±0.01 for lm_head; B
+/// non-zero, as after training) so the update is of the size of the 0.02-scaled base weights.
 pub fn write_peft(dir: &Path, spec: &PeftSpec) {
     std::fs::create_dir_all(dir).unwrap();
     let mut rng = Rng::new(spec.seed);
@@ -73,7 +73,12 @@ pub fn write_peft(dir: &Path, spec: &PeftSpec) {
             .map_or(spec.r, |(_, r)| *r);
         let (k, n) = proj_dims(proj);
         for (which, dims) in [("lora_A", [r, k]), ("lora_B", [n, r])] {
-            let vals: Vec<f32> = (0..dims[0] * dims[1]).map(|_| 0.1 * rng.signed()).collect();
+            // The head's update is kept ten times smaller: over 320 logits at the
+            // layers' size it would drown what the layer adapters change.
+            let size = if proj == "lm_head" { 0.01 } else { 0.1 };
+            let vals: Vec<f32> = (0..dims[0] * dims[1])
+                .map(|_| size * rng.signed())
+                .collect();
             let bytes: Vec<u8> = if spec.fp16 {
                 vals.iter()
                     .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
