@@ -580,3 +580,30 @@ fn unmatched_module_and_shape_mismatch_are_named() {
         "{err}"
     );
 }
+
+#[test]
+fn merge_into_bnb4_is_refused_naming_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let base = common::fixtures().join("decoders/decomposed.onnx");
+    let q = d.join("nf4.onnx");
+    quantize(&base, &q, &["--algorithm", "bnb4"]);
+    let peft = q_proj_adapter(d);
+    let out = onnxq(&[
+        "lora",
+        "merge",
+        s(&q),
+        s(&d.join("m.onnx")),
+        "--adapter",
+        s(&peft),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot merge LoRA into node '/model/layers.0/self_attn/q_proj/MatMul")
+            && err.contains("MatMulBnb4"),
+        "{err}"
+    );
+    // Nothing was written.
+    assert!(!d.join("m.onnx").exists());
+}
