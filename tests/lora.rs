@@ -275,6 +275,48 @@ fn ops(m: &onnxq::Model) -> Vec<String> {
         .collect()
 }
 
+/// Every MatMulNBits keeps its attributes (bits, block size, accuracy level) and
+/// its B/scales/zero-point tensors' types and shapes; the adapted ones' codes change.
+fn assert_same_settings(q: &onnxq::Model, merged: &onnxq::Model, what: &str) {
+    let (gq, gm) = (&q.graph, &merged.graph);
+    let mut changed = 0;
+    for ((_, a), (_, b)) in gq.nodes().zip(gm.nodes()) {
+        if a.op_type != "MatMulNBits" {
+            continue;
+        }
+        assert_eq!(
+            format!("{:?}", a.attributes),
+            format!("{:?}", b.attributes),
+            "{what}: {}",
+            a.name()
+        );
+        for slot in 1..=3 {
+            let tensor = |g: &onnxq::ir::Graph, n: &onnxq::ir::Node| {
+                n.input(slot)
+                    .map(|v| g.initializer(v).expect("an initializer").clone())
+            };
+            let (ta, tb) = (tensor(gq, a), tensor(gm, b));
+            assert_eq!(
+                ta.as_ref().map(|t| (t.dtype(), t.dims.clone())),
+                tb.as_ref().map(|t| (t.dtype(), t.dims.clone())),
+                "{what}: {} input {slot}",
+                a.name()
+            );
+            if slot == 1 {
+                let bytes =
+                    |t: Option<onnxq::ir::Tensor>| t.unwrap().raw_bytes().unwrap().into_owned();
+                changed += usize::from(bytes(ta) != bytes(tb));
+            }
+        }
+    }
+    // Every body projection, none of the (unadapted) head.
+    assert_eq!(
+        changed,
+        common::forms::LAYERS * common::forms::LINEARS_PER_LAYER,
+        "{what}"
+    );
+}
+
 #[test]
 fn merge_into_matmulnbits_base_requantizes() {
     let dir = tempfile::tempdir().unwrap();
@@ -310,6 +352,7 @@ fn merge_into_matmulnbits_base_requantizes() {
         // Same nodes and attributes; only weight bytes change.
         let (qm, mq) = (onnxq::load(&q).unwrap(), onnxq::load(&merged_q).unwrap());
         assert_eq!(ops(&qm), ops(&mq), "{what}");
+        assert_same_settings(&qm, &mq, what);
         let e_merged = ort_error(&merged, &merged_q);
         let e_unmerged = ort_error(&merged, &q);
         let e_reference_q = ort_error(&merged, &merged_then_q);
