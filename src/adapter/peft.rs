@@ -91,6 +91,11 @@ pub struct LoraModule {
 }
 
 impl LoraModule {
+    /// The output head (`lm_head`, PEFT's name for it in target_modules).
+    pub fn is_lm_head(&self) -> bool {
+        self.name == "lm_head" || self.name.ends_with(".lm_head")
+    }
+
     /// The layer index and the projection name (`q_proj`) when the name has
     /// `layers.N.` in it.
     pub fn layer_and_proj(&self) -> Option<(usize, &str)> {

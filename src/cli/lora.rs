@@ -1,4 +1,4 @@
-//! `onnxq lora inject|merge|pack`: PEFT LoRA adapters on an ONNX decoder.
+//! `onnxq lora inject|merge|extract|pack`: PEFT LoRA adapters on an ONNX decoder.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -19,8 +19,12 @@ pub enum LoraCommand {
     /// Add a switchable LoRA branch to every adapted layer (A, B as graph inputs
     /// with empty defaults) and write the adapter as ONNX Runtime's .onnx_adapter.
     Inject(InjectArgs),
-    /// Fold an adapter into the (float) weights.
+    /// Fold an adapter into the weights (float, or MatMulNBits re-quantized with
+    /// its own bits, block size and symmetry).
     Merge(MergeArgs),
+    /// Turn LoRA branches with constant A/B weights into graph inputs (empty
+    /// defaults) and write their values as an .onnx_adapter (Olive's ExtractAdapters).
+    Extract(ExtractArgs),
     /// Write the .onnx_adapter file of a PEFT adapter for an already injected model.
     Pack(PackArgs),
 }
@@ -52,6 +56,15 @@ pub struct MergeArgs {
     pub output: PathBuf,
     #[command(flatten)]
     pub placing: Placing,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExtractArgs {
+    pub model: PathBuf,
+    pub output: PathBuf,
+    /// Where the adapter goes (default: OUT with extension .onnx_adapter).
+    #[arg(long, value_name = "FILE")]
+    pub adapter_out: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -127,6 +140,30 @@ pub fn run(args: &LoraArgs) -> Result<i32> {
             let n = lora::merge(&mut model.graph, &adapter, &placed)?;
             crate::io::save(&model, &a.output, &Default::default())?;
             eprintln!("merged LoRA into {n} layers; wrote {}", a.output.display());
+            Ok(0)
+        }
+        LoraCommand::Extract(a) => {
+            let mut model = crate::io::load(&a.model)?;
+            let params = lora::extract(&mut model.graph)?;
+            if params.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "{}: no LoRA branch with constant weights (an Add of a linear layer and \
+                     MatMul(MatMul(x, A), B) on the layer's input, A and B initializers)",
+                    a.model.display()
+                )));
+            }
+            crate::io::save(&model, &a.output, &Default::default())?;
+            let adapter_out = a
+                .adapter_out
+                .clone()
+                .unwrap_or_else(|| a.output.with_extension("onnx_adapter"));
+            write_onnx_adapter(&adapter_out, &params)?;
+            eprintln!(
+                "extracted LoRA from {} layers; wrote {} and {}",
+                params.len() / 2,
+                a.output.display(),
+                adapter_out.display()
+            );
             Ok(0)
         }
         LoraCommand::Pack(a) => {

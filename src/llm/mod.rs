@@ -25,7 +25,7 @@ pub use io::{DecoderIo, DimExpr, KvIo, TensorIo};
 pub use mlp::{MlpKind, MlpMap};
 pub use norm::{NormKind, NormMap};
 pub use text::to_text;
-pub use weights::{weight_ref, WeightLayout, WeightRef, WeightSource};
+pub use weights::{linear_consumers, weight_ref, WeightLayout, WeightRef, WeightSource};
 
 use crate::error::{Error, Result};
 use crate::ir::{Graph, ValueId};

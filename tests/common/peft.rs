@@ -6,7 +6,7 @@ use std::path::Path;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
-use super::forms::{Rng, HEAD_DIM, KV_HEADS, LAYERS};
+use super::forms::{Rng, HEAD_DIM, KV_HEADS, LAYERS, VOCAB};
 
 const HIDDEN: usize = 96;
 const INTERMEDIATE: usize = 160;
@@ -18,6 +18,7 @@ pub fn proj_dims(proj: &str) -> (usize, usize) {
         "k_proj" | "v_proj" => (HIDDEN, KV_HEADS * HEAD_DIM),
         "gate_proj" | "up_proj" => (HIDDEN, INTERMEDIATE),
         "down_proj" => (INTERMEDIATE, HIDDEN),
+        "lm_head" => (HIDDEN, VOCAB),
         other => panic!("no projection {other}"),
     }
 }
@@ -42,36 +43,54 @@ pub struct PeftSpec<'a> {
     pub use_rslora: bool,
 }
 
-/// Writes the adapter directory; A and B uniform in ±0.1 (B non-zero, as after
-/// training) so the update is of the size of the 0.02-scaled base weights.
+/// Writes the adapter directory; A and B uniform in ±0.1 (±0.01 for lm_head; B
+/// non-zero, as after training) so the update is of the size of the 0.02-scaled base weights.
 pub fn write_peft(dir: &Path, spec: &PeftSpec) {
     std::fs::create_dir_all(dir).unwrap();
     let mut rng = Rng::new(spec.seed);
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for layer in 0..LAYERS {
-        for proj in spec.targets {
-            let module = format!("model.layers.{layer}.{}.{proj}", part_of(proj));
-            let r = spec
-                .rank_pattern
-                .iter()
-                .find(|(k, _)| module.ends_with(k))
-                .map_or(spec.r, |(_, r)| *r);
-            let (k, n) = proj_dims(proj);
-            for (which, dims) in [("lora_A", [r, k]), ("lora_B", [n, r])] {
-                let vals: Vec<f32> = (0..dims[0] * dims[1]).map(|_| 0.1 * rng.signed()).collect();
-                let bytes: Vec<u8> = if spec.fp16 {
-                    vals.iter()
-                        .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-                        .collect()
-                } else {
-                    vals.iter().flat_map(|v| v.to_le_bytes()).collect()
-                };
-                tensors.push((
-                    format!("base_model.model.{module}.{which}.weight"),
-                    dims.to_vec(),
-                    bytes,
-                ));
-            }
+    // PEFT names the head `lm_head` (outside the layers).
+    let modules = (0..LAYERS).flat_map(|layer| {
+        spec.targets
+            .iter()
+            .filter(|p| **p != "lm_head")
+            .map(move |proj| {
+                (
+                    format!("model.layers.{layer}.{}.{proj}", part_of(proj)),
+                    *proj,
+                )
+            })
+    });
+    let head = spec
+        .targets
+        .contains(&"lm_head")
+        .then(|| ("lm_head".to_string(), "lm_head"));
+    for (module, proj) in modules.chain(head) {
+        let r = spec
+            .rank_pattern
+            .iter()
+            .find(|(k, _)| module.ends_with(k))
+            .map_or(spec.r, |(_, r)| *r);
+        let (k, n) = proj_dims(proj);
+        for (which, dims) in [("lora_A", [r, k]), ("lora_B", [n, r])] {
+            // The head's update is kept ten times smaller: over 320 logits at the
+            // layers' size it would drown what the layer adapters change.
+            let size = if proj == "lm_head" { 0.01 } else { 0.1 };
+            let vals: Vec<f32> = (0..dims[0] * dims[1])
+                .map(|_| size * rng.signed())
+                .collect();
+            let bytes: Vec<u8> = if spec.fp16 {
+                vals.iter()
+                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                    .collect()
+            } else {
+                vals.iter().flat_map(|v| v.to_le_bytes()).collect()
+            };
+            tensors.push((
+                format!("base_model.model.{module}.{which}.weight"),
+                dims.to_vec(),
+                bytes,
+            ));
         }
     }
     let dtype = if spec.fp16 { Dtype::F16 } else { Dtype::F32 };

@@ -131,11 +131,35 @@ def weight_slot(model, module):
     return f"{genai}.{proj}.MatMul.weight", 0, False
 
 
+def merge_head(m, d):
+    """Adds d ([N, K]) to the MatMul producing `logits` through a weight of its own,
+    so a tied embedding table keeps its values (PEFT's unmerged lm_head LoRA changes
+    the head's output only)."""
+    g = m.graph
+    producer = {o: n for n in g.node for o in n.output}
+    inits = {t.name: t for t in g.initializer}
+    head = producer["logits"]
+    assert head.op_type == "MatMul", head.op_type
+    w_in = head.input[1]
+    if w_in in inits:
+        w = numpy_helper.to_array(inits[w_in]).astype(np.float64)
+    else:
+        t = producer[w_in]
+        assert t.op_type == "Transpose", t.op_type
+        w = numpy_helper.to_array(inits[t.input[0]]).astype(np.float64).T
+    name = "lora_check.lm_head.weight"
+    g.initializer.append(numpy_helper.from_array((w + d.T).astype(np.float32), name))
+    head.input[1] = name
+
+
 def merged(base, deltas):
     m = onnx.ModelProto()
     m.CopyFrom(base)
     by_name = {t.name: i for i, t in enumerate(m.graph.initializer)}
     for module, d in deltas.items():
+        if module == "lm_head":
+            merge_head(m, d)
+            continue
         name, off, transposed = weight_slot(m, module)
         t = m.graph.initializer[by_name[name]]
         w = numpy_helper.to_array(t).astype(np.float64)

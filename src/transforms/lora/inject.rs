@@ -5,7 +5,9 @@ use bytes::Bytes;
 use super::place::Placement;
 use crate::adapter::{AdapterParam, PeftAdapter};
 use crate::error::{Error, Result};
-use crate::ir::{DType, Dim, Graph, NodeSpec, ShapeDim, Tensor, TypeInfo, TypeKind, ValueInfo};
+use crate::ir::{
+    DType, Dim, Graph, NodeSpec, ShapeDim, Tensor, TypeInfo, TypeKind, ValueId, ValueInfo,
+};
 
 /// The symbolic rank dimension, as Olive names it.
 const RANK_DIM: &str = "lora_r";
@@ -27,7 +29,7 @@ fn compute_dtype(p: &Placement) -> Result<DType> {
         })
 }
 
-fn input_info(dtype: DType, dims: [Option<usize>; 2]) -> ValueInfo {
+pub(super) fn input_info(dtype: DType, dims: [Option<usize>; 2]) -> ValueInfo {
     let dim = |d: Option<usize>| ShapeDim {
         dim: d.map_or(Dim::Param(RANK_DIM.into()), |d| Dim::Value(d as i64)),
         denotation: None,
@@ -118,27 +120,61 @@ pub fn inject(g: &mut Graph, placements: &[Placement]) -> Result<InjectReport> {
                 .output(d_name),
         )?;
         let d = g.node(d).output(0).expect("MatMul has an output");
-        let sum_name = g.fresh_name(&format!("{}.lora.output", p.base));
-        // The Add reads `d` twice for now: `y`'s readers move to the sum first, then
-        // the Add's own first input goes back to `y`.
-        let add = g.add_node(
-            NodeSpec::new("", "Add")
-                .name(g.fresh_node_name(&node_name(&p.base, "lora/Add")))
-                .input(d)
-                .input(d)
-                .output(sum_name),
-        )?;
-        let sum = g.node(add).output(0).expect("Add has an output");
-        g.replace_all_uses(y, sum, false).map_err(|_| {
-            Error::Invalid(format!(
-                "node '{}': its output is a graph output; LoRA on it is not supported",
-                p.weight.node
-            ))
-        })?;
-        g.set_input(add, 0, Some(y));
+        if g.is_graph_output(y) {
+            add_on_graph_output(g, y, d, &p.base)?;
+        } else {
+            let sum_name = g.fresh_name(&format!("{}.lora.output", p.base));
+            // The Add reads `d` twice for now: `y`'s readers move to the sum first,
+            // then the Add's own first input goes back to `y`.
+            let add = g.add_node(
+                NodeSpec::new("", "Add")
+                    .name(g.fresh_node_name(&node_name(&p.base, "lora/Add")))
+                    .input(d)
+                    .input(d)
+                    .output(sum_name),
+            )?;
+            let sum = g.node(add).output(0).expect("Add has an output");
+            g.replace_all_uses(y, sum, false)?;
+            g.set_input(add, 0, Some(y));
+        }
         report.inputs.push((a_name, b_name, k, n));
     }
     Ok(report)
+}
+
+/// The layer's output `y` is a graph output (the lm_head's logits), whose name
+/// callers bind to: the Add takes `y` over and the layer is rebuilt to produce a
+/// fresh value.
+fn add_on_graph_output(g: &mut Graph, y: ValueId, d: ValueId, base: &str) -> Result<()> {
+    let layer = g.producer(y).ok_or_else(|| {
+        Error::Invalid(format!(
+            "graph output '{}' has no producing node to put LoRA after",
+            g.value_name(y)
+        ))
+    })?;
+    let old = g.node(layer);
+    let name = old.name.clone();
+    let spec = NodeSpec {
+        op_type: old.op_type.clone(),
+        domain: old.domain.clone(),
+        name: None,
+        inputs: old.inputs().to_vec(),
+        outputs: vec![g.fresh_name(&format!("{base}.base.output"))],
+        attributes: old.attributes.clone(),
+        metadata_props: old.metadata_props.clone(),
+    };
+    let rebuilt = g.add_node(spec)?;
+    let y0 = g.node(rebuilt).output(0).expect("one output");
+    let add = g.swap_node(
+        layer,
+        NodeSpec::new("", "Add")
+            .name(g.fresh_node_name(&node_name(base, "lora/Add")))
+            .input(y0)
+            .input(d),
+    )?;
+    g.node_extras(rebuilt).name = name;
+    g.place_before(rebuilt, add);
+    Ok(())
 }
 
 /// The adapter's values for the injected inputs, in the model's compute type:

@@ -5,10 +5,12 @@
 //!
 //! The LoRA scale is folded into B in the adapter values: one set of graph inputs
 //! then serves adapters with different alphas and ranks.
+mod extract;
 mod inject;
 mod merge;
 mod place;
 
+pub use extract::extract;
 pub use inject::{adapter_params, inject, strip_branches, InjectReport};
 pub use merge::merge;
 pub use place::{place, PlacedPart, Placement};

@@ -70,6 +70,37 @@ fn in_layer(l: &LayerMap, proj: &str) -> Option<(WeightRef, usize, &'static str)
     }
 }
 
+/// The module's A [r, K] and B [N, r] fit the layer (at `offset` of a packed one).
+fn check_dims(m: &LoraModule, w: &WeightRef, offset: usize, packed: &str) -> Result<()> {
+    if w.k != m.k || offset + m.n > w.n {
+        return Err(Error::Invalid(format!(
+            "LoRA module '{}': lora_A is [{}, {}] and lora_B [{}, {}], but node '{}' multiplies \
+             [*, {}] by [{}, {}]{}",
+            m.name,
+            m.rank,
+            m.k,
+            m.n,
+            m.rank,
+            w.node,
+            w.k,
+            w.k,
+            w.n,
+            if packed.is_empty() {
+                String::new()
+            } else {
+                format!(" (packed {packed}, this part at column {offset})")
+            }
+        )));
+    }
+    if packed.is_empty() && m.n != w.n {
+        return Err(Error::Invalid(format!(
+            "LoRA module '{}': lora_B has {} outputs, node '{}' has {}",
+            m.name, m.n, w.node, w.n
+        )));
+    }
+    Ok(())
+}
+
 /// Places every module of `adapter`. `mapping` (module name → node name) covers
 /// layouts the decoder map does not know; it is consulted first.
 pub fn place(
@@ -102,45 +133,27 @@ pub fn place(
                     "the model is not a decoder the map reads; give a mapping file",
                 )
             })?;
-            let (layer, proj) = m
-                .layer_and_proj()
-                .ok_or_else(|| unmatched(m, "its name has no 'layers.N.' part"))?;
-            let l = map.layers.get(layer).ok_or_else(|| {
-                unmatched(
-                    m,
-                    format!("layer {layer}; the model has {} layers", map.layers.len()),
-                )
-            })?;
-            in_layer(l, proj).ok_or_else(|| {
+            if m.is_lm_head() {
+                (map.lm_head.clone(), 0, "")
+            } else {
+                let (layer, proj) = m.layer_and_proj().ok_or_else(|| {
+                    unmatched(
+                        m,
+                        "its name has no 'layers.N.' part and it is not 'lm_head'",
+                    )
+                })?;
+                let l = map.layers.get(layer).ok_or_else(|| {
+                    unmatched(
+                        m,
+                        format!("layer {layer}; the model has {} layers", map.layers.len()),
+                    )
+                })?;
+                in_layer(l, proj).ok_or_else(|| {
                 unmatched(m, format!("layer {layer} has no '{proj}' (known: q/k/v/o_proj, gate/up/down_proj, qkv_proj)"))
             })?
+            }
         };
-        if w.k != m.k || offset + m.n > w.n {
-            return Err(Error::Invalid(format!(
-                "LoRA module '{}': lora_A is [{}, {}] and lora_B [{}, {}], but node '{}' multiplies \
-                 [*, {}] by [{}, {}]{}",
-                m.name,
-                m.rank,
-                m.k,
-                m.n,
-                m.rank,
-                w.node,
-                w.k,
-                w.k,
-                w.n,
-                if packed.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (packed {packed}, this part at column {offset})")
-                }
-            )));
-        }
-        if packed.is_empty() && m.n != w.n {
-            return Err(Error::Invalid(format!(
-                "LoRA module '{}': lora_B has {} outputs, node '{}' has {}",
-                m.name, m.n, w.node, w.n
-            )));
-        }
+        check_dims(m, &w, offset, packed)?;
         let base = if packed.is_empty() {
             m.name.clone()
         } else {
