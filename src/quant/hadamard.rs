@@ -56,7 +56,7 @@ fn prime_power(q: usize) -> Option<(usize, usize)> {
     }
     let p = (2..)
         .take_while(|d| d * d <= q)
-        .find(|d| q % d == 0)
+        .find(|d| q.is_multiple_of(*d))
         .unwrap_or(q);
     let (mut r, mut e) = (q, 0);
     while r % p == 0 {
@@ -218,7 +218,7 @@ fn paley(order: usize) -> Option<Hadamard> {
             });
         }
     }
-    if order % 2 == 0 && order >= 12 && order / 2 <= MAX_Q + 1 {
+    if order.is_multiple_of(2) && order >= 12 && order / 2 <= MAX_Q + 1 {
         let q = order / 2 - 1;
         if let Some((p, e)) = prime_power(q).filter(|_| q % 4 == 1) {
             let f = Field::new(p, e)?;
