@@ -50,6 +50,9 @@ pub const QUAROT_KEYS: &[&str] = &["seed", "online-hadamard"];
 
 const NAME: &str = "quarot";
 
+/// Largest rotation order (a 16384² f64 matrix is 2 GiB).
+const MAX_ORDER: usize = 16384;
+
 pub struct Quarot {
     pub config: QuarotConfig,
 }
@@ -118,6 +121,28 @@ fn ones_for(g: &Graph, norm: &NormMap) -> Result<Option<Edit>> {
         .ok_or_else(|| refuse(format!("norm '{}': no value '{w}'", norm.node)))?;
     let n = tensors::read(g, v)?.len();
     tensors::replace(g, v, &vec![1.0; n]).map(Some)
+}
+
+/// A linear layer as a float weight MatMul this pass can rewrite, whose K (or N)
+/// is the size of the rotation applied on that side.
+fn sized(
+    g: &Graph,
+    w: &WeightRef,
+    what: &str,
+    k: Option<usize>,
+    n: Option<usize>,
+) -> Result<WeightMatMul> {
+    let m = linear(g, w, what)?;
+    for (side, want, got) in [("K", k, m.k), ("N", n, m.n)] {
+        if want.is_some_and(|want| want != got) {
+            return Err(refuse(format!(
+                "{what} '{}' has {side} = {got}, not the rotated size {}",
+                w.node,
+                want.unwrap_or(0)
+            )));
+        }
+    }
+    Ok(m)
 }
 
 /// A linear layer as a float weight MatMul this pass can rewrite.
@@ -235,7 +260,7 @@ impl Quarot {
                 ("o_proj", &a.o_proj, None),
                 ("down_proj", &mlp.down_proj, h),
             ] {
-                let m = linear(g, w, what)?;
+                let m = sized(g, w, what, rows.map(|h| h.n), Some(d))?;
                 private(g, &m, what, &w.node)?;
                 let mut kn = tensors::read_kn(g, &m)?;
                 if let Some(h) = rows {
@@ -274,7 +299,7 @@ impl Quarot {
         let rotated = rotate_cols(&table, emb.vocab_size, d, q);
         let table_readers = g.value(emb.table_id).uses().len();
         let head = &map.lm_head;
-        let m = linear(g, head, "lm_head")?;
+        let m = sized(g, head, "lm_head", Some(d), None)?;
         let gamma = norm_scale(g, &map.final_norm, d)?;
         if map.tied_lm_head {
             // Rotated rows read back as Qᵀ·Eᵀ: the tie survives only without a scale.
@@ -393,6 +418,16 @@ impl Pass for Quarot {
             .map_err(|e| refuse(format!("not a decoder the map reads: {e}")))?;
         let seed = self.config.seed.unwrap_or(cx.seed);
         let d = map.hidden_size;
+        for (what, n) in [("hidden", d), ("intermediate", map.intermediate_size)] {
+            // Rotations are dense n×n f64 matrices (and the online one a dense
+            // constant in the model).
+            if n > MAX_ORDER {
+                return Err(refuse(format!(
+                    "the {what} size {n} is above {MAX_ORDER}, the largest dense rotation \
+                     this pass builds"
+                )));
+            }
+        }
         let q = randomized_hadamard(d, seed);
         let inter = map.intermediate_size;
         let h = self
