@@ -285,3 +285,48 @@ fn cli_rotate_and_quantize_quarot_rtn() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("quarot combines"));
 }
+
+/// GPTQ and AWQ (text calibration) with and without the rotation first, on the
+/// decomposed form: logits relative L2 vs float on held-out windows.
+#[test]
+fn quarot_gptq_and_awq_against_plain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tokenizer = common::fixtures().join("tokenizer.json");
+    let tok = Tokenizer::from_file(&tokenizer).unwrap();
+    let text = std::fs::read_to_string(common::fixtures().join("sample.txt")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let cut = lines.len() * 2 / 3;
+    let calib = tmp.path().join("calib.txt");
+    std::fs::write(&calib, lines[..cut].join("\n")).unwrap();
+    let held_out = lines[cut..].join("\n");
+    let windows = TextSamples::windows(&tok.encode(&held_out).unwrap(), 4, 48, 99).windows;
+    let path = common::fixtures().join("decoders/decomposed.onnx");
+    let model = onnxq::load(&path).unwrap();
+    for algo in ["gptq", "awq"] {
+        let table = format!(
+            "[[pass]]\nname='{algo}'\nbits=4\nblock-size=32\nsymmetric=true\ncalib-text='{}'\n\
+             tokenizer='{}'\ncalib-samples=8\ncalib-seqlen=64\n",
+            calib.display(),
+            tokenizer.display()
+        );
+        let finish = if algo == "awq" {
+            "[[pass]]\nname='matmul-nbits'\nbits=4\nblock-size=32\nsymmetric=true\n"
+        } else {
+            ""
+        };
+        let (plain, _) = apply(&model, &format!("[recipe]\nname='p'\n{table}{finish}"));
+        let (rot, _) = apply(
+            &model,
+            &format!("[recipe]\nname='q'\n[[pass]]\nname='quarot'\nseed=5\n{table}{finish}"),
+        );
+        assert_eq!(online_rotations(&rot), forms::LAYERS);
+        let p_plain = common::run::save(&plain, tmp.path(), &format!("{algo}.onnx"));
+        let p_rot = common::run::save(&rot, tmp.path(), &format!("quarot-{algo}.onnx"));
+        let e_plain = common::text_logits_error(&path, &p_plain, &windows, RuntimeKind::Ort);
+        let e_rot = common::text_logits_error(&path, &p_rot, &windows, RuntimeKind::Ort);
+        eprintln!(
+            "decomposed: logits rel L2 vs float: {algo} {e_plain:.4}, quarot+{algo} {e_rot:.4}"
+        );
+        assert!(e_rot < 0.5 && e_plain < 0.5, "{algo}: {e_plain} {e_rot}");
+    }
+}
