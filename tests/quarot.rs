@@ -330,3 +330,33 @@ fn quarot_gptq_and_awq_against_plain() {
         assert!(e_rot < 0.5 && e_plain < 0.5, "{algo}: {e_plain} {e_rot}");
     }
 }
+
+/// A final norm without a scale keeps the head tied: it reads the rotated table
+/// (Qᵀ·Eᵀ = (E·Q)ᵀ), nothing is added, and the outputs are unchanged.
+#[test]
+fn unit_final_norm_keeps_the_tie() {
+    let ort = ort();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut model = common::forms::load("decoders/decomposed.onnx");
+    let map = DecoderMap::build(&model.graph).unwrap();
+    assert!(map.tied_lm_head);
+    let w = map.final_norm.weight.clone().unwrap();
+    let g = &mut model.graph;
+    let v = g.find(&w).unwrap();
+    let dims = g.initializer(v).unwrap().dims.clone();
+    let n = dims.iter().product::<i64>() as usize;
+    g.set_initializer(v, onnxq::ir::Tensor::from_f32(&w, dims, &vec![1.0; n]));
+    let (rotated, o) = apply(&model, ROTATE);
+    let notes = o[0].notes.join("\n");
+    assert!(notes.contains("tied lm_head kept"), "{notes}");
+    assert!(!o[0].counters.contains_key("tied embeddings untied"));
+    assert!(DecoderMap::build(&rotated.graph).unwrap().tied_lm_head);
+    let reference = common::run::save(&model, tmp.path(), "unit.onnx");
+    let out = common::run::save(&rotated, tmp.path(), "unit-rot.onnx");
+    let mut rng = Rng::new(9);
+    let ids: Vec<i64> = (0..6).map(|_| rng.token()).collect();
+    let feeds = decoder_feeds(&ids, 1, 2, None, &mut rng);
+    for (name, e) in rel_errors(&run(&ort, &reference, &feeds), &run(&ort, &out, &feeds)) {
+        assert!(e <= 1e-4, "{name}: {e}");
+    }
+}
