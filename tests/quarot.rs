@@ -360,3 +360,21 @@ fn unit_final_norm_keeps_the_tie() {
         assert!(e <= 1e-4, "{name}: {e}");
     }
 }
+
+#[test]
+fn quantized_models_are_refused() {
+    let model = common::forms::load("decoders/genai.onnx");
+    let (q, _) = apply(
+        &model,
+        "[recipe]\nname='q'\n[[pass]]\nname='matmul-nbits'\nbits=4\nblock-size=32\n",
+    );
+    let r = Recipe::parse("t", ROTATE).unwrap();
+    let err = run_pipeline(&mut q.clone(), &r.build().unwrap(), &mut PassCx::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("qkv_proj '")
+            && err.contains("is already quantized (com.microsoft::MatMulNBits)"),
+        "{err}"
+    );
+}
