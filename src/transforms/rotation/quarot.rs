@@ -210,6 +210,20 @@ impl Quarot {
             linears: 0,
         };
         let emb = &map.embedding;
+        // The residual stream is rotated: a model that also outputs it would change.
+        let stream = std::iter::once(emb.output_id).chain(
+            map.layers
+                .iter()
+                .filter_map(|l| g.find(l.residual_in.as_deref()?)),
+        );
+        for v in stream {
+            if g.is_graph_output(v) {
+                return Err(refuse(format!(
+                    "the residual stream value '{}' is a graph output: it would come out rotated",
+                    g.value_name(v)
+                )));
+            }
+        }
         if emb.op != "Gather" {
             return Err(refuse(format!(
                 "embedding '{}' is {}: rotate the float model",
