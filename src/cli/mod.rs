@@ -7,6 +7,7 @@ mod inspect;
 mod lora;
 mod pipeline;
 mod quantize;
+mod rotate;
 mod run;
 mod verify;
 mod verify_gate;
@@ -45,6 +46,10 @@ pub enum Command {
     Quantize(Box<quantize::QuantizeArgs>),
     /// Run a recipe (a shipped name or a TOML file of passes) on a model.
     Apply(apply::ApplyArgs),
+    /// Rotate a decoder (QuaRot): RMS norms fused, a seeded randomized Hadamard
+    /// folded into the weights, an online Hadamard before down_proj. The float
+    /// function is unchanged; int4 weights then lose less.
+    Rotate(rotate::RotateArgs),
     /// Compare two models on the same inputs: max-abs, mean-abs, relative L2, cosine,
     /// SNR and top-1 agreement per output; thresholds set the exit code.
     Verify(verify::VerifyArgs),
@@ -67,6 +72,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Diff(a) => diff::run(&a),
         Command::Quantize(a) => quantize::run(&a),
         Command::Apply(a) => apply::run(&a),
+        Command::Rotate(a) => rotate::run(&a),
         Command::Verify(a) => verify::run(&a),
         Command::Run(a) => run::run(&a),
         Command::Lora(a) => lora::run(&a),

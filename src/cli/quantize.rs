@@ -80,6 +80,40 @@ pub enum QuantTypeArg {
     Fp4,
 }
 
+/// `--algorithm`: an algorithm, optionally after the QuaRot rotation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AlgorithmSpec {
+    pub rotate: bool,
+    pub base: AlgorithmArg,
+}
+
+fn parse_algorithm(s: &str) -> std::result::Result<AlgorithmSpec, String> {
+    let (rotate, base) = match s.split_once(',') {
+        Some((first, rest)) if first.trim().eq_ignore_ascii_case("quarot") => (true, rest.trim()),
+        Some((first, _)) => {
+            return Err(format!(
+                "'{first}' cannot come first: only quarot combines (quarot,rtn, quarot,gptq, \
+                 quarot,awq, quarot,hqq)"
+            ))
+        }
+        None => (false, s.trim()),
+    };
+    let base = <AlgorithmArg as ValueEnum>::from_str(base, true).map_err(|_| {
+        format!("unknown algorithm '{base}' (rtn, hqq, bnb4, dynamic, static, gptq, awq)")
+    })?;
+    if rotate
+        && !matches!(
+            base,
+            AlgorithmArg::Rtn | AlgorithmArg::Hqq | AlgorithmArg::Gptq | AlgorithmArg::Awq
+        )
+    {
+        return Err(format!(
+            "quarot combines with the N-bit weight algorithms (rtn, hqq, gptq, awq), not {s}"
+        ));
+    }
+    Ok(AlgorithmSpec { rotate, base })
+}
+
 /// Quantize MatMul/Gemm weights (and optionally embeddings) to N bits.
 #[derive(clap::Args, Debug)]
 #[command(
@@ -93,8 +127,12 @@ pub struct QuantizeArgs {
     pub input: PathBuf,
     /// Model to write.
     pub output: PathBuf,
-    #[arg(long, value_enum, default_value = "rtn")]
-    pub algorithm: AlgorithmArg,
+    /// rtn, hqq, bnb4, dynamic, static, gptq or awq; `quarot,rtn`, `quarot,gptq`,
+    /// `quarot,awq` (or `quarot,hqq`) first rotate the decoder (QuaRot: norms fused,
+    /// a seeded randomized Hadamard folded into the weights, an online Hadamard
+    /// before down_proj; --seed picks the rotation).
+    #[arg(long, default_value = "rtn", value_parser = parse_algorithm, value_name = "ALGORITHM")]
+    pub algorithm: AlgorithmSpec,
     /// Bits per weight: 2, 4 or 8 (MatMulNBits); 4 or 8 (QDQ).
     #[arg(long)]
     pub bits: Option<u8>,
@@ -207,9 +245,22 @@ pub struct QuantizeArgs {
 }
 
 impl QuantizeArgs {
-    /// The shipped recipe for the algorithm with every flag applied.
+    /// The shipped recipe for the algorithm with every flag applied, after the
+    /// `quarot` pass for `quarot,ALGORITHM`.
     pub fn recipe(&self) -> Result<Recipe> {
-        if matches!(self.algorithm, AlgorithmArg::Gptq | AlgorithmArg::Awq) {
+        let mut r = self.base_recipe()?;
+        if self.algorithm.rotate {
+            let mut t = toml::Table::new();
+            t.insert("name".into(), toml::Value::String("quarot".into()));
+            r.passes.insert(0, t);
+            r.name = format!("quarot+{}", r.name);
+            r.build()?;
+        }
+        Ok(r)
+    }
+
+    fn base_recipe(&self) -> Result<Recipe> {
+        if matches!(self.algorithm.base, AlgorithmArg::Gptq | AlgorithmArg::Awq) {
             return self.gptq_recipe();
         }
         if let Some(flag) = self.gptq_only_flag() {
@@ -219,7 +270,7 @@ impl QuantizeArgs {
                 if text { "|static" } else { "" }
             )));
         }
-        if self.algorithm == AlgorithmArg::Static {
+        if self.algorithm.base == AlgorithmArg::Static {
             let mut r = self.int8_recipe()?;
             if let Some(n) = self.calib_samples {
                 r.set("calib-samples", toml::Value::Integer(n as i64));
@@ -227,7 +278,7 @@ impl QuantizeArgs {
             }
             return Ok(r);
         }
-        if matches!(self.algorithm, AlgorithmArg::Dynamic) {
+        if matches!(self.algorithm.base, AlgorithmArg::Dynamic) {
             return self.int8_recipe();
         }
         if let Some(flag) = self.int8_only_flag() {
@@ -245,7 +296,7 @@ impl QuantizeArgs {
             }
             Some(f) => f,
         };
-        let name = match (self.algorithm, format) {
+        let name = match (self.algorithm.base, format) {
             (AlgorithmArg::Rtn, FormatArg::Matmulnbits) => "int4-rtn",
             (AlgorithmArg::Rtn, _) => "int4-rtn-qdq",
             (AlgorithmArg::Hqq, _) => "int4-hqq",
@@ -265,14 +316,14 @@ impl QuantizeArgs {
         if let Some(a) = self.accuracy_level {
             r.set("accuracy-level", V::Integer(a));
         }
-        if self.algorithm != AlgorithmArg::Bnb4 {
+        if self.algorithm.base != AlgorithmArg::Bnb4 {
             let f = match format {
                 FormatArg::Matmulnbits => "matmulnbits",
                 _ => "qdq",
             };
             r.set("format", V::String(f.into()));
         }
-        if self.algorithm == AlgorithmArg::Bnb4 {
+        if self.algorithm.base == AlgorithmArg::Bnb4 {
             let q = match self.quant_type {
                 QuantTypeArg::Nf4 => "nf4",
                 QuantTypeArg::Fp4 => "fp4",
@@ -339,7 +390,7 @@ impl QuantizeArgs {
     /// A flag only GPTQ/AWQ (and, for the text calibration ones, static) take, if
     /// given.
     fn gptq_only_flag(&self) -> Option<&'static str> {
-        let not_static = self.algorithm != AlgorithmArg::Static;
+        let not_static = self.algorithm.base != AlgorithmArg::Static;
         [
             (self.calib_text.is_some() && not_static, "--calib-text"),
             (self.tokenizer.is_some() && not_static, "--tokenizer"),
@@ -387,7 +438,7 @@ impl QuantizeArgs {
                 )));
             }
         }
-        let awq = self.algorithm == AlgorithmArg::Awq;
+        let awq = self.algorithm.base == AlgorithmArg::Awq;
         if awq {
             for (set, flag) in [
                 (self.act_order.is_some(), "--act-order"),
@@ -504,7 +555,7 @@ impl QuantizeArgs {
                 "{flag} applies to the weight-only algorithms (rtn, hqq, bnb4)"
             )));
         }
-        let is_static = self.algorithm == AlgorithmArg::Static;
+        let is_static = self.algorithm.base == AlgorithmArg::Static;
         let name =
             if is_static {
                 match self.format {

@@ -138,8 +138,12 @@ pub fn weight_ref(g: &Graph, node: NodeId) -> Result<WeightRef, String> {
 
 /// Whether `node` multiplies by a matrix at all (constant or not): the forward
 /// searches stop there, as a path through one is no longer the same tensor.
+/// An online rotation (QuaRot) is walked through: it rotates the same tensor.
 pub fn is_matmul_like(g: &Graph, node: NodeId) -> bool {
     let n = g.node(node);
+    if crate::rewrite::matchers::is_online_rotation(g, node) {
+        return false;
+    }
     n.is("", "MatMul")
         || n.is("", "Gemm")
         || n.is("com.microsoft", "MatMulNBits")

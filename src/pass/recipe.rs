@@ -47,6 +47,7 @@ pub const SHIPPED: &[(&str, &str)] = &[
     ("int4-hqq", include_str!("../../passes/int4-hqq.toml")),
     ("gptq-int4", include_str!("../../passes/gptq-int4.toml")),
     ("awq-int4", include_str!("../../passes/awq-int4.toml")),
+    ("quarot-int4", include_str!("../../passes/quarot-int4.toml")),
     (
         "int4-rtn-qdq",
         include_str!("../../passes/int4-rtn-qdq.toml"),

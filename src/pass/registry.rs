@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::transforms::calibrated::{awq, gptq};
 use crate::transforms::cleanup::RemoveDead;
 use crate::transforms::int8::{dynamic, qoperator, smooth_quant, static_qdq};
+use crate::transforms::rotation::quarot;
 use crate::transforms::weight_only::{bnb4, gather, matmul_nbits as weight_only, tied};
 
 /// (name, config keys, what it does).
@@ -24,6 +25,11 @@ pub const PASSES: &[(&str, &[&str], &str)] = &[
         "awq",
         awq::AWQ_KEYS,
         "activation-aware per-channel weight scaling before N-bit quantization (AWQ), folded into the producer",
+    ),
+    (
+        "quarot",
+        quarot::QUAROT_KEYS,
+        "rotate a decoder's residual stream by a seeded randomized Hadamard (QuaRot): norms fused, rotations folded into the weights, an online Hadamard before down_proj; the float function is unchanged",
     ),
     (
         "tied-embedding",
@@ -79,6 +85,7 @@ pub fn build(name: &str, table: toml::Table) -> Result<Box<dyn Pass>> {
         "matmul-nbits" => Box::new(weight_only::WeightOnly::new(config(table)?)?),
         "gptq" => Box::new(gptq::Gptq::new(config(table)?)?),
         "awq" => Box::new(awq::Awq::new(config(table)?)?),
+        "quarot" => Box::new(quarot::Quarot::new(config(table)?)?),
         "gather-block-quantized" => Box::new(gather::GatherBlockQuantized::new(config(table)?)?),
         "tied-embedding" => Box::new(tied::TiedEmbedding::new(config(table)?)?),
         "bnb4" => Box::new(bnb4::Bnb4::new(config(table)?)?),

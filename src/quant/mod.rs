@@ -43,10 +43,12 @@
 //! - [`gptq`]: GPTQ (second-order error feedback; needs `H = XᵀX`, so not a
 //!   per-block [`nbits::BlockSolver`]); [`linalg`]: its Cholesky helpers.
 //! - [`awq`]: AWQ's per-channel scale search (RTN of the scaled weights).
+//! - [`hadamard`]: Hadamard and random orthogonal rotations (QuaRot), in f64.
 pub mod awq;
 pub mod bnb4;
 pub mod convert;
 pub mod gptq;
+pub mod hadamard;
 pub mod hqq;
 pub mod int8;
 pub mod linalg;

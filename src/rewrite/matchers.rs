@@ -66,9 +66,25 @@ pub struct WeightMatMul {
     pub dtype: DType,
 }
 
+/// Node metadata key marking a MatMul by a constant rotation inserted into the
+/// activations (QuaRot's online Hadamard): not a linear layer of the model, so it is
+/// neither quantized nor mapped as a projection.
+pub const ONLINE_ROTATION_KEY: &str = "onnxq.online-rotation";
+
+/// Whether `node` is an online rotation (see [`ONLINE_ROTATION_KEY`]).
+pub fn is_online_rotation(g: &Graph, node: NodeId) -> bool {
+    g.node(node)
+        .metadata_props
+        .iter()
+        .any(|(k, _)| k == ONLINE_ROTATION_KEY)
+}
+
 /// Matches `node` as a weight MatMul, or says why not.
 pub fn weight_matmul(g: &Graph, node: NodeId) -> Result<WeightMatMul, String> {
     let n = g.node(node);
+    if is_online_rotation(g, node) {
+        return Err("an online rotation of the activations (kept float)".into());
+    }
     let is_gemm = n.is("", "Gemm");
     if !(n.is("", "MatMul") || is_gemm) {
         return Err(format!("{} is not MatMul or Gemm", n.op_type));

@@ -6,4 +6,5 @@ pub mod cleanup;
 pub mod common;
 pub mod int8;
 pub mod lora;
+pub mod rotation;
 pub mod weight_only;

@@ -1,0 +1,497 @@
+//! QuaRot on a decoder mapped by `crate::llm` (float weights, RMS norms):
+//!
+//! 1. every RMS norm's scale γ is fused into the rows of the projections reading it
+//!    (`W ← diag(γ)·W`) and set to 1 — fused (RMSNormalization,
+//!    SimplifiedLayerNormalization, SkipSimplifiedLayerNormalization) and decomposed
+//!    norms; LayerNorm (mean-centering) is refused: it does not commute with Q;
+//! 2. the residual stream is rotated by a seeded randomized Hadamard Q
+//!    (`H·diag(±1)/√d`): embedding rows `E·Q`; q/k/v/gate/up and lm_head `Qᵀ·W`;
+//!    o_proj and down_proj (and their biases) `W·Q`. RMS norms of `x·Q` are the norms
+//!    of x rotated, so the float function is unchanged. A tied lm_head whose final
+//!    norm has a scale gets its own table (the note says how many bytes);
+//! 3. before each down_proj, the activations are multiplied online by a Hadamard
+//!    rotation H (a MatMul by a constant, marked so quantizers leave it float) and
+//!    `Hᵀ` is folded into down_proj's rows.
+//!
+//! Orders that are not powers of two use a Paley matrix ⊗ a Sylvester matrix
+//! (`crate::quant::hadamard`); where none is constructed, a seeded random orthogonal
+//! matrix, and the notes say which. Rotation products run in f64.
+use serde::Deserialize;
+
+use super::tensors::{self, Edit};
+use crate::error::{Error, Result};
+use crate::ir::{Graph, Model, NodeSpec, ValueId};
+use crate::llm::{DecoderMap, NormKind, NormMap, WeightLayout, WeightRef};
+use crate::quant::hadamard::Rotation;
+use crate::quant::hadamard::{normalized_hadamard, randomized_hadamard, rotate_cols, rotate_rows};
+use crate::rewrite::matchers::{constant, weight_matmul, WeightMatMul, ONLINE_ROTATION_KEY};
+use crate::rewrite::{Pass, PassCx, PassOutcome, PASS_KEY};
+use crate::transforms::common::scale_fold::weight_private;
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct QuarotConfig {
+    /// Seed of the rotation's random signs (default: the pipeline seed).
+    pub seed: Option<u64>,
+    /// Insert the online Hadamard rotation before each down_proj.
+    pub online_hadamard: bool,
+}
+
+impl Default for QuarotConfig {
+    fn default() -> Self {
+        QuarotConfig {
+            seed: None,
+            online_hadamard: true,
+        }
+    }
+}
+
+pub const QUAROT_KEYS: &[&str] = &["seed", "online-hadamard"];
+
+const NAME: &str = "quarot";
+
+/// Largest rotation order (a 16384² f64 matrix is 2 GiB).
+const MAX_ORDER: usize = 16384;
+
+pub struct Quarot {
+    pub config: QuarotConfig,
+}
+
+fn refuse(reason: impl Into<String>) -> Error {
+    Error::invalid(format!("quarot: {}", reason.into()))
+}
+
+/// The norm's scale γ as a [d] vector (ones when it has none), after checking the
+/// norm is an RMS norm over the last axis.
+fn norm_scale(g: &Graph, norm: &NormMap, d: usize) -> Result<Vec<f64>> {
+    match norm.kind {
+        NormKind::LayerNormalization | NormKind::SkipLayerNormalization => {
+            return Err(refuse(format!(
+                "norm '{}' is a {:?} (it subtracts the mean): a rotated residual stream \
+                 needs RMS norms, whose output commutes with the rotation",
+                norm.node, norm.kind
+            )))
+        }
+        NormKind::SkipSimplifiedLayerNormalization => {
+            let node = g.node(norm.node_id);
+            if node.input(3).is_some() {
+                return Err(refuse(format!(
+                    "Skip norm '{}' adds a bias to the residual stream (not rotated)",
+                    norm.node
+                )));
+            }
+        }
+        NormKind::RmsNormalization
+        | NormKind::SimplifiedLayerNormalization
+        | NormKind::DecomposedRms => {}
+    }
+    let node = g.node(norm.node_id);
+    if norm.kind != NormKind::DecomposedRms && node.attr_int("axis").is_some_and(|a| a != -1) {
+        return Err(refuse(format!(
+            "norm '{}' normalizes over axis {:?}, not the last one",
+            norm.node,
+            node.attr_int("axis")
+        )));
+    }
+    let Some(w) = &norm.weight else {
+        return Ok(vec![1.0; d]);
+    };
+    let v = g
+        .find(w)
+        .ok_or_else(|| refuse(format!("norm '{}': no value '{w}'", norm.node)))?;
+    let gamma =
+        tensors::read(g, v).map_err(|e| refuse(format!("norm '{}' scale: {e}", norm.node)))?;
+    if gamma.len() != d {
+        return Err(refuse(format!(
+            "norm '{}' scale '{w}' has {} elements, not the hidden size {d}",
+            norm.node,
+            gamma.len()
+        )));
+    }
+    Ok(gamma)
+}
+
+/// The scale constant of a norm, to be set to ones.
+fn ones_for(g: &Graph, norm: &NormMap) -> Result<Option<Edit>> {
+    let Some(w) = &norm.weight else {
+        return Ok(None);
+    };
+    let v = g
+        .find(w)
+        .ok_or_else(|| refuse(format!("norm '{}': no value '{w}'", norm.node)))?;
+    let n = tensors::read(g, v)?.len();
+    tensors::replace(g, v, &vec![1.0; n]).map(Some)
+}
+
+/// A linear layer as a float weight MatMul this pass can rewrite, whose K (or N)
+/// is the size of the rotation applied on that side.
+fn sized(
+    g: &Graph,
+    w: &WeightRef,
+    what: &str,
+    k: Option<usize>,
+    n: Option<usize>,
+) -> Result<WeightMatMul> {
+    let m = linear(g, w, what)?;
+    for (side, want, got) in [("K", k, m.k), ("N", n, m.n)] {
+        if want.is_some_and(|want| want != got) {
+            return Err(refuse(format!(
+                "{what} '{}' has {side} = {got}, not the rotated size {}",
+                w.node,
+                want.unwrap_or(0)
+            )));
+        }
+    }
+    Ok(m)
+}
+
+/// A linear layer as a float weight MatMul this pass can rewrite.
+fn linear(g: &Graph, w: &WeightRef, what: &str) -> Result<WeightMatMul> {
+    if matches!(
+        w.layout,
+        WeightLayout::MatMulNBits | WeightLayout::MatMulBnb4
+    ) {
+        return Err(refuse(format!(
+            "{what} '{}' is already quantized ({}): rotate the float model",
+            w.node, w.op
+        )));
+    }
+    weight_matmul(g, w.node_id).map_err(|why| refuse(format!("{what} '{}': {why}", w.node)))
+}
+
+fn private(g: &Graph, m: &WeightMatMul, what: &str, node: &str) -> Result<()> {
+    if weight_private(g, m) {
+        Ok(())
+    } else {
+        Err(refuse(format!(
+            "{what} '{node}' shares its weight '{}' with other nodes",
+            g.value_name(m.weight)
+        )))
+    }
+}
+
+fn scale_rows(w: &mut [f64], n: usize, gamma: &[f64]) {
+    for (row, s) in w.chunks_mut(n.max(1)).zip(gamma) {
+        row.iter_mut().for_each(|x| *x *= s);
+    }
+}
+
+/// Everything the pass computes before it changes the graph.
+struct Plan {
+    edits: Vec<Edit>,
+    /// down_proj nodes that get `MatMul(x, H)` in front.
+    online: Vec<crate::ir::NodeId>,
+    /// Tied lm_head untied: its new [K, N] weight.
+    untied_head: Option<crate::ir::Tensor>,
+    notes: Vec<String>,
+    norms: u64,
+    linears: u64,
+}
+
+impl Quarot {
+    pub fn new(config: QuarotConfig) -> Result<Self> {
+        Ok(Quarot { config })
+    }
+
+    fn plan(
+        &self,
+        g: &Graph,
+        map: &DecoderMap,
+        q: &Rotation,
+        h: Option<&Rotation>,
+    ) -> Result<Plan> {
+        let d = map.hidden_size;
+        let mut plan = Plan {
+            edits: Vec::new(),
+            online: Vec::new(),
+            untied_head: None,
+            notes: Vec::new(),
+            norms: 0,
+            linears: 0,
+        };
+        let emb = &map.embedding;
+        // The residual stream is rotated: a model that also outputs it would change.
+        let stream = std::iter::once(emb.output_id).chain(
+            map.layers
+                .iter()
+                .filter_map(|l| g.find(l.residual_in.as_deref()?)),
+        );
+        for v in stream {
+            if g.is_graph_output(v) {
+                return Err(refuse(format!(
+                    "the residual stream value '{}' is a graph output: it would come out rotated",
+                    g.value_name(v)
+                )));
+            }
+        }
+        if emb.op != "Gather" {
+            return Err(refuse(format!(
+                "embedding '{}' is {}: rotate the float model",
+                emb.node, emb.op
+            )));
+        }
+        // Input side: q/k/v, gate/up, lm_head read a norm's output.
+        let input_side =
+            |norm: &NormMap, ws: Vec<(&str, &WeightRef)>, plan: &mut Plan| -> Result<()> {
+                let gamma = norm_scale(g, norm, d)?;
+                for (what, w) in ws {
+                    let m = linear(g, w, what)?;
+                    private(g, &m, what, &w.node)?;
+                    let mut kn = tensors::read_kn(g, &m)?;
+                    scale_rows(&mut kn, m.n, &gamma);
+                    let r = rotate_rows(&kn, m.k, m.n, q);
+                    plan.edits.push(tensors::replace_kn(g, &m, &r)?);
+                    plan.linears += 1;
+                }
+                plan.edits.extend(ones_for(g, norm)?);
+                plan.norms += 1;
+                Ok(())
+            };
+        for l in &map.layers {
+            let a = &l.attention;
+            let qkv: Vec<_> = [
+                ("q_proj", &a.q_proj),
+                ("k_proj", &a.k_proj),
+                ("v_proj", &a.v_proj),
+                ("qkv_proj", &a.qkv_proj),
+            ]
+            .into_iter()
+            .filter_map(|(what, w)| w.as_ref().map(|w| (what, w)))
+            .collect();
+            input_side(&l.input_norm, qkv, &mut plan)?;
+            let mlp = &l.mlp;
+            let ffn: Vec<_> = [
+                ("gate_proj", &mlp.gate_proj),
+                ("up_proj", &mlp.up_proj),
+                ("gate_up_proj", &mlp.gate_up_proj),
+            ]
+            .into_iter()
+            .filter_map(|(what, w)| w.as_ref().map(|w| (what, w)))
+            .collect();
+            input_side(&l.post_attention_norm, ffn, &mut plan)?;
+            // Output side: o_proj and down_proj write into the residual stream.
+            for (what, w, rows) in [
+                ("o_proj", &a.o_proj, None),
+                ("down_proj", &mlp.down_proj, h),
+            ] {
+                let m = sized(g, w, what, rows.map(|h| h.n), Some(d))?;
+                private(g, &m, what, &w.node)?;
+                let mut kn = tensors::read_kn(g, &m)?;
+                if let Some(h) = rows {
+                    kn = rotate_rows(&kn, m.k, m.n, h);
+                    plan.online.push(w.node_id);
+                }
+                let r = rotate_cols(&kn, m.k, m.n, q);
+                plan.edits.push(tensors::replace_kn(g, &m, &r)?);
+                plan.linears += 1;
+                if let Some(b) = &w.bias {
+                    let v = g
+                        .find(b)
+                        .ok_or_else(|| refuse(format!("{what} '{}': no bias '{b}'", w.node)))?;
+                    let bias = tensors::read(g, v)?;
+                    if bias.len() != d || g.value(v).uses().len() != 1 {
+                        return Err(refuse(format!(
+                            "{what} '{}': bias '{b}' is not a private [{d}] constant",
+                            w.node
+                        )));
+                    }
+                    plan.edits
+                        .push(tensors::replace(g, v, &rotate_cols(&bias, 1, d, q))?);
+                }
+            }
+        }
+        // The embedding rows, then the head (which may read the same table).
+        let table = tensors::read(g, emb.table_id)?;
+        if table.len() != emb.vocab_size * d {
+            return Err(refuse(format!(
+                "embedding table '{}' has {} elements, not {} x {d}",
+                emb.table,
+                table.len(),
+                emb.vocab_size
+            )));
+        }
+        let rotated = rotate_cols(&table, emb.vocab_size, d, q);
+        let table_readers = g.value(emb.table_id).uses().len();
+        let head = &map.lm_head;
+        let m = sized(g, head, "lm_head", Some(d), None)?;
+        let gamma = norm_scale(g, &map.final_norm, d)?;
+        if map.tied_lm_head {
+            // Rotated rows read back as Qᵀ·Eᵀ: the tie survives only without a scale.
+            if gamma.iter().all(|&x| x == 1.0) {
+                plan.notes.push(format!(
+                    "tied lm_head kept: the final norm has no scale, so the head reads the \
+                     rotated table '{}'",
+                    emb.table
+                ));
+            } else {
+                let mut kn = tensors::transpose(&table, emb.vocab_size, d);
+                scale_rows(&mut kn, m.n, &gamma);
+                let r = rotate_rows(&kn, d, m.n, q);
+                let (_, like) = constant(g, emb.table_id).ok_or_else(|| {
+                    refuse(format!("embedding table '{}' is not a constant", emb.table))
+                })?;
+                let name = g.fresh_name(&format!("{}.quarot_lm_head", emb.table));
+                let t = tensors::new_tensor(&name, like, vec![d as i64, m.n as i64], &r);
+                plan.notes.push(format!(
+                    "tied embedding untied: the final norm's scale is folded into the head, \
+                     so lm_head '{}' reads its own rotated [{d}, {}] {} table '{name}' (+{} \
+                     bytes)",
+                    head.node,
+                    m.n,
+                    like.dtype(),
+                    t.stored_len()
+                ));
+                plan.untied_head = Some(t);
+            }
+            plan.linears += 1;
+        } else {
+            private(g, &m, "lm_head", &head.node)?;
+            let mut kn = tensors::read_kn(g, &m)?;
+            scale_rows(&mut kn, m.n, &gamma);
+            let r = rotate_rows(&kn, m.k, m.n, q);
+            plan.edits.push(tensors::replace_kn(g, &m, &r)?);
+            plan.linears += 1;
+        }
+        if table_readers != 1 && !map.tied_lm_head {
+            return Err(refuse(format!(
+                "embedding table '{}' is read by {table_readers} nodes",
+                emb.table
+            )));
+        }
+        plan.edits
+            .push(tensors::replace(g, emb.table_id, &rotated)?);
+        plan.edits.extend(ones_for(g, &map.final_norm)?);
+        plan.norms += 1;
+        Ok(plan)
+    }
+}
+
+/// Points the tied lm_head at its own [K, N] weight, dropping a Transpose nothing
+/// else reads.
+fn untie_head(g: &mut Graph, head: &WeightRef, t: crate::ir::Tensor) -> Result<()> {
+    let m = weight_matmul(g, head.node_id).map_err(|why| refuse(format!("lm_head: {why}")))?;
+    let v = g.add_initializer(t)?;
+    if m.transposed && m.transpose.is_none() {
+        // Gemm transB=1 reads [N, K]: store the new table that way round.
+        let (_, t) = constant(g, v).ok_or_else(|| refuse("lm_head table vanished"))?;
+        let kn = tensors::read(g, v)?;
+        let nk = tensors::transpose(&kn, m.k, m.n);
+        let like = t.clone();
+        let t = tensors::new_tensor(like.name(), &like, vec![m.n as i64, m.k as i64], &nk);
+        g.set_initializer(v, t);
+    }
+    g.set_input(head.node_id, 1, Some(v));
+    if let Some(tr) = m.transpose {
+        let out = g.node(tr).output(0);
+        if out.is_some_and(|o| g.value(o).uses().is_empty() && !g.is_graph_output(o)) {
+            g.remove_node(tr)?;
+        }
+    }
+    Ok(())
+}
+
+/// `MatMul(x, H)` in front of `down`, with H shared per size.
+fn insert_online(g: &mut Graph, down: crate::ir::NodeId, h: &Rotation, hv: ValueId) -> Result<()> {
+    let x = g
+        .node(down)
+        .input(0)
+        .ok_or_else(|| refuse(format!("down_proj '{}' has no input", g.node(down).name())))?;
+    let base = if g.node(down).name().is_empty() {
+        "down_proj".to_string()
+    } else {
+        g.node(down).name().to_string()
+    };
+    let name = g.fresh_node_name(&format!("{base}/online_hadamard"));
+    let out = g.fresh_name(&format!("{base}/online_hadamard_output"));
+    let id = g.add_node(
+        NodeSpec::new("", "MatMul")
+            .name(name)
+            .input(x)
+            .input(hv)
+            .output(out)
+            .meta(PASS_KEY, NAME)
+            .meta(ONLINE_ROTATION_KEY, &h.kind),
+    )?;
+    let y = g
+        .node(id)
+        .output(0)
+        .ok_or_else(|| refuse("online rotation without output"))?;
+    g.set_input(down, 0, Some(y));
+    Ok(())
+}
+
+impl Pass for Quarot {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn run(&self, model: &mut Model, cx: &mut PassCx) -> Result<PassOutcome> {
+        let mut outcome = PassOutcome::new(NAME);
+        let g = &model.graph;
+        let map = DecoderMap::build(g)
+            .map_err(|e| refuse(format!("not a decoder the map reads: {e}")))?;
+        let seed = self.config.seed.unwrap_or(cx.seed);
+        let d = map.hidden_size;
+        for (what, n) in [("hidden", d), ("intermediate", map.intermediate_size)] {
+            // Rotations are dense n×n f64 matrices (and the online one a dense
+            // constant in the model).
+            if n > MAX_ORDER {
+                return Err(refuse(format!(
+                    "the {what} size {n} is above {MAX_ORDER}, the largest dense rotation \
+                     this pass builds"
+                )));
+            }
+        }
+        let q = randomized_hadamard(d, seed);
+        let inter = map.intermediate_size;
+        let h = self
+            .config
+            .online_hadamard
+            .then(|| normalized_hadamard(inter, seed ^ 0x4f4e_4c49_4e45));
+        let plan = self.plan(g, &map, &q, h.as_ref())?;
+        // The online rotation's constant has the down projections' float type.
+        let h_tensor = match (&h, plan.online.first()) {
+            (Some(h), Some(&down)) => {
+                let m =
+                    weight_matmul(g, down).map_err(|why| refuse(format!("down_proj: {why}")))?;
+                let (_, like) = constant(g, m.weight).ok_or_else(|| refuse("down_proj weight"))?;
+                let name = g.fresh_name(&format!("quarot.online_hadamard.{inter}"));
+                Some(tensors::new_tensor(
+                    &name,
+                    like,
+                    vec![inter as i64; 2],
+                    &h.m,
+                ))
+            }
+            _ => None,
+        };
+        outcome
+            .notes
+            .push(format!("residual rotation ({d}): {} (seed {seed})", q.kind));
+        if let Some(h) = &h {
+            outcome.notes.push(format!(
+                "online rotation before down_proj ({inter}): {}",
+                h.kind
+            ));
+        }
+        outcome.notes.extend(plan.notes);
+        let g = &mut model.graph;
+        tensors::apply(g, plan.edits);
+        if let Some(t) = plan.untied_head {
+            untie_head(g, &map.lm_head, t)?;
+            outcome.count("tied embeddings untied", 1);
+        }
+        if let (Some(h), Some(t)) = (&h, h_tensor) {
+            let hv = g.add_initializer(t)?;
+            for &down in &plan.online {
+                insert_online(g, down, h, hv)?;
+            }
+            outcome.count("online hadamards", plan.online.len() as u64);
+        }
+        outcome.count("norms fused", plan.norms);
+        outcome.count("linears rotated", plan.linears);
+        outcome.count("embeddings rotated", 1);
+        outcome.changed = true;
+        Ok(outcome)
+    }
+}
