@@ -229,14 +229,42 @@ fn olive_and_onnxruntime_names_mean_the_same_as_ours() {
     same_output(
         &m,
         d,
-        &["--algorithm", "dynamic", "--precision", "uint8"],
-        &["--algorithm", "dynamic", "--weight-type", "uint8"],
+        &[
+            "--algorithm",
+            "dynamic",
+            "--activations",
+            "per-tensor",
+            "--precision",
+            "uint8",
+        ],
+        &[
+            "--algorithm",
+            "dynamic",
+            "--activations",
+            "per-tensor",
+            "--weight-type",
+            "uint8",
+        ],
     );
     same_output(
         &m,
         d,
-        &["--algorithm", "dynamic", "--is-symmetric", "false"],
-        &["--algorithm", "dynamic", "--weight-type", "uint8"],
+        &[
+            "--algorithm",
+            "dynamic",
+            "--activations",
+            "per-tensor",
+            "--is-symmetric",
+            "false",
+        ],
+        &[
+            "--algorithm",
+            "dynamic",
+            "--activations",
+            "per-tensor",
+            "--weight-type",
+            "uint8",
+        ],
     );
 }
 
