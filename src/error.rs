@@ -36,6 +36,13 @@ pub enum Error {
     Recipe { recipe: String, reason: String },
     #[error("{0}")]
     Invalid(String),
+    /// The command line asked for something inconsistent or unknown (exit code 2).
+    #[error("{0}")]
+    Usage(String),
+    /// A check the user asked for failed (a verify threshold, `--fail-if-unchanged`):
+    /// exit code 3.
+    #[error("{0}")]
+    CheckFailed(String),
     /// The reference model of a comparison cannot run: nothing is known about the
     /// candidate.
     #[error("{0}")]
@@ -80,4 +87,30 @@ impl Error {
     pub fn invalid(reason: impl Into<String>) -> Self {
         Error::Invalid(reason.into())
     }
+
+    /// This error, reclassified as a usage error (bad flags, unknown names).
+    pub fn into_usage(self) -> Self {
+        match self {
+            Error::Usage(_) => self,
+            e => Error::Usage(e.to_string()),
+        }
+    }
+}
+
+/// The closest of `candidates` to `word` when it is close enough to be a typo:
+/// feeds "did you mean" hints.
+pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::jaro(word, c), c))
+        .filter(|(score, _)| *score > 0.7)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+/// ` (did you mean 'x'?)`, or nothing.
+pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    closest(word, candidates)
+        .map(|c| format!(" (did you mean '{c}'?)"))
+        .unwrap_or_default()
 }

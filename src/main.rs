@@ -11,7 +11,7 @@ fn main() {
                 eprintln!("  caused by: {s}");
                 source = s.source();
             }
-            std::process::exit(1);
+            std::process::exit(onnxq::cli::exit::code_for(&e));
         }
     }
 }

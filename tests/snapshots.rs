@@ -81,3 +81,38 @@ fn without_values(diff: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// `onnxq diff --format text` of the tiny model and its int4 copy: one line per
+/// added, removed or changed item, stable across runs and machines (RTN is exact
+/// integer arithmetic on the same floats).
+#[test]
+fn diff_text_of_a_model_and_its_int4_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::build::mlp(true);
+    let a = common::run::save(&model, tmp.path(), "a.onnx");
+    let b = tmp.path().join("b.onnx");
+    let o = std::process::Command::new(common::onnxq_bin())
+        .args([
+            "quantize",
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            "--no-verify",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = std::process::Command::new(common::onnxq_bin())
+        .args([
+            "diff",
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            "--format",
+            "text",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(!text.contains(tmp.path().to_str().unwrap()));
+    insta::assert_snapshot!("diff_text_int4_rtn", text);
+}

@@ -311,20 +311,20 @@ fn thresholds_gate_the_exit_code() {
     let tight = format!("{}", e.rel_l2 * 0.9);
     let loose = format!("{}", e.rel_l2 * 1.1);
     let o = with(&["--max-rel-l2", &tight]);
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(3));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("output 'y': rel-l2"), "{err}");
     assert_eq!(with(&["--max-rel-l2", &loose]).status.code(), Some(0));
 
-    assert_eq!(with(&["--max-abs", "0.49"]).status.code(), Some(2));
+    assert_eq!(with(&["--max-abs", "0.49"]).status.code(), Some(3));
     assert_eq!(with(&["--max-abs", "0.5"]).status.code(), Some(0));
     let snr = format!("{}", e.snr_db + 0.1);
-    assert_eq!(with(&["--min-snr-db", &snr]).status.code(), Some(2));
+    assert_eq!(with(&["--min-snr-db", &snr]).status.code(), Some(3));
     let cos = format!("{}", e.cosine + (1.0 - e.cosine) / 2.0);
-    assert_eq!(with(&["--min-cosine", &cos]).status.code(), Some(2));
+    assert_eq!(with(&["--min-cosine", &cos]).status.code(), Some(3));
 
     let o = with(&["--json", "--max-abs", "0.1"]);
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(3));
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j["passed"], false);
     assert_eq!(j["violations"][0]["metric"], "max-abs");

@@ -84,7 +84,7 @@ impl Hessian {
     /// Adds the rows of `x` (row-major, row length `k`). Non-finite rows are skipped
     /// and counted in the return value.
     ///
-    /// Rows go through an f32 GEMM in batches of at most [`ROWS_PER_GEMM`] (short
+    /// Rows go through an f32 GEMM in batches of at most `ROWS_PER_GEMM` (short
     /// enough sums for f32), and each batch's product is added to the f64 total.
     /// The work split is fixed, so the result does not depend on the thread count.
     pub fn add(&mut self, x: &[f32]) -> usize {

@@ -19,6 +19,6 @@ pub struct ApplyArgs {
 
 pub fn run(args: &ApplyArgs) -> Result<i32> {
     // Validated completely before the model is loaded.
-    let recipe = Recipe::load(&args.recipe)?;
+    let recipe = Recipe::load(&args.recipe).map_err(crate::Error::into_usage)?;
     pipeline::run(&recipe, &args.input, &args.output, &args.pipeline)
 }

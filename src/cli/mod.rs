@@ -1,12 +1,15 @@
 //! Command-line front end: argument plumbing only; the work is in the library.
 mod apply;
+mod completions;
 mod convert;
 mod diff;
 mod eval;
 mod inspect;
+pub mod log;
 mod lora;
 mod pipeline;
 mod quantize;
+mod report;
 mod rotate;
 mod run;
 mod verify;
@@ -19,13 +22,47 @@ use clap::{Parser, Subcommand};
 
 use crate::error::Result;
 
+/// Process exit codes, the same for every subcommand.
+pub mod exit {
+    /// Success (also: nothing matched and an unchanged copy was written).
+    pub const SUCCESS: i32 = 0;
+    /// Any other error: unreadable model, a pass refused it, I/O.
+    pub const ERROR: i32 = 1;
+    /// Usage error: unknown or inconsistent flags, recipe or algorithm names.
+    pub const USAGE: i32 = 2;
+    /// A check the user asked for failed: a verify threshold, `--fail-if-unchanged`.
+    pub const CHECK_FAILED: i32 = 3;
+
+    /// The exit code of a command that failed with `e`.
+    pub fn code_for(e: &crate::error::Error) -> i32 {
+        match e {
+            crate::error::Error::Usage(_) => USAGE,
+            crate::error::Error::CheckFailed(_) => CHECK_FAILED,
+            _ => ERROR,
+        }
+    }
+}
+
+const EXIT_CODES: &str = "Exit codes: 0 success (also when nothing matched: an unchanged copy is \
+written), 1 error, 2 usage error (unknown or inconsistent flags or names), 3 a check failed (a \
+verify threshold such as --max-abs, or --fail-if-unchanged).";
+
 /// onnxq: ONNX in, smaller and faster ONNX out.
 ///
 /// Quantizes ONNX models for ONNX Runtime on a CPU, in one streaming pass, and checks
 /// every rewrite numerically (tract embedded; ONNX Runtime when installed).
 #[derive(Parser, Debug)]
-#[command(name = "onnxq", version, about, long_about)]
+#[command(name = "onnxq", version, about, long_about, after_help = EXIT_CODES)]
 pub struct Cli {
+    /// How much to say on stderr: error, warn, info or debug (= --explain).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "info",
+        value_name = "LEVEL"
+    )]
+    pub log_level: log::Level,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -62,10 +99,15 @@ pub enum Command {
     /// Perplexity of a decoder on a text in sliding windows; with --reference also
     /// the KL divergence, top-1 and greedy-generation agreement with another model.
     Eval(eval::EvalArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Print the man page, or write one per subcommand with --out DIR.
+    Man(completions::ManArgs),
 }
 
 /// Runs the CLI; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
+    log::set(cli.log_level);
     match cli.command {
         Command::Inspect(a) => inspect::run(&a),
         Command::Convert(a) => convert::run(&a),
@@ -77,5 +119,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Run(a) => run::run(&a),
         Command::Lora(a) => lora::run(&a),
         Command::Eval(a) => eval::run(&a),
+        Command::Completions(a) => completions::completions(&a),
+        Command::Man(a) => completions::man(&a),
     }
 }

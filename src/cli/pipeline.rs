@@ -6,6 +6,8 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::convert::LayoutArgs;
+use super::log::{self, Level};
+use super::report::{self, NodeReport};
 use crate::error::{Error, Result};
 use crate::pass::{recipe::Recipe, run_pipeline_with, CheckLevel, PassCx, PassOutcome, RunOptions};
 
@@ -14,16 +16,24 @@ use crate::pass::{recipe::Recipe, run_pipeline_with, CheckLevel, PassCx, PassOut
 pub struct PipelineArgs {
     #[command(flatten)]
     pub layout: LayoutArgs,
-    /// Write a JSON report (passes, counters, skipped nodes with reasons, sizes,
-    /// time, verification) to this file.
+    /// Write a JSON report (passes, per node: setting, bytes before/after, error;
+    /// skipped nodes with reasons, totals, phase timings, peak memory,
+    /// verification) to this file.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// Print JSON lines on stdout: one per pass, one per node, then the report.
+    #[arg(long)]
+    pub json: bool,
     /// Print why each candidate node was skipped.
     #[arg(long)]
     pub explain: bool,
     /// Skip the numerical check of the output against the input.
     #[arg(long)]
     pub no_verify: bool,
+    /// When nothing matched, fail (exit 3) and write nothing, instead of writing an
+    /// unchanged copy with a warning.
+    #[arg(long)]
+    pub fail_if_unchanged: bool,
     #[command(flatten)]
     pub verify: super::verify_gate::VerifyGate,
     /// Seed for anything random (verification inputs).
@@ -45,16 +55,49 @@ pub struct PipelineArgs {
 
 #[derive(Serialize, Debug)]
 pub struct Report {
+    pub onnxq_version: &'static str,
     pub recipe: String,
     pub input: PathBuf,
     pub output: Option<PathBuf>,
+    /// Whether a pass changed the model (false: the output is an unchanged copy).
+    pub changed: bool,
     pub passes: Vec<PassOutcome>,
+    pub nodes: Vec<NodeReport>,
+    pub totals: Totals,
     pub input_bytes: u64,
     pub output_bytes: u64,
     pub seconds: f64,
     /// Wall time by phase: load, passes, save, verify.
     pub phase_seconds: std::collections::BTreeMap<String, f64>,
+    /// Peak resident memory of the process (VmHWM), when the OS tells.
+    pub peak_rss_bytes: Option<u64>,
     pub verify: Option<serde_json::Value>,
+}
+
+/// Sums over `Report::nodes`.
+#[derive(Serialize, Debug, Default)]
+pub struct Totals {
+    pub quantized_nodes: usize,
+    pub skipped_nodes: usize,
+    /// Bytes of the weights the quantized nodes replaced, and of their own.
+    pub weight_bytes_before: u64,
+    pub weight_bytes_after: u64,
+}
+
+impl Totals {
+    fn of(nodes: &[NodeReport]) -> Totals {
+        let mut t = Totals::default();
+        for n in nodes {
+            if n.status == "skipped" {
+                t.skipped_nodes += 1;
+            } else {
+                t.quantized_nodes += 1;
+                t.weight_bytes_before += n.bytes_before;
+                t.weight_bytes_after += n.bytes_after;
+            }
+        }
+        t
+    }
 }
 
 fn file_bytes(model: &Path, data_files: impl Iterator<Item = String>) -> u64 {
@@ -72,8 +115,9 @@ pub fn run(recipe: &Recipe, input: &Path, output: &Path, args: &PipelineArgs) ->
     let mut model = crate::io::load(input)?;
     let input_bytes = file_bytes(input, model.external_data_files().into_keys());
     let already = model.quantized_ops();
+    let before = report::Before::of(&model);
     let mut cx = PassCx {
-        progress: true,
+        progress: log::enabled(Level::Info),
         seed: args.seed,
     };
     let mut phases = std::collections::BTreeMap::new();
@@ -87,7 +131,17 @@ pub fn run(recipe: &Recipe, input: &Path, output: &Path, args: &PipelineArgs) ->
     let outcomes = run_pipeline_with(&mut model, &passes, &mut cx, &run)?;
     phases.insert("passes".to_string(), t.elapsed().as_secs_f64());
     let changed = outcomes.iter().any(|o| o.changed);
-    for o in &outcomes {
+    let nodes = report::nodes(&before, &model, &outcomes);
+    drop(before);
+    if args.json {
+        for o in &outcomes {
+            report::json_line(&serde_json::json!({ "event": "pass", "pass": o }));
+        }
+        for n in &nodes {
+            report::json_line(&serde_json::json!({ "event": "node", "node": n }));
+        }
+    }
+    for o in outcomes.iter().filter(|_| log::enabled(Level::Info)) {
         let counters: Vec<String> = o
             .counters
             .iter()
@@ -105,8 +159,9 @@ pub fn run(recipe: &Recipe, input: &Path, output: &Path, args: &PipelineArgs) ->
         for n in &o.notes {
             eprintln!("  note: {n}");
         }
-        print_layers(&o.layers, args.explain);
-        if args.explain {
+        let explain = args.explain || log::enabled(Level::Debug);
+        print_layers(&o.layers, explain);
+        if explain {
             for s in &o.skipped {
                 eprintln!("  skipped '{}': {}", s.node, s.reason);
             }
@@ -118,30 +173,44 @@ pub fn run(recipe: &Recipe, input: &Path, output: &Path, args: &PipelineArgs) ->
         }
     }
     let mut report = Report {
+        onnxq_version: env!("CARGO_PKG_VERSION"),
         recipe: recipe.name.clone(),
         input: input.to_path_buf(),
         output: None,
+        changed,
         passes: outcomes,
+        totals: Totals::of(&nodes),
+        nodes,
         input_bytes,
         output_bytes: 0,
         seconds: 0.0,
         phase_seconds: phases,
+        peak_rss_bytes: None,
         verify: None,
     };
     if !changed {
-        if !already.is_empty() {
+        if !already.is_empty() && log::enabled(Level::Warn) {
             let ops: Vec<String> = already.iter().map(|(k, v)| format!("{k} x{v}")).collect();
             eprintln!(
                 "warning: the model is already quantized ({}); left as it is",
                 ops.join(", ")
             );
         }
-        eprintln!(
-            "nothing changed: no node matched (quantizable = MatMul/Gemm with a constant 2-D float weight); {} not written",
-            output.display()
-        );
-        write_report(args, &mut report, start)?;
-        return Ok(0);
+        let why = "nothing changed: no node matched (quantizable = MatMul/Gemm with a constant \
+                   2-D float weight, not excluded)";
+        if args.fail_if_unchanged {
+            write_report(args, &mut report, start)?;
+            return Err(Error::CheckFailed(format!(
+                "{why}; --fail-if-unchanged: {} not written",
+                output.display()
+            )));
+        }
+        if log::enabled(Level::Warn) {
+            eprintln!(
+                "warning: {why}; writing an unchanged copy to {}",
+                output.display()
+            );
+        }
     }
     let t = Instant::now();
     let saved = crate::io::save(&model, output, &args.layout.save_options())?;
@@ -151,8 +220,9 @@ pub fn run(recipe: &Recipe, input: &Path, output: &Path, args: &PipelineArgs) ->
     drop(model);
     report.output = Some(output.to_path_buf());
     report.output_bytes = file_bytes(output, saved.data_files.keys().cloned());
-    let mut code = 0;
-    if !args.no_verify {
+    let mut code = super::exit::SUCCESS;
+    // An unchanged copy computes what the input computes: nothing to check.
+    if !args.no_verify && changed {
         let t = Instant::now();
         let (summary, pass) = args.verify.check(input, output, args.seed)?;
         report
@@ -160,27 +230,33 @@ pub fn run(recipe: &Recipe, input: &Path, output: &Path, args: &PipelineArgs) ->
             .insert("verify".to_string(), t.elapsed().as_secs_f64());
         report.verify = Some(summary);
         if !pass {
-            code = 2;
+            code = super::exit::CHECK_FAILED;
         }
     }
-    eprintln!(
+    log::info(&format!(
         "wrote {}: {} -> {} ({:.1}% of the input) in {:.2}s",
         output.display(),
         human(report.input_bytes),
         human(report.output_bytes),
         100.0 * report.output_bytes as f64 / report.input_bytes.max(1) as f64,
         start.elapsed().as_secs_f64()
-    );
+    ));
     write_report(args, &mut report, start)?;
     Ok(code)
 }
 
 fn write_report(args: &PipelineArgs, report: &mut Report, start: Instant) -> Result<()> {
     report.seconds = start.elapsed().as_secs_f64();
+    report.peak_rss_bytes = report::peak_rss_bytes();
+    if args.json {
+        report::json_line(&serde_json::json!({ "event": "report", "report": report }));
+    }
     if let Some(path) = &args.report {
         let text =
             serde_json::to_string_pretty(report).map_err(|e| Error::invalid(e.to_string()))?;
-        std::fs::write(path, text).map_err(|e| Error::io(path, e))?;
+        let mut file = crate::io::AtomicFile::create(path)?;
+        file.write_all(text.as_bytes())?;
+        file.commit()?;
     }
     Ok(())
 }

@@ -36,6 +36,31 @@ pub enum AlgorithmArg {
     /// AWQ: activation-aware per-channel scales (searched on calibration data, folded
     /// into the norms) and then round to nearest, MatMulNBits; samples as for gptq.
     Awq,
+    /// Olive's QuaRot (Hadamard rotations before quantizing): NOT built in this
+    /// version of onnxq; refused with an error.
+    Quarot,
+    /// llama.cpp-style k-quants, as Olive names them: NOT built in this version of
+    /// onnxq; refused with an error.
+    Kquant,
+}
+
+/// `--precision`, spelled as Olive spells it: the type the weights are stored in.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrecisionArg {
+    /// 4-bit integer weights (rtn, hqq, gptq, awq; symmetric unless --asymmetric).
+    Int4,
+    /// 8-bit weights: `--bits 8` for the weight-only algorithms, int8 weights for
+    /// dynamic/static.
+    Int8,
+    /// 8-bit asymmetric weights: `--bits 8 --asymmetric` (weight-only), uint8 weights
+    /// (dynamic/static).
+    Uint8,
+    /// bitsandbytes NF4 (implies --algorithm bnb4).
+    Nf4,
+    /// bitsandbytes FP4 (implies --algorithm bnb4).
+    Fp4,
+    /// float16 conversion: NOT built in this version of onnxq; refused with an error.
+    Fp16,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,7 +124,16 @@ fn parse_algorithm(s: &str) -> std::result::Result<AlgorithmSpec, String> {
         None => (false, s.trim()),
     };
     let base = <AlgorithmArg as ValueEnum>::from_str(base, true).map_err(|_| {
-        format!("unknown algorithm '{base}' (rtn, hqq, bnb4, dynamic, static, gptq, awq)")
+        let names = AlgorithmArg::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value())
+            .map(|v| v.get_name().to_string())
+            .collect::<Vec<_>>();
+        format!(
+            "unknown algorithm '{base}'{} (rtn, hqq, bnb4, dynamic, static, gptq, awq, \
+             quarot,ALGORITHM)",
+            crate::error::did_you_mean(base, names.iter().map(String::as_str))
+        )
     })?;
     if rotate
         && !matches!(
@@ -115,24 +149,41 @@ fn parse_algorithm(s: &str) -> std::result::Result<AlgorithmSpec, String> {
 }
 
 /// Quantize MatMul/Gemm weights (and optionally embeddings) to N bits.
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 #[command(
     after_help = "Defaults follow onnxruntime's MatMulNBitsQuantizer CLI (symmetric, block 32, \
 accuracy_level unset = A stays float). --accuracy-level 4 lets ONNX Runtime's CPU kernel quantize \
 activations to int8: about 2x faster decoding, but it can flip greedy tokens on models with outlier \
-activations; check with `onnxq verify`."
+activations; check with `onnxq verify`.
+
+onnxruntime's option names are accepted as aliases: --nodes-to-exclude (= --exclude), \
+--op-types-to-quantize (= --include-op), --is-symmetric BOOL (false = --asymmetric), \
+--per-channel, --reduce-range, --block-size, --accuracy-level. Olive's names: --algorithm \
+rtn|hqq|gptq|awq|bnb4, --precision int4|int8|uint8|nf4|fp4 (quarot, kquant and fp16 are not \
+built in this version and are refused).
+
+Exit codes: 0 success (also when nothing matched: an unchanged copy is written, unless \
+--fail-if-unchanged), 1 error, 2 usage error, 3 a check failed (a verify threshold, \
+--fail-if-unchanged)."
 )]
 pub struct QuantizeArgs {
     /// Model to read.
     pub input: PathBuf,
     /// Model to write.
     pub output: PathBuf,
-    /// rtn, hqq, bnb4, dynamic, static, gptq or awq; `quarot,rtn`, `quarot,gptq`,
-    /// `quarot,awq` (or `quarot,hqq`) first rotate the decoder (QuaRot: norms fused,
-    /// a seeded randomized Hadamard folded into the weights, an online Hadamard
-    /// before down_proj; --seed picks the rotation).
-    #[arg(long, default_value = "rtn", value_parser = parse_algorithm, value_name = "ALGORITHM")]
+    /// rtn, hqq, bnb4, dynamic, static, gptq or awq [default: rtn] (Olive's names);
+    /// `quarot,rtn`, `quarot,gptq`, `quarot,awq` (or `quarot,hqq`) first rotate the
+    /// decoder (QuaRot: norms fused, a seeded randomized Hadamard folded into the
+    /// weights, an online Hadamard before down_proj; --seed picks the rotation).
+    #[arg(long = "algorithm", value_parser = parse_algorithm, value_name = "ALGORITHM")]
+    pub algorithm_flag: Option<AlgorithmSpec>,
+    /// The algorithm after --algorithm and --precision are resolved.
+    #[arg(skip = AlgorithmSpec { rotate: false, base: AlgorithmArg::Rtn })]
     pub algorithm: AlgorithmSpec,
+    /// Weight precision as Olive spells it; sets --bits/--asymmetric/--quant-type/
+    /// --weight-type (and --algorithm bnb4 for nf4/fp4).
+    #[arg(long, value_enum)]
+    pub precision: Option<PrecisionArg>,
     /// Bits per weight: 2, 4 or 8 (MatMulNBits); 4 or 8 (QDQ).
     #[arg(long)]
     pub bits: Option<u8>,
@@ -143,6 +194,11 @@ pub struct QuantizeArgs {
     /// HQQ is always asymmetric.
     #[arg(long)]
     pub asymmetric: bool,
+    /// onnxruntime's spelling: `--is-symmetric false` = --asymmetric; for
+    /// dynamic/static, int8 (true) or uint8 (false) weights.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true",
+          conflicts_with = "asymmetric")]
+    pub is_symmetric: Option<bool>,
     /// MatMulNBits accuracy_level: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations.
     #[arg(long, value_name = "N")]
     pub accuracy_level: Option<i64>,
@@ -165,11 +221,22 @@ pub struct QuantizeArgs {
     /// Bits of the shared tied table: 8 (default; next to lossless) or 4.
     #[arg(long, value_name = "4|8")]
     pub tied_head_bits: Option<u8>,
-    /// Node name pattern to leave in float (`*` wildcards); repeatable.
-    #[arg(long, value_name = "PATTERN")]
+    /// Node name pattern to leave in float (`*` wildcards); repeatable or
+    /// comma-separated.
+    #[arg(
+        long,
+        value_name = "PATTERN",
+        visible_alias = "nodes-to-exclude",
+        value_delimiter = ','
+    )]
     pub exclude: Vec<String>,
-    /// Op types to quantize (default MatMul and Gemm); repeatable.
-    #[arg(long, value_name = "OP")]
+    /// Op types to quantize (default MatMul and Gemm); repeatable or comma-separated.
+    #[arg(
+        long,
+        value_name = "OP",
+        visible_alias = "op-types-to-quantize",
+        value_delimiter = ','
+    )]
     pub include_op: Vec<String>,
     /// JSON file of per-node settings, first matching pattern wins: {"pattern":
     /// "skip" | {"bits": 8, "block-size": 64}} (weight-only), {"activation-type":
@@ -248,8 +315,9 @@ impl QuantizeArgs {
     /// The shipped recipe for the algorithm with every flag applied, after the
     /// `quarot` pass for `quarot,ALGORITHM`.
     pub fn recipe(&self) -> Result<Recipe> {
-        let mut r = self.base_recipe()?;
-        if self.algorithm.rotate {
+        let a = self.resolved()?;
+        let mut r = a.resolved_recipe()?;
+        if a.algorithm.rotate {
             let mut t = toml::Table::new();
             t.insert("name".into(), toml::Value::String("quarot".into()));
             r.passes.insert(0, t);
@@ -259,7 +327,110 @@ impl QuantizeArgs {
         Ok(r)
     }
 
-    fn base_recipe(&self) -> Result<Recipe> {
+    /// A copy with `--algorithm` (Olive's names included) and `--precision` turned
+    /// into the flags they stand for.
+    fn resolved(&self) -> Result<QuantizeArgs> {
+        let usage = |m: String| crate::Error::Usage(m);
+        let mut a = self.clone();
+        let explicit = self.algorithm_flag;
+        a.algorithm = explicit.unwrap_or(a.algorithm);
+        match a.algorithm.base {
+            AlgorithmArg::Quarot => {
+                return Err(usage(
+                    "--algorithm quarot rotates, then quantizes: name the quantizer, \
+                     quarot,rtn|quarot,gptq|quarot,awq|quarot,hqq (`onnxq rotate` writes the \
+                     rotated float model)"
+                        .into(),
+                ))
+            }
+            AlgorithmArg::Kquant => {
+                return Err(usage(
+                    "--algorithm kquant: k-quants are not built in this version of onnxq \
+                     (built: rtn, hqq, bnb4, gptq, awq, dynamic, static, quarot,ALG)"
+                        .into(),
+                ))
+            }
+            _ => {}
+        }
+        if a.is_symmetric == Some(false) {
+            if matches!(a.algorithm.base, AlgorithmArg::Dynamic | AlgorithmArg::Static) {
+                a.weight_type.get_or_insert(IntTypeArg::Uint8);
+            } else {
+                a.asymmetric = true;
+            }
+        } else if a.is_symmetric == Some(true)
+            && matches!(a.algorithm.base, AlgorithmArg::Dynamic | AlgorithmArg::Static)
+        {
+            a.weight_type.get_or_insert(IntTypeArg::Int8);
+        }
+        let Some(p) = self.precision else {
+            return Ok(a);
+        };
+        let int8 = matches!(a.algorithm.base, AlgorithmArg::Dynamic | AlgorithmArg::Static);
+        let set_bits = |a: &mut QuantizeArgs, bits: u8| match a.bits {
+            Some(b) if b != bits => Err(usage(format!(
+                "--precision {} means {bits} bits; --bits {b} contradicts it",
+                p.to_possible_value()
+                    .map_or_else(String::new, |v| v.get_name().to_string())
+            ))),
+            _ => {
+                a.bits = Some(bits);
+                Ok(())
+            }
+        };
+        match p {
+            PrecisionArg::Fp16 => {
+                return Err(usage(
+                    "--precision fp16: float16 conversion is not built in this version of onnxq \
+                     (use onnxruntime's float16 converter or Olive's OnnxFloatToFloat16)"
+                        .into(),
+                ))
+            }
+            PrecisionArg::Nf4 | PrecisionArg::Fp4 => {
+                if !matches!(explicit.map(|s| s.base), None | Some(AlgorithmArg::Bnb4)) {
+                    return Err(usage(format!(
+                        "--precision {} is a bitsandbytes type: --algorithm bnb4 (or no \
+                         --algorithm)",
+                        if p == PrecisionArg::Nf4 { "nf4" } else { "fp4" }
+                    )));
+                }
+                a.algorithm.base = AlgorithmArg::Bnb4;
+                a.quant_type = if p == PrecisionArg::Nf4 {
+                    QuantTypeArg::Nf4
+                } else {
+                    QuantTypeArg::Fp4
+                };
+            }
+            PrecisionArg::Int4 => {
+                if int8 || a.algorithm.base == AlgorithmArg::Bnb4 {
+                    return Err(usage(
+                        "--precision int4 applies to --algorithm rtn|hqq|gptq|awq (bnb4 takes \
+                         nf4|fp4, dynamic/static int8|uint8)"
+                            .into(),
+                    ));
+                }
+                set_bits(&mut a, 4)?;
+            }
+            PrecisionArg::Int8 | PrecisionArg::Uint8 => {
+                let unsigned = p == PrecisionArg::Uint8;
+                if int8 {
+                    a.weight_type = Some(if unsigned {
+                        IntTypeArg::Uint8
+                    } else {
+                        IntTypeArg::Int8
+                    });
+                } else if a.algorithm.base == AlgorithmArg::Bnb4 {
+                    return Err(usage("--algorithm bnb4 takes --precision nf4|fp4".into()));
+                } else {
+                    set_bits(&mut a, 8)?;
+                    a.asymmetric |= unsigned;
+                }
+            }
+        }
+        Ok(a)
+    }
+
+    fn resolved_recipe(&self) -> Result<Recipe> {
         if matches!(self.algorithm.base, AlgorithmArg::Gptq | AlgorithmArg::Awq) {
             return self.gptq_recipe();
         }
@@ -709,6 +880,6 @@ impl QuantizeArgs {
 }
 
 pub fn run(args: &QuantizeArgs) -> Result<i32> {
-    let recipe = args.recipe()?;
+    let recipe = args.recipe().map_err(crate::Error::into_usage)?;
     pipeline::run(&recipe, &args.input, &args.output, &args.pipeline)
 }

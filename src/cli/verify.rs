@@ -1,5 +1,5 @@
 //! `onnxq verify`: compare a candidate model with a reference on the same inputs;
-//! thresholds set the exit code (2 when one is broken) so it can gate a build.
+//! thresholds set the exit code (3 when one is broken) so it can gate a build.
 use std::path::PathBuf;
 
 use super::verify_gate::VerifyGate;
@@ -25,11 +25,15 @@ pub struct VerifyArgs {
     /// Print the report as JSON (with the thresholds and what broke them).
     #[arg(long)]
     pub json: bool,
+    /// Also write that JSON report (with time and peak memory) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
     #[command(flatten)]
     pub gate: VerifyGate,
 }
 
 pub fn run(args: &VerifyArgs) -> Result<i32> {
+    let start = std::time::Instant::now();
     let opts = VerifyOptions {
         samples: args.samples,
         inputs: args.inputs.clone(),
@@ -39,12 +43,25 @@ pub fn run(args: &VerifyArgs) -> Result<i32> {
     if !args.json {
         print!("{}", report.table());
     }
-    let (json, passed) = args.gate.judge(&report);
+    let (mut json, passed) = args.gate.judge(&report);
+    if let Some(path) = &args.report {
+        json["seconds"] = serde_json::json!(start.elapsed().as_secs_f64());
+        json["peak_rss_bytes"] = serde_json::json!(super::report::peak_rss_bytes());
+        let text =
+            serde_json::to_string_pretty(&json).map_err(|e| Error::invalid(e.to_string()))?;
+        let mut file = crate::io::AtomicFile::create(path)?;
+        file.write_all(text.as_bytes())?;
+        file.commit()?;
+    }
     if args.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&json).map_err(|e| Error::invalid(e.to_string()))?
         );
     }
-    Ok(if passed { 0 } else { 2 })
+    Ok(if passed {
+        super::exit::SUCCESS
+    } else {
+        super::exit::CHECK_FAILED
+    })
 }

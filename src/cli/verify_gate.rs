@@ -31,7 +31,7 @@ pub struct RuntimeArgs {
 pub struct VerifyGate {
     #[command(flatten)]
     pub rt: RuntimeArgs,
-    /// Fail (exit 2) if any output's max absolute error exceeds X.
+    /// Fail (exit 3) if any output's max absolute error exceeds X.
     #[arg(long, value_name = "X")]
     pub max_abs: Option<f64>,
     /// Fail if any float output's relative L2 error exceeds X.

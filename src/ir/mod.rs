@@ -1,5 +1,6 @@
 //! The in-memory model: what `io::load` builds, passes edit and `io::save` writes.
 mod attr;
+pub mod describe;
 mod dtype;
 mod facts;
 mod graph;

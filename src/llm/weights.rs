@@ -13,7 +13,7 @@ use crate::rewrite::matchers::{following_bias_add, packed_matmul, weight_matmul,
 pub enum WeightLayout {
     /// A [K, N] tensor read as is (also pre-transposed `*.weight_t` initializers).
     Kn,
-    /// A torch-layout [N, K] tensor behind a Transpose(perm=[1,0]).
+    /// A torch-layout [N, K] tensor behind a Transpose(perm=`[1,0]`).
     NkTransposed,
     /// A [N, K] tensor read by Gemm with transB=1.
     NkGemmTransB,
@@ -58,7 +58,7 @@ pub struct WeightRef {
     pub bits: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub block_size: Option<i64>,
-    /// A constant [N] bias: Gemm's C or an Add right after the MatMul.
+    /// A constant `[N]` bias: Gemm's C or an Add right after the MatMul.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bias: Option<String>,
     /// The value the layer produces, bias included.

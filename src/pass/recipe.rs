@@ -97,7 +97,8 @@ impl Recipe {
             return Err(Error::Recipe {
                 recipe: name_or_path.to_string(),
                 reason: format!(
-                    "no such file, and not a shipped recipe ({})",
+                    "no such file, and not a shipped recipe{} (shipped: {})",
+                    crate::error::did_you_mean(name_or_path, names.iter().copied()),
                     names.join(", ")
                 ),
             });

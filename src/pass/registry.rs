@@ -81,6 +81,21 @@ fn config<T: DeserializeOwned>(table: toml::Table) -> Result<T> {
 
 /// Builds pass `name` from its config table.
 pub fn build(name: &str, table: toml::Table) -> Result<Box<dyn Pass>> {
+    let keys = PASSES.iter().find(|p| p.0 == name).map_or(&[][..], |p| p.1);
+    build_checked(name, table).map_err(|e| match e {
+        // serde names the unknown key; add the closest known one.
+        Error::Invalid(m) if m.contains("unknown field `") => {
+            let key = m.split('`').nth(1).unwrap_or_default().to_string();
+            Error::Invalid(format!(
+                "{m}{}",
+                crate::error::did_you_mean(&key, keys.iter().copied())
+            ))
+        }
+        e => e,
+    })
+}
+
+fn build_checked(name: &str, table: toml::Table) -> Result<Box<dyn Pass>> {
     Ok(match name {
         "matmul-nbits" => Box::new(weight_only::WeightOnly::new(config(table)?)?),
         "gptq" => Box::new(gptq::Gptq::new(config(table)?)?),
@@ -102,7 +117,8 @@ pub fn build(name: &str, table: toml::Table) -> Result<Box<dyn Pass>> {
         _ => {
             let names: Vec<&str> = PASSES.iter().map(|p| p.0).collect();
             return Err(Error::invalid(format!(
-                "unknown pass '{name}' (valid: {})",
+                "unknown pass '{name}'{} (valid: {})",
+                crate::error::did_you_mean(name, names.iter().copied()),
                 names.join(", ")
             )));
         }

@@ -55,7 +55,7 @@ unsafe fn gemm(
 /// `a` becomes `L`, the strict upper triangle is zeroed. Fails with the pivot index
 /// when `a` is not positive definite.
 ///
-/// Left-looking by panels of [`NB`] columns: each panel is first updated by the
+/// Left-looking by panels of `NB` columns: each panel is first updated by the
 /// columns before it (one GEMM per block of rows, in parallel), then its diagonal
 /// block is factored and the rows below solved against it.
 pub fn cholesky_lower(a: &mut [f64], n: usize) -> Result<(), QuantError> {

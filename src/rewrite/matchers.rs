@@ -59,7 +59,7 @@ pub struct WeightMatMul {
     pub transposed: bool,
     /// The Transpose node between the constant and the MatMul, if any.
     pub transpose: Option<NodeId>,
-    /// Gemm's C input (a constant [N] vector), carried into the quantized op.
+    /// Gemm's C input (a constant `[N]` vector), carried into the quantized op.
     pub bias: Option<ValueId>,
     pub k: usize,
     pub n: usize,
@@ -166,7 +166,7 @@ pub fn weight_matmul(g: &Graph, node: NodeId) -> Result<WeightMatMul, String> {
     })
 }
 
-/// A constant [N] bias added right after `m` (MatMul → Add), which a fused op can
+/// A constant `[N]` bias added right after `m` (MatMul → Add), which a fused op can
 /// absorb: returns (Add node, bias value).
 pub fn following_bias_add(g: &Graph, m: &WeightMatMul) -> Option<(NodeId, ValueId)> {
     let out = g.node(m.node).output(0)?;

@@ -122,7 +122,7 @@ fn dim_value(name: &str, dims: &BTreeMap<String, i64>) -> Option<i64> {
 }
 
 /// Concrete shapes for `specs`: symbolic dims from `dims`, else the defaults of
-/// [`default_dim`], else an error naming the dim.
+/// `default_dim`, else an error naming the dim.
 pub fn resolve_shapes(specs: &[IoSpec], dims: &BTreeMap<String, i64>) -> Result<Vec<Vec<usize>>> {
     specs
         .iter()

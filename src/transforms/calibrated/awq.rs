@@ -15,7 +15,7 @@
 //! x's producer:
 //! - a normalization's per-channel scale (and bias): LayerNormalization,
 //!   RMSNormalization, SimplifiedLayerNormalization, Skip(Simplified)LayerNormalization;
-//! - `Mul(·, γ)` by a constant [K] γ (a decomposed RMSNorm): γ / s;
+//! - `Mul(·, γ)` by a constant `[K]` γ (a decomposed RMSNorm): γ / s;
 //! - `Mul(a, b)` with one side a private weight MatMul (gated MLP up projection): that
 //!   weight's output channels / s;
 //!

@@ -21,7 +21,7 @@
 //! - the output of a normalization with a per-channel scale (LayerNormalization,
 //!   RMSNormalization, SimplifiedLayerNormalization, Skip(Simplified)LayerNormalization):
 //!   scale (and bias) divided by s;
-//! - the output of `Mul(·, γ)` with a constant [K] γ (a decomposed norm): γ / s;
+//! - the output of `Mul(·, γ)` with a constant `[K]` γ (a decomposed norm): γ / s;
 //! - the output of `Mul(a, b)` where one side is a MatMul/Gemm with a constant
 //!   weight read by nothing else (the up projection of a gated MLP): that weight's
 //!   output channels divided by s.

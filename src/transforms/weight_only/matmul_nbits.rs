@@ -4,7 +4,7 @@
 //! Constant node, directly or through Transpose), in the main graph and subgraphs.
 //! Emits: com.microsoft MatMulNBits (bits 2/4/8) or, with `format = "qdq"`, ONNX
 //! DequantizeLinear (opset 21, blocked along K) → MatMul. Gemm's C and a following
-//! Add of a constant [N] vector become MatMulNBits' bias.
+//! Add of a constant `[N]` vector become MatMulNBits' bias.
 //! Keeps: every value name the rest of the graph reads (outputs keep their names).
 use std::collections::HashMap;
 
