@@ -125,6 +125,13 @@ row gptq-sym-b32 "4-bit" onnxq "GPTQ sym b32, $CALIB_SAMPLES x $CALIB_SEQLEN" --
 # GPTQ's variants: columns by decreasing activation energy, and a stronger damping.
 row gptq-sym-b32-ao "4-bit" onnxq "GPTQ sym b32 --act-order, $CALIB_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm gptq --block-size 32 --act-order "${CALIB[@]}"
 row gptq-sym-b32-d10 "4-bit" onnxq "GPTQ sym b32 --damp 0.1, $CALIB_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm gptq --block-size 32 --damp 0.1 "${CALIB[@]}"
+# QuaRot (Hadamard rotation of the residual stream, norms fused) before each quantizer.
+for b in 32 128; do
+  row quarot-rtn-sym-b$b "4-bit" onnxq "QuaRot + RTN sym b$b" -- "${Q[@]}" --algorithm quarot,rtn --block-size $b
+done
+row quarot-rtn-sym-b32-al4 "4-bit" onnxq "QuaRot + RTN sym b32 --accuracy-level 4" -- "${Q[@]}" --algorithm quarot,rtn --block-size 32 --accuracy-level 4
+row quarot-gptq-sym-b32 "4-bit" onnxq "QuaRot + GPTQ sym b32, $CALIB_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm quarot,gptq --block-size 32 "${CALIB[@]}"
+row quarot-awq-sym-b32 "4-bit" onnxq "QuaRot + AWQ sym b32, $CALIB_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm quarot,awq --block-size 32 "${CALIB[@]}"
 # The same few samples as onnxruntime's GPTQ below, for a like-for-like comparison.
 row gptq-sym-b128-s$ORT_GPTQ_SAMPLES "4-bit" onnxq "GPTQ sym b128, $ORT_GPTQ_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm gptq --block-size 128 \
   "${TEXT[@]}" --calib-samples "$ORT_GPTQ_SAMPLES"
