@@ -5,5 +5,6 @@ pub mod calibrated;
 pub mod cleanup;
 pub mod common;
 pub mod int8;
+pub mod llm;
 pub mod lora;
 pub mod weight_only;
