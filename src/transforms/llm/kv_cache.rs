@@ -106,7 +106,7 @@ fn score_matmul(g: &Graph, softmax: NodeId) -> Option<NodeId> {
     None
 }
 
-fn site(g: &Graph, map: &DecoderMap, layer: &LayerMap, mask_input: ValueId) -> Result<Site> {
+fn site(g: &Graph, layer: &LayerMap, mask_input: ValueId) -> Result<Site> {
     let i = layer.index;
     let a = &layer.attention;
     if let Some(rot) = &a.rotary {
@@ -138,28 +138,20 @@ fn site(g: &Graph, map: &DecoderMap, layer: &LayerMap, mask_input: ValueId) -> R
             let softmax = a.node_id;
             let scores = score_matmul(g, softmax)
                 .ok_or_else(|| part_err(i, "attention", "no Q·Kᵀ MatMul before the Softmax"))?;
-            let [(pv, 0)] = consumers(
-                g,
-                g.node(softmax)
-                    .output(0)
-                    .ok_or_else(|| part_err(i, "attention", "the Softmax has no output"))?,
-            )
-            .as_slice()
-            .try_into()
-            .unwrap_or([(softmax, usize::MAX)]) else {
-                return Err(part_err(
-                    i,
-                    "attention",
-                    "the Softmax output is not read by exactly one MatMul with V",
-                ));
+            let probs = g
+                .node(softmax)
+                .output(0)
+                .ok_or_else(|| part_err(i, "attention", "the Softmax has no output"))?;
+            let pv = match consumers(g, probs).as_slice() {
+                [(n, 0)] if g.node(*n).is("", "MatMul") => *n,
+                _ => {
+                    return Err(part_err(
+                        i,
+                        "attention",
+                        "the Softmax output is not read by exactly one MatMul with V",
+                    ))
+                }
             };
-            if !g.node(pv).is("", "MatMul") {
-                return Err(part_err(
-                    i,
-                    "attention",
-                    "the Softmax output is not multiplied by V",
-                ));
-            }
             let k = g
                 .node(scores)
                 .input(1)
@@ -173,7 +165,6 @@ fn site(g: &Graph, map: &DecoderMap, layer: &LayerMap, mask_input: ValueId) -> R
             if g.producer(k).is_none() || g.producer(v).is_none() {
                 return Err(part_err(i, "k path", "K or V is not computed in the graph"));
             }
-            let _ = map;
             Ok(Site::Decomposed { k, v })
         }
         AttentionKind::Attention => {
@@ -262,7 +253,7 @@ pub fn add_kv_cache(g: &mut Graph, opts: &KvCacheOptions) -> Result<KvCacheRepor
     let sites = map
         .layers
         .iter()
-        .map(|l| site(g, &map, l, mask_input))
+        .map(|l| site(g, l, mask_input))
         .collect::<Result<Vec<_>>>()?;
     let attention = map
         .layers
