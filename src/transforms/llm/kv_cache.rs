@@ -10,7 +10,7 @@
 use crate::error::{Error, Result};
 use crate::ir::{Attribute, DType, Dim, Graph, NodeId, NodeSpec, ValueId, ValueInfo};
 use crate::ir::{ShapeDim, TypeInfo, TypeKind};
-use crate::llm::{AttentionKind, DecoderMap, LayerMap};
+use crate::llm::{AttentionKind, DecoderMap, LayerMap, RotaryKind};
 use crate::rewrite::matchers::consumers;
 
 /// Names of the new cache tensors; `{i}` is the layer index.
@@ -106,20 +106,62 @@ fn score_matmul(g: &Graph, softmax: NodeId) -> Option<NodeId> {
     None
 }
 
-fn site(g: &Graph, layer: &LayerMap, mask_input: ValueId) -> Result<Site> {
+/// Where the layer's cache goes, and the Range node of positions the graph counts
+/// itself (they must start at the past length).
+fn site(
+    g: &Graph,
+    layer: &LayerMap,
+    mask_input: ValueId,
+    ids: ValueId,
+) -> Result<(Site, Option<NodeId>)> {
     let i = layer.index;
     let a = &layer.attention;
     if let Some(rot) = &a.rotary {
-        let given = rot.position_input.is_some_and(|p| g.is_graph_input(p));
+        let from = match rot.kind {
+            RotaryKind::Decomposed => rot.cos.as_deref().and_then(|c| g.find(c)),
+            _ => rot.position_input,
+        };
+        if let Some(range) = from.and_then(|v| position_range(g, v)) {
+            return site_at(g, layer, mask_input).map(|s| (s, Some(range)));
+        }
+        let given = rot
+            .position_input
+            .is_some_and(|p| g.is_graph_input(p) && p != ids);
         if !given {
             return Err(part_err(
                 i,
                 "rotary",
-                "the rotary positions are computed inside the graph, not read from a \
-                 position input: a cached step could not be told its offset",
+                "the rotary positions are neither read from a position input nor a Range \
+                 in the graph: a cached step could not be told its offset",
             ));
         }
     }
+    site_at(g, layer, mask_input).map(|s| (s, None))
+}
+
+/// The Range node that computes the rotary positions from `v` back (within 12
+/// nodes), when the graph counts positions itself.
+fn position_range(g: &Graph, v: ValueId) -> Option<NodeId> {
+    let mut stack = vec![(v, 0usize)];
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some((v, d)) = stack.pop() {
+        if !seen.insert(v) {
+            continue;
+        }
+        let Some(p) = g.producer(v) else { continue };
+        if g.node(p).is("", "Range") {
+            return Some(p);
+        }
+        if d < 12 {
+            stack.extend(g.node(p).inputs().iter().flatten().map(|i| (*i, d + 1)));
+        }
+    }
+    None
+}
+
+fn site_at(g: &Graph, layer: &LayerMap, mask_input: ValueId) -> Result<Site> {
+    let i = layer.index;
+    let a = &layer.attention;
     let reads_mask = |m: ValueId| m == mask_input || crate::llm::computed_from(g, m, mask_input);
     match a.kind {
         AttentionKind::Decomposed => {
@@ -253,7 +295,7 @@ pub fn add_kv_cache(g: &mut Graph, opts: &KvCacheOptions) -> Result<KvCacheRepor
     let sites = map
         .layers
         .iter()
-        .map(|l| site(g, l, mask_input))
+        .map(|l| site(g, l, mask_input, map.embedding.ids_input))
         .collect::<Result<Vec<_>>>()?;
     let attention = map
         .layers
@@ -271,7 +313,11 @@ pub fn add_kv_cache(g: &mut Graph, opts: &KvCacheOptions) -> Result<KvCacheRepor
     let past_info = dims_info(dtype, &kv_dims("past_sequence_length"));
     let present_info = dims_info(dtype, &kv_dims("total_sequence_length"));
     let name = |t: &str, i: usize| t.replace("{i}", &i.to_string());
-    for (i, site) in sites.into_iter().enumerate() {
+    let mut ranges: Vec<NodeId> = sites.iter().filter_map(|(_, r)| *r).collect();
+    ranges.sort();
+    ranges.dedup();
+    let mut first_past = None;
+    for (i, (site, _)) in sites.into_iter().enumerate() {
         let names = [
             name(&opts.past_key, i),
             name(&opts.past_value, i),
@@ -285,6 +331,7 @@ pub fn add_kv_cache(g: &mut Graph, opts: &KvCacheOptions) -> Result<KvCacheRepor
         }
         let past_k = g.add_input(&names[0], past_info.clone())?;
         let past_v = g.add_input(&names[1], past_info.clone())?;
+        first_past.get_or_insert(past_k);
         let (present_k, present_v) = match site {
             Site::Decomposed { k, v } => {
                 let pk = concat_past(g, past_k, k, &names[2])?;
@@ -301,6 +348,11 @@ pub fn add_kv_cache(g: &mut Graph, opts: &KvCacheOptions) -> Result<KvCacheRepor
             value: present_v,
             info: present_info.clone(),
         });
+    }
+    if let Some(past) = first_past {
+        for range in ranges {
+            offset_positions(g, range, past)?;
+        }
     }
     widen_mask_input(g, mask_input);
     g.toposort()?;
@@ -378,4 +430,43 @@ fn widen_mask_input(g: &mut Graph, mask: ValueId) {
             }
         }
     }
+}
+
+/// Positions the graph counts itself start at the past length: Range(..) +
+/// Shape(past_key)[2], cast like the Range.
+fn offset_positions(g: &mut Graph, range: NodeId, past: ValueId) -> Result<()> {
+    let out = g
+        .node(range)
+        .output(0)
+        .ok_or_else(|| Error::invalid("the positions Range has no output"))?;
+    let readers = consumers(g, out);
+    let base = g.value_name(out).to_string();
+    let two = g.add_initializer(crate::ir::Tensor::from_i64(
+        g.fresh_name(&format!("{base}/past_axis")),
+        vec![],
+        &[2],
+    ))?;
+    let add = |g: &mut Graph, op: &str, inputs: Vec<ValueId>, attrs: Vec<Attribute>| {
+        let name = g.fresh_name(&format!("{base}/past_{op}"));
+        let mut spec = NodeSpec::new("", op)
+            .name(g.fresh_node_name(&name))
+            .inputs(inputs.into_iter().map(Some))
+            .output(name);
+        spec.attributes = attrs;
+        g.add_node(spec)
+            .map(|id| g.node(id).output(0).expect("one output declared"))
+    };
+    let shape = add(g, "Shape", vec![past], vec![])?;
+    let len = add(
+        g,
+        "Gather",
+        vec![shape, two],
+        vec![Attribute::int("axis", 0)],
+    )?;
+    let len = add(g, "CastLike", vec![len, out], vec![])?;
+    let shifted = add(g, "Add", vec![out, len], vec![])?;
+    for (n, slot) in readers {
+        g.set_input(n, slot, Some(shifted));
+    }
+    Ok(())
 }
