@@ -285,3 +285,53 @@ fn linear_scaling_stretches_positions() {
     ]);
     assert!(!ok && log.contains("yarn"), "{log}");
 }
+
+#[test]
+fn ntk_scaling_agrees_between_caches_and_inv_freq() {
+    let Some(ort) = ort() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let rope = |fixture: &str| {
+        let out = tmp.path().join(format!("ntk-{fixture}"));
+        let model = common::fixtures().join(fixture);
+        let args = ["llm", "rope", s(&model), s(&out), "--max-length", "1024"];
+        let (ok, log) = onnxq(&[&args[..], &["--scaling", "ntk:4"]].concat());
+        assert!(ok, "{fixture}: {log}");
+        out
+    };
+    let (inv, caches) = (
+        rope("llama-decomposed.onnx"),
+        rope("llama-attention23.onnx"),
+    );
+    // NTK keeps the highest frequency and divides the lowest by F.
+    let m = onnxq::load(&inv).unwrap();
+    let f = m
+        .graph
+        .initializers()
+        .find(|(_, t)| t.name() == "model.rotary_emb.inv_freq")
+        .map(|(_, t)| t.to_f32().unwrap())
+        .unwrap();
+    let old = onnxq::load(&common::fixtures().join("llama-decomposed.onnx"))
+        .unwrap()
+        .graph
+        .initializers()
+        .find(|(_, t)| t.name() == "model.rotary_emb.inv_freq")
+        .map(|(_, t)| t.to_f32().unwrap())
+        .unwrap();
+    let last = f.len() - 1;
+    assert!((f[0] - old[0]).abs() < 1e-6, "{} vs {}", f[0], old[0]);
+    assert!(
+        (f[last] - old[last] / 4.0).abs() < 1e-6 * old[last],
+        "{} vs {}",
+        f[last],
+        old[last] / 4.0
+    );
+    let ids = [3i64, 77, 12, 150, 8, 99];
+    for first in [0, 600] {
+        let d = max_abs(
+            &logits_at(&ort, &inv, &ids, first, 1),
+            &logits_at(&ort, &caches, &ids, first, 1),
+        );
+        eprintln!("ntk:4 from {first}: caches vs inv_freq {d:.2e}");
+        assert!(d < 1e-4, "positions from {first}: {d}");
+    }
+}
