@@ -5,6 +5,7 @@ mod convert;
 mod diff;
 mod eval;
 mod inspect;
+mod llm;
 pub mod log;
 mod lora;
 mod pipeline;
@@ -96,6 +97,9 @@ pub enum Command {
     /// LoRA adapters (PEFT) on a decoder: inject a switchable branch plus an ONNX
     /// Runtime .onnx_adapter file, merge into the weights, or pack an adapter file.
     Lora(lora::LoraArgs),
+    /// LLM fix-ups: add a KV cache to a decoder exported without one; recompute the
+    /// rotary tables for a longer context.
+    Llm(llm::LlmArgs),
     /// Perplexity of a decoder on a text in sliding windows; with --reference also
     /// the KL divergence, top-1 and greedy-generation agreement with another model.
     Eval(eval::EvalArgs),
@@ -118,6 +122,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Verify(a) => verify::run(&a),
         Command::Run(a) => run::run(&a),
         Command::Lora(a) => lora::run(&a),
+        Command::Llm(a) => llm::run(&a),
         Command::Eval(a) => eval::run(&a),
         Command::Completions(a) => completions::completions(&a),
         Command::Man(a) => completions::man(&a),

@@ -30,6 +30,11 @@ pub use weights::{linear_consumers, weight_ref, WeightLayout, WeightRef, WeightS
 use crate::error::{Error, Result};
 use crate::ir::{Graph, ValueId};
 
+/// True when `v` is computed from the graph input `input` (within 16 nodes).
+pub fn computed_from(g: &Graph, v: ValueId, input: ValueId) -> bool {
+    walk::source_inputs(g, v, 16).contains(&input)
+}
+
 /// One decoder layer: input norm → attention → o_proj (+ residual) →
 /// post-attention norm → MLP (+ residual).
 #[derive(Serialize, Clone, Debug)]

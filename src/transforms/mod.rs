@@ -5,6 +5,7 @@ pub mod calibrated;
 pub mod cleanup;
 pub mod common;
 pub mod int8;
+pub mod llm;
 pub mod lora;
 pub mod rotation;
 pub mod weight_only;

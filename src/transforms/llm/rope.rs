@@ -1,0 +1,196 @@
+//! `rope`: recomputes the rotary tables of a decoder for a longer context, with
+//! optional frequency scaling.
+//!
+//! Two storages are handled: cos/sin caches ([max_positions, rot_dim/2] rows of
+//! cos(p·f)), and an inv_freq vector the graph multiplies by the positions. The
+//! frequencies are read back from the tables themselves (atan2 of row 1 of the
+//! caches), so no config file is needed; theta, which NTK scaling needs, follows
+//! from the second frequency (f_1 = theta^(-2/d)).
+use std::collections::BTreeSet;
+
+use crate::error::{Error, Result};
+use crate::ir::{float_tensor, DType, Graph, ValueId};
+use crate::llm::{DecoderMap, RotaryKind};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Position interpolation: every frequency divided by F.
+    Linear(f64),
+    /// NTK-aware: theta multiplied by F^(d/(d-2)).
+    Ntk(f64),
+}
+
+impl std::str::FromStr for RopeScaling {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let (kind, f) = s.split_once(':').ok_or_else(|| {
+            Error::invalid(format!("--scaling '{s}': expected linear:F or ntk:F"))
+        })?;
+        let f: f64 = f
+            .parse()
+            .ok()
+            .filter(|f: &f64| f.is_finite() && *f >= 1.0)
+            .ok_or_else(|| Error::invalid(format!("--scaling '{s}': F must be a number ≥ 1")))?;
+        match kind {
+            "linear" => Ok(RopeScaling::Linear(f)),
+            "ntk" => Ok(RopeScaling::Ntk(f)),
+            "yarn" => Err(Error::invalid(
+                "--scaling yarn is not supported yet (linear and ntk are)",
+            )),
+            _ => Err(Error::invalid(format!(
+                "--scaling '{s}': unknown kind '{kind}' (linear, ntk)"
+            ))),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RopeReport {
+    /// The tables rewritten (initializer names).
+    pub tables: Vec<String>,
+    /// Rows of the caches before (None for inv_freq).
+    pub old_max: Option<usize>,
+    pub theta: f64,
+}
+
+/// Float initializers `v` is computed from (within 12 nodes).
+fn float_inits(g: &Graph, v: ValueId) -> Vec<ValueId> {
+    let mut found = BTreeSet::new();
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, d)) = stack.pop() {
+        if !seen.insert(v) {
+            continue;
+        }
+        if let Some(t) = g.initializer(v) {
+            if matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16) {
+                found.insert(v);
+            }
+        }
+        if let Some(p) = g.producer(v) {
+            if d < 12 {
+                for i in g.node(p).inputs().iter().flatten() {
+                    stack.push((*i, d + 1));
+                }
+            }
+        }
+    }
+    found.into_iter().collect()
+}
+
+fn scaled(freqs: &[f64], scaling: RopeScaling) -> (Vec<f64>, f64) {
+    let half = freqs.len();
+    let d = 2.0 * half as f64;
+    // f_1 = theta^(-2/d); a single frequency carries no theta.
+    let theta = if half > 1 {
+        freqs[1].powf(-d / 2.0)
+    } else {
+        0.0
+    };
+    let out = match scaling {
+        RopeScaling::None => freqs.to_vec(),
+        RopeScaling::Linear(f) => freqs.iter().map(|x| x / f).collect(),
+        RopeScaling::Ntk(f) => {
+            let t = theta * f.powf(d / (d - 2.0));
+            (0..half).map(|j| t.powf(-2.0 * j as f64 / d)).collect()
+        }
+    };
+    (out, theta)
+}
+
+/// Rewrites the rotary tables of every layer for `max_length` positions.
+pub fn extend_rope(g: &mut Graph, max_length: usize, scaling: RopeScaling) -> Result<RopeReport> {
+    let map = DecoderMap::build(g)?;
+    let rot = map
+        .layers
+        .iter()
+        .find_map(|l| l.attention.rotary.clone())
+        .ok_or_else(|| Error::invalid("no rotary embedding found in the decoder"))?;
+    if rot.kind == RotaryKind::InsideAttention && rot.cos.is_none() {
+        return Err(Error::invalid(
+            "the rotary tables of the attention node were not found",
+        ));
+    }
+    let value = |n: &Option<String>| n.as_deref().and_then(|n| g.find(n));
+    let (Some(cos), Some(sin)) = (value(&rot.cos), value(&rot.sin)) else {
+        return Err(Error::invalid("the rotary cos/sin values were not found"));
+    };
+    let cos_src = float_inits(g, cos);
+    let sin_src = float_inits(g, sin);
+    let dims = |v: ValueId| g.initializer(v).map(|t| t.dims.clone()).unwrap_or_default();
+    match (cos_src.as_slice(), sin_src.as_slice()) {
+        ([c], [s]) if c != s && dims(*c).len() == 2 && dims(*c) == dims(*s) => {
+            extend_caches(g, *c, *s, max_length, scaling)
+        }
+        ([f], [f2]) if f == f2 && dims(*f).len() == 1 => {
+            let t = g.initializer(*f).expect("found as initializer");
+            let freqs: Vec<f64> = t.to_f32()?.iter().map(|&x| x as f64).collect();
+            let (new, theta) = scaled(&freqs, scaling);
+            let vals: Vec<f32> = new.iter().map(|&x| x as f32).collect();
+            let name = g.value_name(*f).to_string();
+            let tensor = float_tensor(&name, t.dtype(), t.dims.clone(), &vals);
+            g.set_initializer(*f, tensor);
+            Ok(RopeReport {
+                tables: vec![name],
+                old_max: None,
+                theta,
+            })
+        }
+        _ => Err(Error::invalid(format!(
+            "rotary: expected cos/sin caches or one inv_freq initializer, found {} and {} \
+             float initializers behind cos and sin",
+            cos_src.len(),
+            sin_src.len()
+        ))),
+    }
+}
+
+fn extend_caches(
+    g: &mut Graph,
+    cos: ValueId,
+    sin: ValueId,
+    max_length: usize,
+    scaling: RopeScaling,
+) -> Result<RopeReport> {
+    let ct = g.initializer(cos).expect("initializer").clone();
+    let st = g.initializer(sin).expect("initializer").clone();
+    let (rows, half) = (ct.dims[0] as usize, ct.dims[1] as usize);
+    if rows < 2 {
+        return Err(Error::tensor(
+            ct.name(),
+            "a rotary cache needs at least 2 rows",
+        ));
+    }
+    let (c, s) = (ct.to_f32()?, st.to_f32()?);
+    // Row 1 holds cos(f)/sin(f) with 0 < f ≤ 1: atan2 recovers f exactly enough.
+    let freqs: Vec<f64> = (0..half)
+        .map(|j| (s[half + j] as f64).atan2(c[half + j] as f64))
+        .collect();
+    let (new, theta) = scaled(&freqs, scaling);
+    let keep = if scaling == RopeScaling::None {
+        rows.min(max_length)
+    } else {
+        0
+    };
+    let mut nc = Vec::with_capacity(max_length * half);
+    let mut ns = Vec::with_capacity(max_length * half);
+    nc.extend_from_slice(&c[..keep * half]);
+    ns.extend_from_slice(&s[..keep * half]);
+    for p in keep..max_length {
+        for f in &new {
+            let a = p as f64 * f;
+            nc.push(a.cos() as f32);
+            ns.push(a.sin() as f32);
+        }
+    }
+    let dims = vec![max_length as i64, half as i64];
+    let (cn, sn) = (ct.name().to_string(), st.name().to_string());
+    g.set_initializer(cos, float_tensor(&cn, ct.dtype(), dims.clone(), &nc));
+    g.set_initializer(sin, float_tensor(&sn, st.dtype(), dims, &ns));
+    Ok(RopeReport {
+        tables: vec![cn, sn],
+        old_max: Some(rows),
+        theta,
+    })
+}
