@@ -6,6 +6,7 @@
 pub mod check;
 pub mod error;
 pub mod expose;
+pub mod guard;
 pub mod inputs;
 pub mod lowering;
 pub mod ort;
