@@ -255,3 +255,46 @@ fn a_check_that_cannot_run_is_skipped_unless_required() {
         assert!(ok && !log.contains("verification"), "{off:?}: {log}");
     }
 }
+
+/// tract panics inside tract-core on a negative Pad (valid ONNX, a crop): the
+/// panic is caught, reported as tract's error with its message, and ONNX Runtime
+/// runs the check instead, for `verify` and for the self-check of `quantize`.
+#[test]
+fn a_tract_panic_is_a_clean_error_and_ort_runs_the_check() {
+    if ort().is_none() {
+        return;
+    }
+    let Some(py) = common::python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("pad.onnx");
+    common::py(&py, "tract_panic.py", &[s(&model)]);
+    let tract = runtime::tract::TractRuntime;
+    let mut sess = tract.open(&model).unwrap();
+    let x = onnxq::runtime::HostTensor::from_f32(vec![1, 66], &[0.5; 66]).unwrap();
+    let e = sess.run(&[("x".to_string(), x)]).unwrap_err().to_string();
+    assert!(
+        e.contains("tract panicked: attempt to add with overflow"),
+        "{e}"
+    );
+
+    let opts = VerifyOptions {
+        runtime: RuntimeKind::Tract,
+        ..Default::default()
+    };
+    let r = compare(&model, &model, &opts).unwrap();
+    assert_eq!(r.runtime, "onnxruntime");
+    let note = r.runtime_note.clone().unwrap_or_default();
+    assert!(
+        note.contains("tract failed") && note.contains("panicked"),
+        "{note}"
+    );
+    assert!(r.outputs.iter().all(|o| o.max_abs == 0.0));
+
+    let out = tmp.path().join("q.onnx");
+    let (ok, log) = onnxq(&["quantize", s(&model), s(&out), "--runtime", "tract"]);
+    assert!(ok, "{log}");
+    assert!(log.contains("tract panicked"), "{log}");
+    assert!(log.contains("layer check: 1 rewritten layers"), "{log}");
+    // The panic's own report (thread 'main' panicked at ...) is not printed.
+    assert!(!log.contains("panicked at"), "{log}");
+}

@@ -1,7 +1,9 @@
 //! Panics inside a runtime become that runtime's error. tract asserts on some graphs
 //! deep inside tract-core instead of returning an error; a verification must report
 //! that (and try the other runtime) rather than abort the whole command.
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Once;
 
 use super::RuntimeError;
 use crate::error::Result;
@@ -17,10 +19,33 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+thread_local! {
+    /// Set while this thread runs inside [`no_panic`].
+    static GUARDED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Installs (once) a panic hook that stays quiet for panics [`no_panic`] catches
+/// (their message goes into the error) and defers to the previous hook otherwise.
+fn quiet_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !GUARDED.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+}
+
 /// Runs `f`, turning a panic into `runtime`'s backend error on `model`, message
 /// kept. The session a panic interrupted must not be used again.
 pub fn no_panic<T>(runtime: &'static str, model: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    quiet_hook();
+    let outer = GUARDED.with(|g| g.replace(true));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(outer));
+    match result {
         Ok(r) => r,
         Err(payload) => Err(RuntimeError::backend(
             runtime,
