@@ -416,6 +416,7 @@ impl CutRun<'_> {
             graph,
             has_graph: true,
             functions: self.quant.functions.clone(),
+            source: self.quant.source.clone(),
             ..Default::default()
         };
         let mut s = runtime::open_model(rt, &cut_model, &[])?;
