@@ -108,3 +108,39 @@ pub fn with_outputs(path: &Path, names: &[String]) -> Result<TempModel> {
         .unwrap_or_else(|| "model.onnx".into());
     TempModel::save(&m, &file)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_referencing_copy_reads_the_same_weights_without_copying_them() {
+        let src = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fixtures/external/model.onnx"
+        ));
+        let m = crate::io::load(src).unwrap();
+        let t = TempModel::save_referencing(&m, "piece.onnx").unwrap();
+        let dir = t.path().parent().unwrap();
+        for (location, _) in m.external_data_files() {
+            let (a, b) = (
+                std::fs::metadata(src.parent().unwrap().join(&location)).unwrap(),
+                std::fs::metadata(dir.join(&location)).unwrap(),
+            );
+            // The same file (a hard link), not a copy.
+            use std::os::unix::fs::MetadataExt;
+            assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()), "{location}");
+        }
+        let again = crate::io::load(t.path()).unwrap();
+        for (v, x) in m.graph.initializers() {
+            let name = m.graph.value_name(v);
+            let y = again
+                .graph
+                .initializer(again.graph.find(name).unwrap())
+                .unwrap();
+            assert_eq!(x.raw_bytes().unwrap(), y.raw_bytes().unwrap(), "{name}");
+        }
+        assert!(std::fs::read_dir(dir).unwrap().count() <= 1 + m.external_data_files().len());
+    }
+}
