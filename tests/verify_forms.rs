@@ -298,3 +298,26 @@ fn a_tract_panic_is_a_clean_error_and_ort_runs_the_check() {
     // The panic's own report (thread 'main' panicked at ...) is not printed.
     assert!(!log.contains("panicked at"), "{log}");
 }
+
+/// A quantized embedding (the tied table stored once in 8 bits by default) is
+/// checked on table rows: GatherBlockQuantized's rows against the float table's.
+#[test]
+fn a_quantized_embedding_is_checked_on_table_rows() {
+    if ort().is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, path) = forms::decoder_forms().remove(0);
+    let out = tmp.path().join("q.onnx");
+    let (ok, log) = onnxq(&["quantize", s(&path), s(&out)]);
+    assert!(ok, "{log}");
+    let c = self_check(&path, &out, &on_ort()).unwrap();
+    let g = c
+        .layers
+        .iter()
+        .find(|l| l.op == "GatherBlockQuantized")
+        .unwrap_or_else(|| panic!("{c:?}"));
+    assert_eq!(g.rows, 32, "{g:?}");
+    // 8-bit blocks of 32: ~1 % relative error, never zero.
+    assert!(g.rel_l2 > 1e-4 && g.rel_l2 < 0.03, "{g:?}");
+}
