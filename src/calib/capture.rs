@@ -232,6 +232,8 @@ fn piece_model(model: &Model, piece: &Piece, types: &BTreeMap<String, ValueInfo>
         graph,
         has_graph: true,
         functions: model.functions.clone(),
+        // Where its external data is, so a session can read it in place.
+        source: model.source.clone(),
         ..Default::default()
     })
 }

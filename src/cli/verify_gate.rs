@@ -5,7 +5,8 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::runtime::RuntimeKind;
-use crate::verify::{compare, Report, Thresholds, VerifyOptions};
+use crate::verify::selfcheck::self_check;
+use crate::verify::{Report, Thresholds, VerifyOptions};
 
 /// Which runtime runs a model, and how: shared by `run`, `verify` and the
 /// verification of model-writing commands.
@@ -121,23 +122,30 @@ impl VerifyGate {
         (json, violations.is_empty())
     }
 
-    /// Compares `output` with `input` (a pipeline's own check); returns (report,
-    /// passed). A reference the runtime cannot run skips the check with a warning.
+    /// Compares `output` with `input` (a pipeline's own check, on the calibration
+    /// samples `calib` when given); returns (report, passed).
     pub fn check(
         &self,
         input: &Path,
         output: &Path,
         seed: u64,
+        calib: Option<std::path::PathBuf>,
     ) -> Result<(serde_json::Value, bool)> {
-        let report = match compare(input, output, &self.options(seed)?) {
-            Ok(r) => r,
-            Err(Error::Reference(reason)) => {
-                eprintln!("warning: verification skipped: {reason}");
-                return Ok((serde_json::json!({ "skipped": reason }), true));
-            }
-            Err(e) => return Err(e),
+        let opts = VerifyOptions {
+            calib,
+            ..self.options(seed)?
         };
+        let check = self_check(input, output, &opts)?;
+        eprint!("{}", check.summary());
+        let report = &check.end_to_end;
         eprint!("{}", report.table());
-        Ok(self.judge(&report))
+        let (mut json, passed) = self.judge(report);
+        json["layers"] = serde_json::json!({
+            "checked": check.layers,
+            "worst": check.worst,
+            "hint": check.hint,
+            "unchecked": check.unchecked,
+        });
+        Ok((json, passed))
     }
 }

@@ -31,6 +31,10 @@ pub enum Layout {
     /// Initializers of at least `threshold` bytes go to one data file `file`
     /// (relative to the model), the rest inline.
     External { file: String, threshold: usize },
+    /// Tensors read from external data point at the same bytes (location, offset,
+    /// length) and are not written: for a temporary model whose directory links to
+    /// the source's data files. Everything else as `Keep`.
+    Reference,
 }
 
 #[derive(Clone, Debug)]
@@ -530,7 +534,7 @@ impl Placer {
             (Layout::Keep, _) if initializer && numeric => {
                 t.external_hint.as_deref().map(|h| self.map_location(h))
             }
-            (Layout::Keep, _) => None,
+            (Layout::Keep | Layout::Reference, _) => None,
             (Layout::External { file, threshold }, _)
                 if initializer && numeric && size >= *threshold =>
             {
@@ -564,6 +568,24 @@ impl Placer {
             metadata_props: entries(&t.metadata_props),
             ..Default::default()
         };
+        if let (Layout::Reference, Storage::External { origin, bytes }) = (&self.layout, &t.storage)
+        {
+            let mut ext = vec![
+                ("location".to_string(), origin.location.clone()),
+                ("offset".to_string(), origin.offset.to_string()),
+                ("length".to_string(), bytes.len().to_string()),
+            ];
+            ext.extend(
+                origin
+                    .entries
+                    .iter()
+                    .filter(|(k, _)| !matches!(k.as_str(), "location" | "offset" | "length"))
+                    .cloned(),
+            );
+            p.external_data = entries(&ext);
+            p.data_location = Some(EXTERNAL);
+            return Ok(p);
+        }
         match self.placement(t, initializer) {
             Some(location) => {
                 let raw = t.raw_bytes()?;

@@ -13,6 +13,7 @@ mod embedding;
 mod io;
 mod mlp;
 mod norm;
+mod roles;
 mod text;
 mod walk;
 mod weights;
@@ -24,6 +25,7 @@ pub use embedding::Embedding;
 pub use io::{DecoderIo, DimExpr, KvIo, TensorIo};
 pub use mlp::{MlpKind, MlpMap};
 pub use norm::{NormKind, NormMap};
+pub use roles::{DecoderIoNames, KvPair};
 pub use text::to_text;
 pub use weights::{linear_consumers, weight_ref, WeightLayout, WeightRef, WeightSource};
 

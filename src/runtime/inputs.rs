@@ -72,9 +72,12 @@ fn gather_rows(g: &Graph, v: ValueId, depth: usize) -> Option<i64> {
     best
 }
 
+/// Tokens of a default sequence: enough for attention and rotary to mix positions.
+pub const DEFAULT_SEQ: i64 = 16;
+
 /// The value of a symbolic dim nobody set, for the names exporters use: batch 1,
-/// an empty KV cache (every runtime supports a prefill from nothing), 8 tokens.
-fn default_dim(name: &str, dims: &BTreeMap<String, i64>) -> Option<i64> {
+/// an empty KV cache (every runtime supports a prefill from nothing), 16 tokens.
+pub fn default_dim(name: &str, dims: &BTreeMap<String, i64>) -> Option<i64> {
     let n = name.to_ascii_lowercase();
     let lookup = |pred: &dyn Fn(&str) -> bool, dflt: i64| {
         dims.iter()
@@ -90,9 +93,9 @@ fn default_dim(name: &str, dims: &BTreeMap<String, i64>) -> Option<i64> {
     } else if is_past(&n) {
         Some(0)
     } else if n.contains("total") && (n.contains("seq") || n.contains("len")) {
-        Some(lookup(&is_past, 0) + lookup(&is_seq, 8))
+        Some(lookup(&is_past, 0) + lookup(&is_seq, DEFAULT_SEQ))
     } else if is_seq(&n) || n.contains("token") {
-        Some(8)
+        Some(DEFAULT_SEQ)
     } else {
         None
     }
@@ -101,7 +104,7 @@ fn default_dim(name: &str, dims: &BTreeMap<String, i64>) -> Option<i64> {
 /// The value of a symbolic dim: given in `dims`, else its default; an exporter's
 /// expression (`past_seq_len + seq_len`, `2*sequence_length`) is evaluated term by
 /// term, so a mask sized past + new agrees with the past and the ids it goes with.
-fn dim_value(name: &str, dims: &BTreeMap<String, i64>) -> Option<i64> {
+pub fn dim_value(name: &str, dims: &BTreeMap<String, i64>) -> Option<i64> {
     let term = |t: &str| {
         let t = t.trim();
         t.parse::<i64>()
@@ -119,6 +122,62 @@ fn dim_value(name: &str, dims: &BTreeMap<String, i64>) -> Option<i64> {
         return name.split('*').map(term).product();
     }
     term(name)
+}
+
+/// The symbolic dims fixed by tensors already given (calibration or input files):
+/// a plain name takes the size of its axis; an expression (`past_seq_len +
+/// seq_len`, `a*b`) with one unknown term is solved for it once the others are
+/// known. Repeats until nothing new is learned.
+pub fn solve_dims(specs: &[IoSpec], feeds: &NamedTensors) -> BTreeMap<String, i64> {
+    let mut dims = BTreeMap::new();
+    let mut exprs: Vec<(String, i64)> = Vec::new();
+    for s in specs {
+        let (Some(declared), Some((_, t))) = (&s.dims, feeds.iter().find(|(n, _)| n == &s.name))
+        else {
+            continue;
+        };
+        for (d, &size) in declared.iter().zip(&t.shape) {
+            if let Dim::Param(p) = d {
+                let p = p.trim();
+                if p.contains('+') || p.contains('*') {
+                    exprs.push((p.to_string(), size as i64));
+                } else {
+                    dims.insert(p.to_string(), size as i64);
+                }
+            }
+        }
+    }
+    loop {
+        let mut learned = false;
+        for (e, size) in &exprs {
+            let sum = e.contains('+');
+            let terms: Vec<&str> = e
+                .split(if sum { '+' } else { '*' })
+                .map(str::trim)
+                .collect();
+            let known = |t: &str| t.parse::<i64>().ok().or_else(|| dims.get(t).copied());
+            let unknown: Vec<&str> = terms
+                .iter()
+                .copied()
+                .filter(|t| known(t).is_none())
+                .collect();
+            let [u] = unknown[..] else { continue };
+            let rest: Vec<i64> = terms.iter().filter_map(|t| known(t)).collect();
+            let v = if sum {
+                Some(size - rest.iter().sum::<i64>())
+            } else {
+                let p: i64 = rest.iter().product();
+                (p != 0 && size % p == 0).then(|| size / p)
+            };
+            if let Some(v) = v.filter(|v| *v >= 0) {
+                dims.insert(u.to_string(), v);
+                learned = true;
+            }
+        }
+        if !learned {
+            return dims;
+        }
+    }
 }
 
 /// Concrete shapes for `specs`: symbolic dims from `dims`, else the defaults of
@@ -179,7 +238,7 @@ impl Rng {
         (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
 }
@@ -267,6 +326,54 @@ pub fn random_inputs(
         .collect()
 }
 
+/// Token ids, positions or a mask as the integer type `spec` declares.
+pub fn int_tensor(spec: &IoSpec, shape: Vec<usize>, values: &[i64]) -> Result<HostTensor> {
+    match spec.dtype.unwrap_or(DType::I64) {
+        DType::I64 => HostTensor::from_i64(shape, values),
+        DType::I32 => {
+            let v: Vec<i32> = values.iter().map(|&x| x as i32).collect();
+            HostTensor::from_i32(shape, &v)
+        }
+        other => Err(Error::tensor(
+            &spec.name,
+            format!("a {other} input cannot take token ids, positions or a mask"),
+        )),
+    }
+}
+
+/// An empty past for `spec`: batch 1, the cache length 0, fixed dims as declared.
+pub fn empty_past(spec: &IoSpec) -> Result<HostTensor> {
+    let dims = spec
+        .dims
+        .as_ref()
+        .ok_or_else(|| Error::tensor(&spec.name, "the past input has no declared shape"))?;
+    // [batch, heads, past, head_size] is what every exporter writes; for another rank
+    // the first symbolic axis after the batch is taken for the past length.
+    let past_axis = if dims.len() == 4 {
+        2
+    } else {
+        (1..dims.len())
+            .find(|&i| !matches!(dims[i], Dim::Value(_)))
+            .ok_or_else(|| Error::tensor(&spec.name, "the past input has no symbolic axis"))?
+    };
+    let mut shape = Vec::with_capacity(dims.len());
+    for (i, d) in dims.iter().enumerate() {
+        shape.push(match d {
+            _ if i == past_axis => 0,
+            Dim::Value(v) if *v >= 0 => *v as usize,
+            _ if i == 0 => 1,
+            _ => {
+                return Err(Error::tensor(
+                    &spec.name,
+                    format!("axis {i} of the past input has no fixed size"),
+                ))
+            }
+        });
+    }
+    let dtype = spec.dtype.unwrap_or(DType::F32);
+    HostTensor::from_bytes(dtype, shape, Vec::new())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,10 +410,39 @@ mod tests {
         ];
         let shapes = resolve_shapes(&specs, &BTreeMap::new()).unwrap();
         assert_eq!(shapes[1][2], 0, "an empty cache by default");
-        assert_eq!(shapes[2], vec![1, 8], "mask = past (0) + new (8)");
-        assert_eq!(shapes[3], vec![16]);
+        assert_eq!(shapes[2], vec![1, 16], "mask = past (0) + new (16)");
+        assert_eq!(shapes[3], vec![32]);
         let given = BTreeMap::from([("past_seq_len".to_string(), 3), ("seq_len".to_string(), 1)]);
         assert_eq!(resolve_shapes(&specs, &given).unwrap()[2], vec![1, 4]);
+    }
+
+    #[test]
+    fn dims_are_solved_from_given_tensors() {
+        let p = |s: &str| Dim::Param(s.into());
+        let specs = [
+            spec("input_ids", DType::I64, &[p("batch"), p("seq_len")]),
+            spec(
+                "attention_mask",
+                DType::I64,
+                &[p("batch"), p("past_len + seq_len")],
+            ),
+            spec("x", DType::F32, &[p("rows*cols")]),
+            spec("y", DType::F32, &[p("rows")]),
+        ];
+        let t = |shape: Vec<usize>| {
+            HostTensor::from_f32(shape.clone(), &vec![0.0; shape.iter().product()]).unwrap()
+        };
+        let feeds = vec![
+            ("input_ids".to_string(), t(vec![1, 5])),
+            ("attention_mask".to_string(), t(vec![1, 12])),
+            ("x".to_string(), t(vec![12])),
+            ("y".to_string(), t(vec![3])),
+        ];
+        let d = solve_dims(&specs, &feeds);
+        assert_eq!(d["past_len"], 7);
+        assert_eq!(d["seq_len"], 5);
+        assert_eq!(d["cols"], 4);
+        assert_eq!(d["batch"], 1);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod check;
 pub mod error;
 pub mod expose;
+pub mod guard;
 pub mod inputs;
 pub mod lowering;
 pub mod ort;
@@ -191,7 +192,7 @@ pub fn open_model(
     model: &crate::ir::Model,
     extra_outputs: &[String],
 ) -> Result<Box<dyn Session>> {
-    let temp = expose::TempModel::save(model, "model.onnx")?;
+    let temp = expose::TempModel::save_referencing(model, "onnxq-temp-model.onnx")?;
     let file = prepare(temp.path(), rt.name(), extra_outputs)?;
     let inner = rt.open(file.path())?;
     Ok(Box::new(ModelSession {

@@ -237,12 +237,11 @@ impl super::Runtime for OrtRuntime {
     }
 
     fn open(&self, path: &Path) -> Result<Box<dyn super::Session>> {
-        Ok(Box::new(OrtSession::open(
-            &self.env,
-            path,
-            self.threads,
-            &self.config,
-        )?))
+        let label = model_label(path);
+        let s = super::guard::no_panic(NAME, &label, || {
+            OrtSession::open(&self.env, path, self.threads, &self.config)
+        })?;
+        Ok(Box::new(s))
     }
 }
 
@@ -277,6 +276,10 @@ impl OrtSession {
         let mut builder = OrtSessionInner::builder(&env.env)
             .map_err(|e| backend(&label, e))?
             .with_intra_threads(threads)
+            .map_err(|e| backend(&label, e))?
+            // A failing kernel's message reaches the caller as this session's error;
+            // ORT's own log line would print it a second time.
+            .with_log_level(ort::logging::LogLevel::Fatal)
             .map_err(|e| backend(&label, e))?;
         for (k, v) in config {
             builder = builder
@@ -305,6 +308,13 @@ impl super::Session for OrtSession {
     }
 
     fn run(&mut self, feeds: &[(String, HostTensor)]) -> Result<NamedTensors> {
+        let label = self.label.clone();
+        super::guard::no_panic(NAME, &label, || self.run_unguarded(feeds))
+    }
+}
+
+impl OrtSession {
+    fn run_unguarded(&mut self, feeds: &[(String, HostTensor)]) -> Result<NamedTensors> {
         let ordered = order_feeds(&self.label, &self.specs, feeds)?;
         let mut values: Vec<(String, SessionInputValue<'_>)> = Vec::with_capacity(ordered.len());
         for (spec, t) in self.specs.iter().zip(&ordered) {

@@ -261,7 +261,9 @@ impl super::Runtime for TractRuntime {
     }
 
     fn open(&self, path: &Path) -> Result<Box<dyn super::Session>> {
-        Ok(Box::new(TractSession::open(path)?))
+        let label = model_label(path);
+        let s = super::guard::no_panic(NAME, &label, || TractSession::open(path))?;
+        Ok(Box::new(s))
     }
 }
 
@@ -494,6 +496,13 @@ impl super::Session for TractSession {
     }
 
     fn run(&mut self, feeds: &[(String, HostTensor)]) -> Result<NamedTensors> {
+        let label = self.label.clone();
+        super::guard::no_panic(NAME, &label, || self.run_unguarded(feeds))
+    }
+}
+
+impl TractSession {
+    fn run_unguarded(&mut self, feeds: &[(String, HostTensor)]) -> Result<NamedTensors> {
         let ordered = order_feeds(&self.label, &self.specs, feeds)?;
         let plan = self.plan(&ordered)?;
         let mut values: TVec<TValue> = tvec!();

@@ -165,7 +165,10 @@ impl Report {
             self.inputs
         );
         if let Some(note) = &self.runtime_note {
-            s.push_str(&format!("note: ONNX Runtime not used: {note}\n"));
+            s.push_str(&format!("note: {note}\n"));
+        }
+        for n in &self.notes {
+            s.push_str(&format!("note: {n}\n"));
         }
         for l in &self.lowered {
             s.push_str(&format!("lowered for tract: {l}\n"));
@@ -225,6 +228,7 @@ mod tests {
             samples: 1,
             inputs: "random (seed 0)".into(),
             lowered: vec![],
+            notes: vec![],
             outputs: vec![metrics("y", 0.1, None), metrics("ids", 0.1, Some(0.5))],
             extra_outputs: vec![],
         };
