@@ -42,7 +42,7 @@ fn setup() -> Setup {
     std::fs::write(&calib_path, calib).unwrap();
     let tokenizer = common::fixtures().join("tokenizer.json");
     let tok = Tokenizer::from_file(&tokenizer).unwrap();
-    let eval = TextSamples::windows(&tok.encode(&held_out).unwrap(), 4, 48, 99).windows;
+    let eval = TextSamples::windows(&tok.input_ids(&held_out).unwrap(), 4, 48, 99).windows;
     Setup {
         _tmp: tmp,
         dir,

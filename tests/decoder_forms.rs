@@ -336,7 +336,8 @@ fn forms_quantize_to_int8_dynamic_and_static() {
     std::fs::write(&calib_path, calib).unwrap();
     let tok = onnxq::calib::tokenizer::Tokenizer::from_file(&tok_path).unwrap();
     let eval =
-        onnxq::calib::text::TextSamples::windows(&tok.encode(held_out).unwrap(), 4, 48, 5).windows;
+        onnxq::calib::text::TextSamples::windows(&tok.input_ids(held_out).unwrap(), 4, 48, 5)
+            .windows;
     let static_flags = [
         "--algorithm",
         "static",

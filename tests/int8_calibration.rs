@@ -414,7 +414,7 @@ fn text_calibration(dir: &Path) -> (PathBuf, Vec<Vec<i64>>) {
     let path = dir.join("calib.txt");
     std::fs::write(&path, calib).unwrap();
     let tok = onnxq::calib::tokenizer::Tokenizer::from_file(&fixture("tokenizer.json")).unwrap();
-    let ids = tok.encode(&held_out).unwrap();
+    let ids = tok.input_ids(&held_out).unwrap();
     let windows = onnxq::calib::text::TextSamples::windows(&ids, 8, 48, 99).windows;
     (path, windows)
 }

@@ -490,7 +490,7 @@ fn text_calibration(dir: &Path) -> (PathBuf, Vec<Vec<i64>>) {
     let path = dir.join("calib.txt");
     std::fs::write(&path, lines[..cut].join("\n")).unwrap();
     let tok = onnxq::calib::tokenizer::Tokenizer::from_file(&fixture("tokenizer.json")).unwrap();
-    let ids = tok.encode(&lines[cut..].join("\n")).unwrap();
+    let ids = tok.input_ids(&lines[cut..].join("\n")).unwrap();
     (
         path,
         onnxq::calib::text::TextSamples::windows(&ids, 8, 48, 99).windows,

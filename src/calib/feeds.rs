@@ -35,7 +35,7 @@ impl CalibData {
             (None, Some(t), Some(tok)) => {
                 let tok = Tokenizer::from_file(Path::new(tok))?;
                 let text = super::text::read_text(Path::new(t))?;
-                let ids = tok.encode(&text)?;
+                let ids = tok.input_ids(&text)?;
                 if ids.is_empty() {
                     return Err(Error::invalid(format!(
                         "{t}: the calibration text has no tokens"

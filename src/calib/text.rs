@@ -55,7 +55,7 @@ impl TextSamples {
     ) -> Result<TextSamples> {
         let tok = Tokenizer::from_file(tokenizer)?;
         let text = read_text(text_file)?;
-        let ids = tok.encode(&text)?;
+        let ids = tok.input_ids(&text)?;
         if ids.is_empty() {
             return Err(Error::invalid(format!(
                 "{}: the calibration text has no tokens",

@@ -116,7 +116,7 @@ pub fn read_text(path: &Path) -> Result<String> {
 /// Token ids of the text file with the tokenizer file.
 pub fn tokenize(text: &Path, tokenizer: &Path) -> Result<Vec<i64>> {
     let tok = Tokenizer::from_file(tokenizer)?;
-    tok.encode(&read_text(text)?)
+    tok.input_ids(&read_text(text)?)
 }
 
 /// Positions the model's rotary caches hold (rows of a cos table read by position),

@@ -41,7 +41,7 @@
 //! - [`pack`]: 1/2/4/8-bit packing in either nibble order.
 //! - [`convert`]: f16/bf16 ↔ f32 slices and [`FloatType`].
 //! - [`gptq`]: GPTQ (second-order error feedback; needs `H = XᵀX`, so not a
-//!   per-block [`nbits::BlockSolver`]); [`linalg`]: its Cholesky helpers.
+//!   per-block [`nbits::BlockSolver`]); [`linalg`]: its inverse Hessian factor (faer).
 //! - [`awq`]: AWQ's per-channel scale search (RTN of the scaled weights).
 //! - [`hadamard`]: Hadamard and random orthogonal rotations (QuaRot), in f64.
 pub mod awq;
