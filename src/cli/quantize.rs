@@ -353,20 +353,29 @@ impl QuantizeArgs {
             _ => {}
         }
         if a.is_symmetric == Some(false) {
-            if matches!(a.algorithm.base, AlgorithmArg::Dynamic | AlgorithmArg::Static) {
+            if matches!(
+                a.algorithm.base,
+                AlgorithmArg::Dynamic | AlgorithmArg::Static
+            ) {
                 a.weight_type.get_or_insert(IntTypeArg::Uint8);
             } else {
                 a.asymmetric = true;
             }
         } else if a.is_symmetric == Some(true)
-            && matches!(a.algorithm.base, AlgorithmArg::Dynamic | AlgorithmArg::Static)
+            && matches!(
+                a.algorithm.base,
+                AlgorithmArg::Dynamic | AlgorithmArg::Static
+            )
         {
             a.weight_type.get_or_insert(IntTypeArg::Int8);
         }
         let Some(p) = self.precision else {
             return Ok(a);
         };
-        let int8 = matches!(a.algorithm.base, AlgorithmArg::Dynamic | AlgorithmArg::Static);
+        let int8 = matches!(
+            a.algorithm.base,
+            AlgorithmArg::Dynamic | AlgorithmArg::Static
+        );
         let set_bits = |a: &mut QuantizeArgs, bits: u8| match a.bits {
             Some(b) if b != bits => Err(usage(format!(
                 "--precision {} means {bits} bits; --bits {b} contradicts it",
