@@ -199,7 +199,7 @@ fn quarot_rtn_against_plain_rtn() {
     let tmp = tempfile::tempdir().unwrap();
     let tok = Tokenizer::from_file(&common::fixtures().join("tokenizer.json")).unwrap();
     let text = std::fs::read_to_string(common::fixtures().join("sample.txt")).unwrap();
-    let windows = TextSamples::windows(&tok.encode(&text).unwrap(), 6, 48, 17).windows;
+    let windows = TextSamples::windows(&tok.input_ids(&text).unwrap(), 6, 48, 17).windows;
     let rtn =
         "[[pass]]\nname='matmul-nbits'\nalgorithm='rtn'\nbits=4\nblock-size=32\nsymmetric=true\n";
     for (form, path) in forms::decoder_forms() {
@@ -299,7 +299,7 @@ fn quarot_gptq_and_awq_against_plain() {
     let calib = tmp.path().join("calib.txt");
     std::fs::write(&calib, lines[..cut].join("\n")).unwrap();
     let held_out = lines[cut..].join("\n");
-    let windows = TextSamples::windows(&tok.encode(&held_out).unwrap(), 4, 48, 99).windows;
+    let windows = TextSamples::windows(&tok.input_ids(&held_out).unwrap(), 4, 48, 99).windows;
     let path = common::fixtures().join("decoders/decomposed.onnx");
     let model = onnxq::load(&path).unwrap();
     for algo in ["gptq", "awq"] {

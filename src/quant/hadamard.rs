@@ -390,20 +390,40 @@ pub fn normalized_hadamard(n: usize, seed: u64) -> Rotation {
     }
 }
 
+/// Rows of the output each parallel task computes. Every output element is still one
+/// dot product summed in one order, so the result does not depend on the thread count.
+const ROWS_PER_TASK: usize = 64;
+
 /// `Qᵀ·W` for W [k, n] row-major and Q [k, k].
 pub fn rotate_rows(w: &[f64], k: usize, n: usize, q: &Rotation) -> Vec<f64> {
     debug_assert_eq!(q.n, k);
+    debug_assert_eq!(w.len(), k * n);
     let mut out = vec![0f64; k * n];
-    out.par_chunks_mut(n.max(1))
+    out.par_chunks_mut((ROWS_PER_TASK * n).max(1))
         .enumerate()
-        .for_each(|(i, row)| {
-            for j in 0..k {
-                let c = q.m[j * k + i];
-                if c != 0.0 {
-                    for (o, x) in row.iter_mut().zip(&w[j * n..(j + 1) * n]) {
-                        *o += c * x;
-                    }
-                }
+        .for_each(|(t, block)| {
+            let i0 = t * ROWS_PER_TASK;
+            let rows = block.len() / n.max(1);
+            // Qᵀ's rows i0.. are Q's columns i0..: row stride 1, column stride k.
+            // SAFETY: A addresses rows i0..i0+rows of Qᵀ (k columns) inside q.m, B is W
+            // [k, n], C is this task's own [rows, n] block; none overlap.
+            unsafe {
+                matrixmultiply::dgemm(
+                    rows,
+                    k,
+                    n,
+                    1.0,
+                    q.m.as_ptr().add(i0),
+                    1,
+                    k as isize,
+                    w.as_ptr(),
+                    n as isize,
+                    1,
+                    0.0,
+                    block.as_mut_ptr(),
+                    n as isize,
+                    1,
+                );
             }
         });
     out
@@ -412,17 +432,32 @@ pub fn rotate_rows(w: &[f64], k: usize, n: usize, q: &Rotation) -> Vec<f64> {
 /// `W·Q` for W [r, n] row-major and Q [n, n].
 pub fn rotate_cols(w: &[f64], r: usize, n: usize, q: &Rotation) -> Vec<f64> {
     debug_assert_eq!(q.n, n);
+    debug_assert_eq!(w.len(), r * n);
     let mut out = vec![0f64; r * n];
-    out.par_chunks_mut(n.max(1))
+    out.par_chunks_mut((ROWS_PER_TASK * n).max(1))
         .enumerate()
-        .for_each(|(i, row)| {
-            for j in 0..n {
-                let c = w[i * n + j];
-                if c != 0.0 {
-                    for (o, x) in row.iter_mut().zip(&q.m[j * n..(j + 1) * n]) {
-                        *o += c * x;
-                    }
-                }
+        .for_each(|(t, block)| {
+            let i0 = t * ROWS_PER_TASK;
+            let rows = block.len() / n.max(1);
+            // SAFETY: A is rows i0..i0+rows of W [r, n], B is Q [n, n], C is this
+            // task's own [rows, n] block; none overlap.
+            unsafe {
+                matrixmultiply::dgemm(
+                    rows,
+                    n,
+                    n,
+                    1.0,
+                    w.as_ptr().add(i0 * n),
+                    n as isize,
+                    1,
+                    q.m.as_ptr(),
+                    n as isize,
+                    1,
+                    0.0,
+                    block.as_mut_ptr(),
+                    n as isize,
+                    1,
+                );
             }
         });
     out
