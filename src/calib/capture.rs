@@ -13,7 +13,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::error::{Error, Result};
-use crate::ir::{Dim, GraphIo, Model, ShapeDim, TypeInfo, TypeKind, Use, ValueDef, ValueInfo};
+use crate::ir::{
+    Dim, Graph, GraphIo, Model, Node, ShapeDim, TypeInfo, TypeKind, Use, ValueDef, ValueId,
+    ValueInfo,
+};
 use crate::runtime::{HostTensor, NamedTensors, Runtime};
 
 /// What a calibration statistic does with the observed tensors.
@@ -58,14 +61,42 @@ struct Lifetimes {
     n: usize,
 }
 
+/// Whether `node` computes the same values on every run from constants only:
+/// initializers, empty optional inputs and values in `constant`. Random ops and nodes
+/// with subgraphs (which may read outer values) never are.
+fn is_constant_chain(g: &Graph, node: &Node, constant: &BTreeSet<ValueId>) -> bool {
+    !node.op_type.starts_with("Random")
+        && !matches!(node.op_type.as_str(), "Bernoulli" | "Multinomial")
+        && node
+            .attributes
+            .iter()
+            .all(|a| a.subgraphs().next().is_none())
+        && node
+            .inputs()
+            .iter()
+            .flatten()
+            .all(|v| constant.contains(v) || g.initializer(*v).is_some())
+}
+
 impl Lifetimes {
     fn of(model: &Model) -> Result<Lifetimes> {
         let g = &model.graph;
         let order = g.sorted_node_ids()?;
         let pos: HashMap<_, _> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
         let mut spans = BTreeMap::new();
+        let mut constant: BTreeSet<ValueId> = BTreeSet::new();
         for (i, &id) in order.iter().enumerate() {
-            for v in g.node(id).outputs().iter().flatten() {
+            let node = g.node(id);
+            // A value computed from constants alone (a Constant node, a shape or
+            // rotary-table chain) is recomputed in every piece that reads it rather
+            // than carried: a runtime sees it as a constant there (tract needs that
+            // for Split sizes, Unsqueeze axes, Reshape shapes), and it costs no memory
+            // per sample.
+            if is_constant_chain(g, node, &constant) {
+                constant.extend(node.outputs().iter().flatten());
+                continue;
+            }
+            for v in node.outputs().iter().flatten() {
                 let mut readers: Vec<usize> = g
                     .value(*v)
                     .uses()
@@ -175,13 +206,11 @@ fn pieces(model: &Model, plan: &Plan) -> Result<Vec<Piece>> {
             observed,
         });
     }
-    // What follows the last observed value need not run.
-    while out
-        .last()
-        .is_some_and(|p| p.outputs.is_empty() && p.observed.is_empty())
-    {
-        out.pop();
-    }
+    // A piece whose values nobody reads need not run: what follows the last observed
+    // value, or a stretch of constant chains (recomputed where they are read). The
+    // next piece's carry still holds what it reads, since the piece before kept
+    // every value read after its own end.
+    out.retain(|p| !(p.outputs.is_empty() && p.observed.is_empty()));
     Ok(out)
 }
 
