@@ -26,10 +26,13 @@ fn ort() -> Option<runtime::ort::OrtRuntime> {
     }
 }
 
+/// One observed tensor: values and shape.
+type Observed = (Vec<f32>, Vec<usize>);
+
 /// Every observed tensor of every sample, in arrival order.
 #[derive(Default)]
 struct Recorder {
-    seen: BTreeMap<String, Vec<(Vec<f32>, Vec<usize>)>>,
+    seen: BTreeMap<String, Vec<Observed>>,
     completed: Vec<String>,
 }
 
