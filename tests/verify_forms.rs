@@ -321,3 +321,81 @@ fn a_quantized_embedding_is_checked_on_table_rows() {
     // 8-bit blocks of 32: ~1 % relative error, never zero.
     assert!(g.rel_l2 > 1e-4 && g.rel_l2 < 0.03, "{g:?}");
 }
+
+/// A wrong rewrite is caught where it happened: one MatMulNBits whose packed codes
+/// have their nibbles swapped (a packing bug) stands out as the worst layer, named
+/// in the hint, with an error far above int4's while every other layer stays at
+/// int4 size; the end-to-end error grows.
+#[test]
+fn a_corrupted_layer_is_named_as_the_worst() {
+    if ort().is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, path) = forms::decoder_forms().remove(0);
+    let out = tmp.path().join("q.onnx");
+    let (ok, log) = onnxq(&[
+        "quantize",
+        s(&path),
+        s(&out),
+        "--tied-head",
+        "separate",
+        "--no-verify",
+    ]);
+    assert!(ok, "{log}");
+    let clean = self_check(&path, &out, &on_ort()).unwrap();
+
+    let mut m = onnxq::io::load(&out).unwrap();
+    let original = onnxq::io::load(&path).unwrap();
+    let g = &mut m.graph;
+    let (id, _) = g
+        .nodes()
+        .filter(|(_, n)| n.op_type == "MatMulNBits")
+        .nth(3)
+        .unwrap();
+    let node = g.node(id);
+    let y = g.value_name(node.output(0).unwrap()).to_string();
+    let b = node.input(1).unwrap();
+    let t = g.initializer(b).unwrap().clone();
+    let swapped: Vec<u8> = t
+        .raw_bytes()
+        .unwrap()
+        .iter()
+        .map(|v| v.rotate_left(4))
+        .collect();
+    let bad = onnxq::ir::Tensor::from_raw("", t.dtype(), t.dims.clone(), swapped.into());
+    g.set_initializer(b, bad);
+    let corrupted = tmp.path().join("bad.onnx");
+    onnxq::io::save(&m, &corrupted, &Default::default()).unwrap();
+    let target = original
+        .graph
+        .nodes()
+        .find(|(_, n)| n.output(0).map(|o| original.graph.value_name(o)) == Some(y.as_str()))
+        .map(|(_, n)| n.name().to_string())
+        .unwrap();
+
+    let c = self_check(&path, &corrupted, &on_ort()).unwrap();
+    assert_eq!(c.worst[0], target, "{c:?}");
+    assert!(c.hint.as_deref().unwrap().contains(&target));
+    for l in &c.layers {
+        if l.node == target {
+            assert!(l.rel_l2 > 0.5, "{l:?}");
+        } else {
+            assert!(l.rel_l2 < 0.3, "{l:?}");
+        }
+    }
+    let logits = |c: &onnxq::verify::selfcheck::SelfCheck| {
+        c.end_to_end
+            .outputs
+            .iter()
+            .find(|o| o.name == "logits")
+            .unwrap()
+            .rel_l2
+    };
+    assert!(
+        logits(&c) > 1.5 * logits(&clean),
+        "{} vs {}",
+        logits(&c),
+        logits(&clean)
+    );
+}

@@ -145,6 +145,7 @@ impl VerifyGate {
             "worst": check.worst,
             "hint": check.hint,
             "unchecked": check.unchecked,
+            "seconds": check.seconds,
         });
         Ok((json, passed))
     }

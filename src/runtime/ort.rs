@@ -19,7 +19,7 @@ use super::{model_label, HostTensor, NamedTensors, RuntimeError, ORT_SUPPORTED};
 use crate::error::Result;
 use crate::ir::{DType, IoSpec};
 
-const NAME: &str = "onnxruntime";
+pub const NAME: &str = "onnxruntime";
 
 /// The loaded library and the environment every session shares.
 pub struct OrtEnv {
@@ -204,6 +204,8 @@ pub struct OrtRuntime {
     env: Arc<OrtEnv>,
     threads: usize,
     config: Vec<(String, String)>,
+    /// Graph optimizations and weight prepacking on (the default).
+    optimize: bool,
 }
 
 impl OrtRuntime {
@@ -217,7 +219,20 @@ impl OrtRuntime {
             env,
             threads,
             config: Vec::new(),
+            optimize: true,
         })
+    }
+
+    /// Sessions meant to run once on a few rows (a check's reference run): no
+    /// graph optimizations and no weight prepacking. Both copy or rearrange every
+    /// weight when the session opens, which costs more than they save on one run
+    /// (on a 4.4 GB fp32 decoder, most of the opening's time and a second copy of
+    /// the weights in memory).
+    pub fn for_one_run(mut self) -> Self {
+        self.optimize = false;
+        self.config
+            .push(("session.disable_prepacking".into(), "1".into()));
+        self
     }
 
     /// Adds session config entries (key, value) to every session opened.
@@ -239,7 +254,7 @@ impl super::Runtime for OrtRuntime {
     fn open(&self, path: &Path) -> Result<Box<dyn super::Session>> {
         let label = model_label(path);
         let s = super::guard::no_panic(NAME, &label, || {
-            OrtSession::open(&self.env, path, self.threads, &self.config)
+            OrtSession::open(&self.env, path, self.threads, &self.config, self.optimize)
         })?;
         Ok(Box::new(s))
     }
@@ -262,6 +277,7 @@ impl OrtSession {
         path: &Path,
         threads: usize,
         config: &[(String, String)],
+        optimize: bool,
     ) -> Result<OrtSession> {
         let label = model_label(path);
         let ir = crate::io::load(path)?;
@@ -281,6 +297,11 @@ impl OrtSession {
             // ORT's own log line would print it a second time.
             .with_log_level(ort::logging::LogLevel::Fatal)
             .map_err(|e| backend(&label, e))?;
+        if !optimize {
+            builder = builder
+                .with_optimization_level(ort::session::builder::GraphOptimizationLevel::Disable)
+                .map_err(|e| backend(&label, e))?;
+        }
         for (k, v) in config {
             builder = builder
                 .with_config_entry(k, v)

@@ -65,6 +65,9 @@ pub struct SelfCheck {
     pub unchecked: Vec<String>,
     /// The outputs of the whole rewritten model against the original's.
     pub end_to_end: Report,
+    /// Seconds spent in each step (load, original run, layers, end to end), so
+    /// the check's cost can be read from the report.
+    pub seconds: BTreeMap<String, f64>,
 }
 
 /// One rewritten op: where its input and output are, in both models.
@@ -497,16 +500,34 @@ pub fn self_check(original: &Path, rewritten: &Path, opts: &VerifyOptions) -> Re
     }
 }
 
+/// `rt` set up for sessions that run once (ONNX Runtime without graph optimizations
+/// or prepacking: the original's pieces run on one input, and opening them is most
+/// of their cost); `None` when `rt` has no such mode.
+fn for_one_run(rt: &dyn Runtime, opts: &VerifyOptions) -> Option<Box<dyn Runtime>> {
+    if rt.name() != runtime::ort::NAME {
+        return None;
+    }
+    let ort = runtime::ort::OrtRuntime::new(opts.threads).ok()?;
+    Some(Box::new(ort.with_config(&opts.ort_config).for_one_run()))
+}
+
 fn check_on(
     rt: &dyn Runtime,
     original: &Path,
     rewritten: &Path,
     opts: &VerifyOptions,
 ) -> Result<SelfCheck> {
+    let mut seconds = BTreeMap::new();
+    let mut clock = std::time::Instant::now();
+    let mut lap = |step: &str| {
+        seconds.insert(step.to_string(), clock.elapsed().as_secs_f64());
+        clock = std::time::Instant::now();
+    };
     let orig = crate::io::load(original)?;
     let quant = crate::io::load(rewritten)?;
     let (layers, mut unchecked) = rewritten_layers(&orig.graph, &quant.graph);
     let (candidates, mut notes) = first_feeds(&orig, opts)?;
+    lap("load");
     let outputs: Vec<String> = orig
         .graph
         .outputs
@@ -536,9 +557,11 @@ fn check_on(
     let hidden = indicatif::ProgressBar::hidden();
     let mut fed = None;
     let mut last_err = None;
+    let once = for_one_run(rt, opts);
+    let reference: &dyn Runtime = once.as_deref().unwrap_or(rt);
     for (feeds, note) in candidates {
         let mut one = |_| Ok(feeds.clone());
-        match capture(&orig, &plan, 1, &mut one, rt, &hidden, &mut rec) {
+        match capture(&orig, &plan, 1, &mut one, reference, &hidden, &mut rec) {
             Ok(_) => {
                 if !note.is_empty() {
                     notes.push(note);
@@ -568,6 +591,8 @@ fn check_on(
     } else {
         format!("inputs: {listed}")
     });
+
+    lap("original");
 
     // 2. The rewritten ops on the recorded rows.
     let mut checked = Vec::new();
@@ -666,6 +691,7 @@ fn check_on(
         }
     }
     drop(cut_feeds);
+    lap("layers");
 
     // 3. The whole rewritten model once, on the same input.
     let file = runtime::prepare(rewritten, rt.name(), &[])?;
@@ -677,6 +703,7 @@ fn check_on(
         .collect();
     let got = s.run(&wanted)?;
     drop(s);
+    lap("end_to_end");
     let mut acc: BTreeMap<String, metrics::Accumulator> = BTreeMap::new();
     let mut order = Vec::new();
     for name in &outputs {
@@ -707,6 +734,7 @@ fn check_on(
         worst,
         hint,
         unchecked,
+        seconds,
         end_to_end: Report {
             runtime: rt.name().to_string(),
             runtime_note: None,
