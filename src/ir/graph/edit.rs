@@ -368,10 +368,7 @@ impl Graph {
     pub fn remove_input(&mut self, v: ValueId) -> Result<()> {
         let val = self.value(v);
         if !val.uses.is_empty() || self.is_graph_output(v) || !self.is_graph_input(v) {
-            return Err(self.err(format!(
-                "'{}' is not a graph input nobody reads",
-                val.name
-            )));
+            return Err(self.err(format!("'{}' is not a graph input nobody reads", val.name)));
         }
         let name = val.name.clone();
         self.inputs.retain(|io| io.value != v);

@@ -149,7 +149,10 @@ fn plan_attention(g: &Graph, map: &DecoderMap) -> Result<Vec<AttnPlan>> {
             return Err(part_err(
                 &at,
                 "kv cache",
-                format!("the present tensor '{}' is not a graph output", g.value_name(*p)),
+                format!(
+                    "the present tensor '{}' is not a graph output",
+                    g.value_name(*p)
+                ),
             ));
         }
         let rotary = match &a.rotary {
@@ -179,14 +182,26 @@ fn plan_norm(g: &Graph, at: String, n: &NormMap) -> Result<Option<NormPlan>> {
         return Ok(None);
     }
     let x = n.input_id.ok_or_else(|| {
-        part_err(&at, "norm", format!("the input of norm '{}' was not found", n.node))
+        part_err(
+            &at,
+            "norm",
+            format!("the input of norm '{}' was not found", n.node),
+        )
     })?;
     let eps = n.epsilon.ok_or_else(|| {
-        part_err(&at, "norm", format!("the epsilon of norm '{}' was not found", n.node))
+        part_err(
+            &at,
+            "norm",
+            format!("the epsilon of norm '{}' was not found", n.node),
+        )
     })?;
     let weight = match n.weight.as_deref() {
         Some(w) => Some(g.find(w).ok_or_else(|| {
-            part_err(&at, "norm", format!("the weight '{w}' of norm '{}' is gone", n.node))
+            part_err(
+                &at,
+                "norm",
+                format!("the weight '{w}' of norm '{}' is gone", n.node),
+            )
         })?),
         None => None,
     };
@@ -215,7 +230,14 @@ fn plan_norms(g: &Graph, map: &DecoderMap) -> Result<Vec<NormPlan>> {
 }
 
 /// Adds a node with one output and the pass's mark; returns the output.
-fn add(g: &mut Graph, domain: &str, op: &str, name: &str, inputs: Vec<Option<ValueId>>, attrs: Vec<Attribute>) -> Result<ValueId> {
+fn add(
+    g: &mut Graph,
+    domain: &str,
+    op: &str,
+    name: &str,
+    inputs: Vec<Option<ValueId>>,
+    attrs: Vec<Attribute>,
+) -> Result<ValueId> {
     let out = g.fresh_name(&format!("{name}/output_0"));
     let mut spec = NodeSpec::new(domain, op)
         .name(g.fresh_node_name(name))
@@ -253,13 +275,37 @@ fn mask_lengths(g: &mut Graph, mask: ValueId, opset: i64) -> Result<(ValueId, Va
             "ReduceSum",
             &format!("{base}/ReduceSum"),
             vec![Some(mask)],
-            vec![Attribute::ints("axes", vec![1]), Attribute::int("keepdims", 0)],
+            vec![
+                Attribute::ints("axes", vec![1]),
+                Attribute::int("keepdims", 0),
+            ],
         )?
     };
-    let last = add(g, "", "Sub", &format!("{base}/Sub"), vec![Some(sum), Some(one)], vec![])?;
+    let last = add(
+        g,
+        "",
+        "Sub",
+        &format!("{base}/Sub"),
+        vec![Some(sum), Some(one)],
+        vec![],
+    )?;
     let i32 = Attribute::int("to", DType::I32.code() as i64);
-    let seqlens = add(g, "", "Cast", &format!("{base}/Sub/Cast"), vec![Some(last)], vec![i32.clone()])?;
-    let shape = add(g, "", "Shape", &format!("{base}/Shape"), vec![Some(mask)], vec![])?;
+    let seqlens = add(
+        g,
+        "",
+        "Cast",
+        &format!("{base}/Sub/Cast"),
+        vec![Some(last)],
+        vec![i32.clone()],
+    )?;
+    let shape = add(
+        g,
+        "",
+        "Shape",
+        &format!("{base}/Shape"),
+        vec![Some(mask)],
+        vec![],
+    )?;
     let axis1 = constant_i64(g, "/model/constants/INT64/1", vec![], &[1])?;
     let total = add(
         g,
@@ -269,14 +315,26 @@ fn mask_lengths(g: &mut Graph, mask: ValueId, opset: i64) -> Result<(ValueId, Va
         vec![Some(shape), Some(axis1)],
         vec![Attribute::int("axis", 0)],
     )?;
-    let total = add(g, "", "Cast", &format!("{base}/Gather/Cast"), vec![Some(total)], vec![i32])?;
+    let total = add(
+        g,
+        "",
+        "Cast",
+        &format!("{base}/Gather/Cast"),
+        vec![Some(total)],
+        vec![i32],
+    )?;
     Ok((seqlens, total))
 }
 
 /// Replaces every planned norm by SimplifiedLayerNormalization, or by
 /// SkipSimplifiedLayerNormalization when it reads a residual Add of two computed
 /// values. Returns (norms, of which skip).
-fn fuse_norms(g: &mut Graph, plans: &[NormPlan], hidden: usize, dtype: DType) -> Result<(usize, usize)> {
+fn fuse_norms(
+    g: &mut Graph,
+    plans: &[NormPlan],
+    hidden: usize,
+    dtype: DType,
+) -> Result<(usize, usize)> {
     let mut skips = 0;
     for p in plans {
         let weight = match p.weight {
@@ -376,12 +434,16 @@ pub fn to_genai(model: &mut Model, cfg: &GenaiConfig) -> Result<GenaiReport> {
             )
         })?;
         let caches = if attn.iter().any(|a| a.rotary.is_some()) {
-            let tables = rotary_tables(&g, &map).map_err(|e| part_err("layer 0", "rotary", e.to_string()))?;
+            let tables = rotary_tables(&g, &map)
+                .map_err(|e| part_err("layer 0", "rotary", e.to_string()))?;
             let stored_rows = match tables {
                 RotaryTables::Caches { cos, .. } => g.initializer(cos).map(|t| t.dims[0] as usize),
                 RotaryTables::InvFreq(_) => None,
             };
-            context_length = cfg.context_length.or(stored_rows).unwrap_or(DEFAULT_CONTEXT_LENGTH);
+            context_length = cfg
+                .context_length
+                .or(stored_rows)
+                .unwrap_or(DEFAULT_CONTEXT_LENGTH);
             let v = cache_values(&g, tables, context_length, RopeScaling::None)?;
             let dims = vec![context_length as i64, v.half as i64];
             let (cn, sn) = (g.fresh_name("cos_cache"), g.fresh_name("sin_cache"));

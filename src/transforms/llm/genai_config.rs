@@ -84,7 +84,12 @@ impl SpecialTokens {
             .into_iter()
             .flatten()
             .collect();
-        let from_ids = |key: &str| sources.iter().map(|s| ids(s.get(key))).find(|v| !v.is_empty());
+        let from_ids = |key: &str| {
+            sources
+                .iter()
+                .map(|s| ids(s.get(key)))
+                .find(|v| !v.is_empty())
+        };
         let tok_cfg = read_json(&dir.join("tokenizer_config.json"))?;
         let tokenizer = if tj.is_file() {
             Some(Tokenizer::from_file(&tj)?)
@@ -141,7 +146,8 @@ fn name_pattern(names: &[&str]) -> Result<String> {
         .filter(|&i| {
             let before = first[..i].chars().last();
             let after = first[i + 1..].chars().next();
-            !before.is_some_and(|c| c.is_ascii_digit()) && !after.is_some_and(|c| c.is_ascii_digit())
+            !before.is_some_and(|c| c.is_ascii_digit())
+                && !after.is_some_and(|c| c.is_ascii_digit())
         })
         .map(|i| format!("{}%d{}", &first[..i], &first[i + 1..]))
         .collect();

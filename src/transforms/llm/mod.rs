@@ -5,7 +5,9 @@ mod genai_config;
 mod kv_cache;
 mod rope;
 
-pub use genai::{to_genai, GenaiConfig, GenaiDecoder, GenaiReport, DEFAULT_CONTEXT_LENGTH, GENAI_KEYS};
+pub use genai::{
+    to_genai, GenaiConfig, GenaiDecoder, GenaiReport, DEFAULT_CONTEXT_LENGTH, GENAI_KEYS,
+};
 pub use genai_config::{genai_config, SpecialTokens, TOKENIZER_FILES};
 pub use kv_cache::{add_kv_cache, KvCacheOptions, KvCacheReport};
 pub use rope::{extend_rope, RopeReport, RopeScaling};
