@@ -82,7 +82,8 @@ struct AttnPlan {
 
 /// One RMS norm to fuse: where it reads, what it scales by.
 struct NormPlan {
-    at: String,
+    /// Node name prefix, as genai's builder names the norm.
+    base: String,
     x: ValueId,
     out: ValueId,
     weight: Option<ValueId>,
@@ -155,10 +156,7 @@ fn plan_attention(g: &Graph, map: &DecoderMap) -> Result<Vec<AttnPlan>> {
                 ),
             ));
         }
-        let rotary = match &a.rotary {
-            Some(r) => Some(r.interleaved),
-            None => None,
-        };
+        let rotary = a.rotary.as_ref().map(|r| r.interleaved);
         plans.push(AttnPlan {
             layer: l.index,
             query,
@@ -177,21 +175,25 @@ fn plan_attention(g: &Graph, map: &DecoderMap) -> Result<Vec<AttnPlan>> {
     Ok(plans)
 }
 
-fn plan_norm(g: &Graph, at: String, n: &NormMap) -> Result<Option<NormPlan>> {
+fn plan_norm(
+    g: &Graph,
+    (at, part, base): (String, &str, String),
+    n: &NormMap,
+) -> Result<Option<NormPlan>> {
     if !matches!(n.kind, NormKind::RmsNormalization | NormKind::DecomposedRms) {
         return Ok(None);
     }
     let x = n.input_id.ok_or_else(|| {
         part_err(
             &at,
-            "norm",
+            part,
             format!("the input of norm '{}' was not found", n.node),
         )
     })?;
     let eps = n.epsilon.ok_or_else(|| {
         part_err(
             &at,
-            "norm",
+            part,
             format!("the epsilon of norm '{}' was not found", n.node),
         )
     })?;
@@ -199,14 +201,14 @@ fn plan_norm(g: &Graph, at: String, n: &NormMap) -> Result<Option<NormPlan>> {
         Some(w) => Some(g.find(w).ok_or_else(|| {
             part_err(
                 &at,
-                "norm",
+                part,
                 format!("the weight '{w}' of norm '{}' is gone", n.node),
             )
         })?),
         None => None,
     };
     Ok(Some(NormPlan {
-        at,
+        base,
         x,
         out: n.output_id,
         weight,
@@ -217,14 +219,34 @@ fn plan_norm(g: &Graph, at: String, n: &NormMap) -> Result<Option<NormPlan>> {
 fn plan_norms(g: &Graph, map: &DecoderMap) -> Result<Vec<NormPlan>> {
     let mut all = Vec::new();
     for l in &map.layers {
-        let at = format!("layer {}", l.index);
-        all.push((format!("{at} input norm"), &l.input_norm));
-        all.push((format!("{at} post-attention norm"), &l.post_attention_norm));
+        let (at, base) = (
+            format!("layer {}", l.index),
+            format!("/model/layers.{}", l.index),
+        );
+        all.push((
+            (at.clone(), "input norm", format!("{base}/input_layernorm")),
+            &l.input_norm,
+        ));
+        all.push((
+            (
+                at,
+                "post-attention norm",
+                format!("{base}/post_attention_layernorm"),
+            ),
+            &l.post_attention_norm,
+        ));
     }
-    all.push(("final norm".to_string(), &map.final_norm));
+    all.push((
+        (
+            "final norm".to_string(),
+            "norm",
+            format!("/model/layers.{}/final_norm_layernorm", map.num_layers),
+        ),
+        &map.final_norm,
+    ));
     let mut plans = Vec::new();
-    for (at, n) in all {
-        plans.extend(plan_norm(g, at, n)?);
+    for (place, n) in all {
+        plans.extend(plan_norm(g, place, n)?);
     }
     Ok(plans)
 }
@@ -341,12 +363,12 @@ fn fuse_norms(
             Some(w) => w,
             None => {
                 let ones = vec![1f32; hidden];
-                let name = g.fresh_name(&format!("{}.unit_weight", p.at.replace(' ', "_")));
+                let name = g.fresh_name(&format!("{}.unit_weight", p.base));
                 g.add_initializer(float_tensor(&name, dtype, vec![hidden as i64], &ones))?
             }
         };
         let eps = Attribute::float("epsilon", p.eps);
-        let base = format!("/model/{}", p.at.replace(' ', "_"));
+        let base = &p.base;
         let residual_add = g.producer(p.x).filter(|&a| {
             let n = g.node(a);
             n.is("", "Add")
