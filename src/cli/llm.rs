@@ -65,7 +65,8 @@ pub struct RopeArgs {
     /// Positions the caches cover after the rewrite.
     #[arg(long, value_name = "N")]
     pub max_length: usize,
-    /// Frequency scaling: linear:F or ntk:F.
+    /// Frequency scaling: linear:F, ntk:F, or yarn:F[,original=N,beta_fast=X,beta_slow=X,
+    /// attention=X] (defaults: the caches' rows, 32, 1, 0.1·ln F + 1; caches only).
     #[arg(long, value_name = "KIND:F")]
     pub scaling: Option<RopeScaling>,
 }

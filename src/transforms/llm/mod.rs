@@ -10,4 +10,4 @@ pub use genai::{
 };
 pub use genai_config::{genai_config, SpecialTokens, TOKENIZER_FILES};
 pub use kv_cache::{add_kv_cache, KvCacheOptions, KvCacheReport};
-pub use rope::{extend_rope, RopeReport, RopeScaling};
+pub use rope::{extend_rope, RopeReport, RopeScaling, Yarn};

@@ -19,14 +19,102 @@ pub enum RopeScaling {
     Linear(f64),
     /// NTK-aware: theta multiplied by F^(d/(d-2)).
     Ntk(f64),
+    /// YaRN: NTK-by-parts interpolation plus an attention factor on cos/sin.
+    Yarn(Yarn),
+}
+
+/// YaRN's parameters (transformers' `rope_scaling` with `rope_type: yarn`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Yarn {
+    pub factor: f64,
+    /// The context the model was trained for; default: the rows of its caches.
+    pub original: Option<usize>,
+    /// Dimensions turning fewer than `beta_slow` times over `original` positions are
+    /// interpolated (frequency / factor), more than `beta_fast` times kept.
+    pub beta_fast: f64,
+    pub beta_slow: f64,
+    /// Multiplies cos and sin; default 0.1·ln(factor) + 1.
+    pub attention: Option<f64>,
+}
+
+impl Yarn {
+    fn attention_factor(&self) -> f64 {
+        self.attention.unwrap_or(0.1 * self.factor.ln() + 1.0)
+    }
+
+    /// The frequencies, blended per dimension between kept and divided by the factor
+    /// by a linear ramp between the correction dimensions of beta_fast and beta_slow.
+    fn freqs(&self, freqs: &[f64], theta: f64, original: usize) -> Vec<f64> {
+        let half = freqs.len();
+        let d = 2.0 * half as f64;
+        let correction = |turns: f64| {
+            d * (original as f64 / (turns * 2.0 * std::f64::consts::PI)).ln() / (2.0 * theta.ln())
+        };
+        let low = correction(self.beta_fast).floor().max(0.0);
+        let mut high = correction(self.beta_slow).ceil().min(d - 1.0);
+        if low == high {
+            high += 0.001;
+        }
+        freqs
+            .iter()
+            .enumerate()
+            .map(|(j, f)| {
+                let ramp = ((j as f64 - low) / (high - low)).clamp(0.0, 1.0);
+                f / self.factor * ramp + f * (1.0 - ramp)
+            })
+            .collect()
+    }
+}
+
+fn parse_yarn(s: &str, factor: f64, rest: &[&str]) -> Result<Yarn> {
+    let mut y = Yarn {
+        factor,
+        original: None,
+        beta_fast: 32.0,
+        beta_slow: 1.0,
+        attention: None,
+    };
+    for kv in rest {
+        let bad = || {
+            Error::invalid(format!(
+                "--scaling '{s}': '{kv}': expected original=N, beta_fast=X, beta_slow=X or \
+                 attention=X"
+            ))
+        };
+        let (k, v) = kv.split_once('=').ok_or_else(bad)?;
+        let x: f64 = v
+            .parse()
+            .ok()
+            .filter(|x: &f64| x.is_finite() && *x > 0.0)
+            .ok_or_else(bad)?;
+        match k {
+            "original" => y.original = Some(x as usize),
+            "beta_fast" => y.beta_fast = x,
+            "beta_slow" => y.beta_slow = x,
+            "attention" => y.attention = Some(x),
+            _ => return Err(bad()),
+        }
+    }
+    Ok(y)
 }
 
 impl std::str::FromStr for RopeScaling {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         let (kind, f) = s.split_once(':').ok_or_else(|| {
-            Error::invalid(format!("--scaling '{s}': expected linear:F or ntk:F"))
+            Error::invalid(format!(
+                "--scaling '{s}': expected linear:F, ntk:F or yarn:F[,original=N,beta_fast=X,\
+                 beta_slow=X,attention=X]"
+            ))
         })?;
+        let mut parts = f.split(',');
+        let f = parts.next().unwrap_or_default();
+        let rest: Vec<&str> = parts.collect();
+        if kind != "yarn" && !rest.is_empty() {
+            return Err(Error::invalid(format!(
+                "--scaling '{s}': only yarn takes parameters"
+            )));
+        }
         let f: f64 = f
             .parse()
             .ok()
@@ -35,11 +123,9 @@ impl std::str::FromStr for RopeScaling {
         match kind {
             "linear" => Ok(RopeScaling::Linear(f)),
             "ntk" => Ok(RopeScaling::Ntk(f)),
-            "yarn" => Err(Error::invalid(
-                "--scaling yarn is not supported yet (linear and ntk are)",
-            )),
+            "yarn" => parse_yarn(s, f, &rest).map(RopeScaling::Yarn),
             _ => Err(Error::invalid(format!(
-                "--scaling '{s}': unknown kind '{kind}' (linear, ntk)"
+                "--scaling '{s}': unknown kind '{kind}' (linear, ntk, yarn)"
             ))),
         }
     }
@@ -95,6 +181,8 @@ fn scaled(freqs: &[f64], scaling: RopeScaling) -> (Vec<f64>, f64) {
             let t = theta * f.powf(d / (d - 2.0));
             (0..half).map(|j| t.powf(-2.0 * j as f64 / d)).collect()
         }
+        // Needs the original context length: see `cache_values`.
+        RopeScaling::Yarn(_) => freqs.to_vec(),
     };
     (out, theta)
 }
@@ -184,7 +272,21 @@ pub(crate) fn cache_values(
         }
     };
     let half = freqs.len();
-    let (new, theta) = scaled(&freqs, scaling);
+    let (mut new, theta) = scaled(&freqs, scaling);
+    let mut gain = 1.0;
+    if let RopeScaling::Yarn(y) = scaling {
+        let original = y
+            .original
+            .or(stored.as_ref().map(|(rows, _, _)| *rows))
+            .ok_or_else(|| {
+                Error::invalid(
+                    "--scaling yarn: the model stores inv_freq, not caches: give the trained \
+                     context as yarn:F,original=N",
+                )
+            })?;
+        new = y.freqs(&freqs, theta, original);
+        gain = y.attention_factor();
+    }
     let keep = match &stored {
         Some((rows, _, _)) if scaling == RopeScaling::None => (*rows).min(max_length),
         _ => 0,
@@ -198,8 +300,8 @@ pub(crate) fn cache_values(
     for p in keep..max_length {
         for f in &new {
             let a = p as f64 * f;
-            cos.push(a.cos() as f32);
-            sin.push(a.sin() as f32);
+            cos.push((gain * a.cos()) as f32);
+            sin.push((gain * a.sin()) as f32);
         }
     }
     Ok(CacheValues {
@@ -229,6 +331,10 @@ pub fn extend_rope(g: &mut Graph, max_length: usize, scaling: RopeScaling) -> Re
                 theta: v.theta,
             })
         }
+        RotaryTables::InvFreq(_) if matches!(scaling, RopeScaling::Yarn(_)) => Err(Error::invalid(
+            "--scaling yarn: the model computes cos/sin from inv_freq, which cannot carry \
+                 YaRN's attention factor; yarn needs cos/sin caches",
+        )),
         RotaryTables::InvFreq(f) => {
             let t = g.initializer(f).expect("found as initializer");
             let freqs: Vec<f64> = t.to_f32()?.iter().map(|&x| x as f64).collect();
