@@ -335,3 +335,87 @@ fn ntk_scaling_agrees_between_caches_and_inv_freq() {
         assert!(d < 1e-4, "positions from {first}: {d}");
     }
 }
+
+fn init_f32(path: &Path, name: &str) -> Vec<f32> {
+    onnxq::load(path)
+        .unwrap()
+        .graph
+        .initializers()
+        .find(|(_, t)| t.name() == name)
+        .map(|(_, t)| t.to_f32().unwrap())
+        .unwrap_or_else(|| panic!("no {name} in {}", path.display()))
+}
+
+/// YaRN on the 256-row caches (head_dim 16, theta 10000): with beta_fast 32 and
+/// beta_slow 1 the correction dims are 0 and 4, so frequency 0 is kept, frequencies
+/// 4..8 are divided by F, and every entry carries the attention factor 0.1·ln F + 1.
+#[test]
+fn yarn_keeps_fast_dims_interpolates_slow_ones_and_scales_by_the_attention_factor() {
+    let Some(ort) = ort() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let cached = common::fixtures().join("llama-attention23.onnx");
+    let yarn = tmp.path().join("yarn.onnx");
+    let args = ["llm", "rope", s(&cached), s(&yarn), "--max-length", "512"];
+    let (ok, log) = onnxq(&[&args[..], &["--scaling", "yarn:2"]].concat());
+    assert!(ok, "{log}");
+    let (half, gain) = (8usize, 0.1 * 2f32.ln() + 1.0);
+    let [old_cos, old_sin] =
+        ["cos", "sin"].map(|t| init_f32(&cached, &format!("model.rotary_emb.{t}_cache")));
+    let [cos, sin] =
+        ["cos", "sin"].map(|t| init_f32(&yarn, &format!("model.rotary_emb.{t}_cache")));
+    assert_eq!(cos.len(), 512 * half);
+    // The fixture's caches were computed with f32 angles (≈1.5e-5 rad off at 255 rad),
+    // the rewrite uses f64: entries agree to ~1e-5, hence 1e-4.
+    for p in 0..256 {
+        let (at, old) = (p * half, p * half);
+        assert!((cos[at] / gain - old_cos[old]).abs() < 1e-4, "cos[{p}, 0]");
+        assert!((sin[at] / gain - old_sin[old]).abs() < 1e-4, "sin[{p}, 0]");
+        for j in 4..half {
+            // Frequency / 2 at position 2p is the old frequency at p.
+            let at2 = 2 * p * half + j;
+            assert!(
+                (cos[at2] / gain - old_cos[old + j]).abs() < 1e-4,
+                "cos[{}, {j}]",
+                2 * p
+            );
+            assert!(
+                (sin[at2] / gain - old_sin[old + j]).abs() < 1e-4,
+                "sin[{}, {j}]",
+                2 * p
+            );
+        }
+    }
+    for (c, s) in cos.iter().zip(&sin) {
+        assert!((c * c + s * s - gain * gain).abs() < 1e-5);
+    }
+    // The model runs past the old maximum.
+    let ids = [3i64, 77, 12, 150, 8, 99];
+    let logits = logits_at(&ort, &yarn, &ids, 500, 1);
+    assert!(logits.iter().all(|x| x.is_finite()));
+    // inv_freq cannot carry the attention factor; unknown parameters are named.
+    let computed = common::fixtures().join("llama-decomposed.onnx");
+    let out = tmp.path().join("refused.onnx");
+    let (ok, log) = onnxq(&[
+        "llm",
+        "rope",
+        s(&computed),
+        s(&out),
+        "--max-length",
+        "512",
+        "--scaling",
+        "yarn:2",
+    ]);
+    assert!(!ok && log.contains("yarn needs cos/sin caches"), "{log}");
+    let (ok, log) = onnxq(&[
+        "llm",
+        "rope",
+        s(&cached),
+        s(&out),
+        "--max-length",
+        "512",
+        "--scaling",
+        "yarn:2,beta=3",
+    ]);
+    assert!(!ok && log.contains("'beta=3'"), "{log}");
+    assert!(!out.exists());
+}

@@ -25,7 +25,7 @@ fn shipped_recipes_diff_on_the_tiny_mlp() {
 }
 
 /// Recipes that refuse anything but a decoder (snapshotted on the decoder forms).
-const DECODER_ONLY: &[&str] = &["quarot-int4"];
+const DECODER_ONLY: &[&str] = &["quarot-int4", "genai-decoder"];
 
 #[test]
 fn quarot_diff_on_the_decoder_forms() {

@@ -50,6 +50,11 @@ impl Tokenizer {
         Ok(self.encode(text)?.into_iter().map(i64::from).collect())
     }
 
+    /// The id of `token` (a vocabulary entry or added token), if the tokenizer has it.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
     /// The text behind `ids`, special tokens left out.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner

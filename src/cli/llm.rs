@@ -1,8 +1,11 @@
-//! `onnxq llm add-kv-cache|rope`: LLM fix-ups on a decoder export.
-use std::path::PathBuf;
+//! `onnxq llm add-kv-cache|rope|genai`: LLM fix-ups on a decoder export.
+use std::path::{Path, PathBuf};
 
-use crate::error::Result;
-use crate::transforms::llm::{add_kv_cache, extend_rope, KvCacheOptions, RopeScaling};
+use crate::error::{Error, Result};
+use crate::transforms::llm::{
+    add_kv_cache, extend_rope, genai_config, to_genai, GenaiConfig, KvCacheOptions, RopeScaling,
+    SpecialTokens,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct LlmArgs {
@@ -17,6 +20,27 @@ pub enum LlmCommand {
     AddKvCache(AddKvCacheArgs),
     /// Recompute the rotary cos/sin caches (or inv_freq) for a longer context.
     Rope(RopeArgs),
+    /// Write the form onnxruntime-genai runs into OUT_DIR: model.onnx with
+    /// GroupQueryAttention (rotary inside) and (Skip)SimplifiedLayerNormalization, a KV
+    /// cache added when missing; genai_config.json; the tokenizer files. Quantized
+    /// weights stay quantized. Nothing is written when a layer does not convert.
+    Genai(GenaiArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct GenaiArgs {
+    pub model: PathBuf,
+    pub out_dir: PathBuf,
+    /// Hugging Face tokenizer folder (tokenizer.json, tokenizer_config.json, and
+    /// generation_config.json / config.json when present): copied next to the model,
+    /// and the source of the bos/eos/pad ids.
+    #[arg(long, value_name = "DIR")]
+    pub tokenizer: PathBuf,
+    /// Positions genai may generate to (rotary caches, context_length). Default:
+    /// config.json's max_position_embeddings, else the model's own rotary caches,
+    /// else 4096.
+    #[arg(long, value_name = "N")]
+    pub context_length: Option<usize>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -41,7 +65,8 @@ pub struct RopeArgs {
     /// Positions the caches cover after the rewrite.
     #[arg(long, value_name = "N")]
     pub max_length: usize,
-    /// Frequency scaling: linear:F or ntk:F.
+    /// Frequency scaling: linear:F, ntk:F, or yarn:F[,original=N,beta_fast=X,beta_slow=X,
+    /// attention=X] (defaults: the caches' rows, 32, 1, 0.1·ln F + 1; caches only).
     #[arg(long, value_name = "KIND:F")]
     pub scaling: Option<RopeScaling>,
 }
@@ -66,6 +91,7 @@ pub fn run(args: &LlmArgs) -> Result<i32> {
             );
             Ok(0)
         }
+        LlmCommand::Genai(a) => genai(a),
         LlmCommand::Rope(a) => {
             let mut model = crate::io::load(&a.model)?;
             let scaling = a.scaling.unwrap_or(RopeScaling::None);
@@ -84,4 +110,56 @@ pub fn run(args: &LlmArgs) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// Converts, builds the config and reads the tokenizer files before anything is
+/// written, so an error leaves OUT_DIR untouched.
+fn genai(a: &GenaiArgs) -> Result<i32> {
+    let tokens = SpecialTokens::from_dir(&a.tokenizer)?;
+    let mut model = crate::io::load(&a.model)?;
+    let cfg = GenaiConfig {
+        context_length: a.context_length.or(tokens.max_positions),
+    };
+    let report = to_genai(&mut model, &cfg)?;
+    let config = genai_config(&report.map, &tokens, report.context_length, "model.onnx")?;
+    let config = serde_json::to_string_pretty(&config)
+        .map_err(|e| Error::invalid(format!("genai_config.json: {e}")))?;
+    let files = SpecialTokens::files(&a.tokenizer)
+        .into_iter()
+        .map(|p| {
+            let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+            Ok((p, bytes))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    std::fs::create_dir_all(&a.out_dir).map_err(|e| Error::io(&a.out_dir, e))?;
+    crate::io::save(&model, &a.out_dir.join("model.onnx"), &Default::default())?;
+    write_atomic(&a.out_dir.join("genai_config.json"), config.as_bytes())?;
+    for (src, bytes) in &files {
+        let name = src.file_name().expect("a file in the tokenizer folder");
+        write_atomic(&a.out_dir.join(name), bytes)?;
+    }
+    eprintln!(
+        "genai form: {} layers, {} attention nodes fused into GroupQueryAttention, {} norms \
+         ({} skip){}; context length {}; wrote model.onnx, genai_config.json and {} tokenizer \
+         files to {}",
+        report.layers,
+        report.attention_fused,
+        report.norms,
+        report.skip_norms,
+        if report.added_kv_cache {
+            ", KV cache added"
+        } else {
+            ""
+        },
+        report.context_length,
+        files.len(),
+        a.out_dir.display()
+    );
+    Ok(0)
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = crate::io::AtomicFile::create(path)?;
+    f.write_all(bytes)?;
+    f.commit()
 }

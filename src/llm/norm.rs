@@ -49,6 +49,9 @@ pub struct NormMap {
     pub output_id: ValueId,
     #[serde(skip)]
     pub residual_id: Option<ValueId>,
+    /// The value a norm without a skip input normalizes (None for Skip norms).
+    #[serde(skip)]
+    pub input_id: Option<ValueId>,
 }
 
 fn fused_kind(g: &Graph, n: NodeId) -> Option<NormKind> {
@@ -98,6 +101,7 @@ fn fused(g: &Graph, n: NodeId, kind: NormKind) -> Option<NormMap> {
         node_id: n,
         output_id: out,
         residual_id: residual,
+        input_id: if skip { None } else { node.input(0) },
     })
 }
 
@@ -245,6 +249,7 @@ fn rms_from_square(g: &Graph, x: ValueId, xv: ValueId, sq_node: NodeId) -> Optio
         node_id: last,
         output_id: out,
         residual_id: None,
+        input_id: Some(x),
     })
 }
 

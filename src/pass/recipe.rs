@@ -49,6 +49,10 @@ pub const SHIPPED: &[(&str, &str)] = &[
     ("awq-int4", include_str!("../../passes/awq-int4.toml")),
     ("quarot-int4", include_str!("../../passes/quarot-int4.toml")),
     (
+        "genai-decoder",
+        include_str!("../../passes/genai-decoder.toml"),
+    ),
+    (
         "int4-rtn-qdq",
         include_str!("../../passes/int4-rtn-qdq.toml"),
     ),

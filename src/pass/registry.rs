@@ -67,6 +67,11 @@ pub const PASSES: &[(&str, &[&str], &str)] = &[
         "migrate activation outliers into MatMul weights (SmoothQuant), folded into the producer",
     ),
     (
+        "genai-decoder",
+        crate::transforms::llm::GENAI_KEYS,
+        "a decoder in onnxruntime-genai's form: GroupQueryAttention with rotary inside, (Skip)SimplifiedLayerNormalization, a KV cache added when missing",
+    ),
+    (
         "remove-dead",
         &[],
         "remove nodes and initializers no output depends on",
@@ -110,6 +115,7 @@ fn build_checked(name: &str, table: toml::Table) -> Result<Box<dyn Pass>> {
             config: config(table)?,
         }),
         "smooth-quant" => Box::new(smooth_quant::SmoothQuant::new(config(table)?)?),
+        "genai-decoder" => Box::new(crate::transforms::llm::GenaiDecoder::new(config(table)?)?),
         "remove-dead" => {
             let _: crate::transforms::cleanup::RemoveDeadConfig = config(table)?;
             Box::new(RemoveDead)

@@ -363,4 +363,35 @@ impl Graph {
         self.value_info.retain(|io| io.value != v);
         Ok(())
     }
+
+    /// Removes a graph input nobody reads (its default initializer, if any, too).
+    pub fn remove_input(&mut self, v: ValueId) -> Result<()> {
+        let val = self.value(v);
+        if !val.uses.is_empty() || self.is_graph_output(v) || !self.is_graph_input(v) {
+            return Err(self.err(format!("'{}' is not a graph input nobody reads", val.name)));
+        }
+        let name = val.name.clone();
+        self.inputs.retain(|io| io.value != v);
+        self.values[v.0 as usize].init = None;
+        self.values[v.0 as usize].def = ValueDef::Outer;
+        self.by_name.remove(&name);
+        self.initializer_order.retain(|x| *x != v);
+        self.value_info.retain(|io| io.value != v);
+        Ok(())
+    }
+
+    /// Gives value `v` the name `name`, which nothing else may carry (a pass that
+    /// rebuilds the producer of a named graph output hands the name over this way).
+    pub fn rename_value(&mut self, v: ValueId, name: &str) -> Result<()> {
+        if let Some(other) = self.find(name) {
+            if other != v {
+                return Err(self.err(format!("'{name}' is already a value of the graph")));
+            }
+            return Ok(());
+        }
+        let old = std::mem::replace(&mut self.values[v.0 as usize].name, name.to_string());
+        self.by_name.remove(&old);
+        self.by_name.insert(name.to_string(), v);
+        Ok(())
+    }
 }

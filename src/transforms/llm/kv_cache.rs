@@ -254,7 +254,8 @@ fn dims_info(dtype: DType, dims: &[Dim]) -> ValueInfo {
     }
 }
 
-fn float_dtype(g: &Graph, map: &DecoderMap) -> DType {
+/// The float type the decoder computes in (its embedding table's), f32 when unknown.
+pub(super) fn float_dtype(g: &Graph, map: &DecoderMap) -> DType {
     match g.initializer(map.embedding.table_id).map(|t| t.dtype()) {
         Some(d @ (DType::F16 | DType::BF16 | DType::F32)) => d,
         _ => DType::F32,
