@@ -173,7 +173,9 @@ fn pieces(model: &Model, plan: &Plan) -> Result<Vec<Piece>> {
         run += diff[c];
         crossing[c] = run;
     }
-    let mut forced = stage_cuts(&life, &plan.stages, &crossing).into_iter().peekable();
+    let mut forced = stage_cuts(&life, &plan.stages, &crossing)
+        .into_iter()
+        .peekable();
     let mut cuts = vec![0usize];
     let mut acc = 0u64;
     for i in 0..n {
