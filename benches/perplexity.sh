@@ -122,6 +122,15 @@ for s in sym asym; do
 done
 row awq-sym-b32 "4-bit" onnxq "AWQ sym b32, $CALIB_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm awq --block-size 32 "${CALIB[@]}"
 row gptq-sym-b32 "4-bit" onnxq "GPTQ sym b32, $CALIB_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm gptq --block-size 32 "${CALIB[@]}"
+# Quantized-prefix calibration: layer i's statistics from the quantized layers 0..i-1.
+for b in 32 128; do
+  row gptq-sym-b$b-seq "4-bit" onnxq "GPTQ sym b$b --calib-sequential, $CALIB_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm gptq --block-size $b --calib-sequential "${CALIB[@]}"
+done
+# AWQ's scales folded first, then GPTQ on the scaled weights.
+for b in 32 128; do
+  row awq-gptq-sym-b$b "4-bit" onnxq "AWQ+GPTQ sym b$b, $CALIB_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm awq,gptq --block-size $b --calib-sequential false "${CALIB[@]}"
+  row awq-gptq-sym-b$b-seq "4-bit" onnxq "AWQ+GPTQ sym b$b --calib-sequential, $CALIB_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm awq,gptq --block-size $b --calib-sequential "${CALIB[@]}"
+done
 # GPTQ's variants: columns by decreasing activation energy, and a stronger damping.
 row gptq-sym-b32-ao "4-bit" onnxq "GPTQ sym b32 --act-order, $CALIB_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm gptq --block-size 32 --act-order "${CALIB[@]}"
 row gptq-sym-b32-d10 "4-bit" onnxq "GPTQ sym b32 --damp 0.1, $CALIB_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm gptq --block-size 32 --damp 0.1 "${CALIB[@]}"

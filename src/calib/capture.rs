@@ -10,12 +10,20 @@
 //! fewest values cross, which in a decoder is the residual stream between layers.
 //! After each piece the caller learns which observed values are complete, so it can
 //! consume and free their statistics before the next piece adds its own.
+//!
+//! Quantized-prefix calibration: observed values may be grouped into stages (a
+//! decoder's layers); then a cut lies between every two stages, and after each piece
+//! the observer may hand back weights (the piece's quantized weights, dequantized)
+//! that replace initializers of the same name from then on. A piece whose own
+//! weights were replaced runs again to carry its outputs forward, so stage i is
+//! observed on the outputs of the already-replaced stages 0…i−1. Replacements are
+//! dropped once no later piece reads them: at most one piece's weights are held.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::error::{Error, Result};
 use crate::ir::{
-    Dim, Graph, GraphIo, Model, Node, ShapeDim, TypeInfo, TypeKind, Use, ValueDef, ValueId,
-    ValueInfo,
+    Dim, Graph, GraphIo, Model, Node, ShapeDim, Tensor, TypeInfo, TypeKind, Use, ValueDef,
+    ValueId, ValueInfo,
 };
 use crate::runtime::{HostTensor, NamedTensors, Runtime};
 
@@ -27,6 +35,25 @@ pub trait Observer {
     /// Every sample has been seen for the values `completed`; their statistics can
     /// be consumed and freed.
     fn piece_done(&mut self, completed: &[String]) -> Result<()>;
+
+    /// Asked after each `piece_done`: weights that replace the initializers of their
+    /// names for the rest of the calibration (none by default).
+    fn replacements(&mut self) -> Vec<Tensor> {
+        Vec::new()
+    }
+}
+
+/// What a calibration run did.
+#[derive(Debug, Default)]
+pub struct Captured {
+    /// Sessions the model was cut into (0 when only graph inputs were observed).
+    pub pieces: usize,
+    /// Pieces run a second time with their replaced weights.
+    pub reruns: usize,
+    /// Replacements that came after every reader of their initializer had run (a
+    /// weight read in an earlier piece than the one completing its input): the rest of
+    /// the calibration saw the original values there.
+    pub too_late: Vec<String>,
 }
 
 /// What to observe and how much memory a piece may take.
@@ -36,6 +63,9 @@ pub struct Plan {
     /// Budget of one piece: the bytes of the weights it reads plus the statistics of
     /// the values it observes. A single node over budget is a piece of its own.
     pub budget: u64,
+    /// Observed value name → stage (a decoder layer): pieces never span two stages'
+    /// observed values and their readers. Empty: no stage cuts.
+    pub stages: BTreeMap<String, usize>,
 }
 
 /// One consecutive range of the topological order.
@@ -172,9 +202,16 @@ fn pieces(model: &Model, plan: &Plan) -> Result<Vec<Piece>> {
         run += diff[c];
         crossing[c] = run;
     }
+    let mut forced = stage_cuts(&life, &plan.stages, &crossing)
+        .into_iter()
+        .peekable();
     let mut cuts = vec![0usize];
     let mut acc = 0u64;
     for i in 0..n {
+        if forced.next_if_eq(&i).is_some() && i > *cuts.last().expect("starts with 0") {
+            cuts.push(i);
+            acc = 0;
+        }
         acc += cost[i];
         let start = *cuts.last().expect("starts with 0");
         if acc > plan.budget && i > start {
@@ -214,6 +251,38 @@ fn pieces(model: &Model, plan: &Plan) -> Result<Vec<Piece>> {
     Ok(out)
 }
 
+/// Cut positions between consecutive stages: a cut `c` (positions `< c` before it)
+/// after the last reader of one stage's observed values and at or before the first
+/// of the next stage's, where the fewest values cross. Stages that overlap in the
+/// order get no cut.
+fn stage_cuts(life: &Lifetimes, stages: &BTreeMap<String, usize>, crossing: &[i64]) -> Vec<usize> {
+    // stage → (first producer, last reader) of its observed values.
+    let mut span: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
+    for (name, &stage) in stages {
+        let Some((d, r)) = life.spans.get(name) else {
+            continue;
+        };
+        let last = r.last().copied().unwrap_or(*d);
+        let e = span.entry(stage).or_insert((*d, last));
+        e.0 = e.0.min(*d);
+        e.1 = e.1.max(last);
+    }
+    let spans: Vec<(usize, usize)> = span.into_values().collect();
+    let mut cuts: Vec<usize> = spans
+        .windows(2)
+        .filter(|w| w[1].0 > w[0].1)
+        .map(|w| {
+            (w[0].1 + 1..=w[1].0)
+                .rev()
+                .min_by_key(|&c| crossing[c])
+                .expect("non-empty range")
+        })
+        .collect();
+    cuts.sort_unstable();
+    cuts.dedup();
+    cuts
+}
+
 /// A tensor type with the dtype of `t` and one named dimension per axis (samples
 /// may differ in shape).
 fn loose_type(name: &str, t: &HostTensor) -> ValueInfo {
@@ -236,8 +305,14 @@ fn loose_type(name: &str, t: &HostTensor) -> ValueInfo {
 }
 
 /// The model computing `piece`'s outputs and observed values from its inputs and
-/// the original graph inputs it reads. `types` gives each cut value's type.
-fn piece_model(model: &Model, piece: &Piece, types: &BTreeMap<String, ValueInfo>) -> Result<Model> {
+/// the original graph inputs it reads. `types` gives each cut value's type;
+/// initializers named in `swapped` take those values.
+fn piece_model(
+    model: &Model,
+    piece: &Piece,
+    types: &BTreeMap<String, ValueInfo>,
+    swapped: &BTreeMap<String, (Tensor, usize)>,
+) -> Result<Model> {
     let g = &model.graph;
     let io = |name: &String| -> Result<GraphIo> {
         let value = g
@@ -254,7 +329,12 @@ fn piece_model(model: &Model, piece: &Piece, types: &BTreeMap<String, ValueInfo>
     let mut wanted: Vec<&String> = piece.outputs.iter().collect();
     wanted.extend(piece.observed.iter().filter(|o| !piece.outputs.contains(o)));
     let outputs: Vec<GraphIo> = wanted.into_iter().map(io).collect::<Result<_>>()?;
-    let graph = g.extract(&cut, &outputs)?;
+    let mut graph = g.extract(&cut, &outputs)?;
+    for (name, (t, _)) in swapped {
+        if let Some(v) = graph.find(name).filter(|&v| graph.initializer(v).is_some()) {
+            graph.set_initializer(v, t.clone());
+        }
+    }
     Ok(Model {
         ir_version: model.ir_version,
         opset_import: model.opset_import.clone(),
@@ -269,8 +349,8 @@ fn piece_model(model: &Model, piece: &Piece, types: &BTreeMap<String, ValueInfo>
 
 /// Runs `model` on `count` samples (`feeds(i)` builds sample `i`), handing every
 /// observed float tensor to `observer` (graph inputs among them are observed from
-/// the feeds) and telling it after each piece what is complete. Returns the number
-/// of pieces.
+/// the feeds), telling it after each piece what is complete, and running the rest
+/// with the weights it hands back then (see the module comment).
 pub fn capture(
     model: &Model,
     plan: &Plan,
@@ -279,7 +359,7 @@ pub fn capture(
     runtime: &dyn Runtime,
     progress: &indicatif::ProgressBar,
     observer: &mut dyn Observer,
-) -> Result<usize> {
+) -> Result<Captured> {
     let g = &model.graph;
     let graph_inputs: BTreeSet<String> = g.input_specs().into_iter().map(|s| s.name).collect();
     for name in plan.observed.keys() {
@@ -300,6 +380,10 @@ pub fn capture(
         return Err(Error::invalid("the calibration set is empty"));
     }
     let pieces = pieces(model, plan)?;
+    let mut captured = Captured {
+        pieces: pieces.len(),
+        ..Default::default()
+    };
     if pieces.is_empty() {
         // Only graph inputs are observed: the feeds are the statistics, nothing runs.
         progress.set_length(count as u64);
@@ -318,20 +402,113 @@ pub fn capture(
             .cloned()
             .collect();
         observer.piece_done(&completed)?;
-        return Ok(0);
+        return Ok(captured);
     }
     progress.set_length((count * pieces.len()) as u64);
+    let pos: HashMap<_, _> = g
+        .sorted_node_ids()?
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| (n, i))
+        .collect();
+    // The last node position reading the value `name`.
+    let last_reader = |name: &str| {
+        g.find(name).and_then(|v| {
+            g.value(v)
+                .uses()
+                .iter()
+                .map(|u| match u {
+                    Use::Input(n, _) | Use::Capture(n) => pos[n],
+                })
+                .max()
+        })
+    };
+    let run = PieceRun {
+        runtime,
+        progress,
+        pieces: pieces.len(),
+    };
     // Values crossing the current cut, per sample.
     let mut carried: Vec<BTreeMap<String, HostTensor>> = vec![BTreeMap::new(); count];
     let mut types: BTreeMap<String, ValueInfo> = BTreeMap::new();
+    // Replaced initializers (with their last reader's position) later pieces run with.
+    let mut swapped: BTreeMap<String, (Tensor, usize)> = BTreeMap::new();
     for (pi, piece) in pieces.iter().enumerate() {
-        let m = piece_model(model, piece, &types)?;
-        let mut session = crate::runtime::open_model(runtime, &m, &[])?;
-        let wanted: BTreeSet<String> = session.inputs().iter().map(|s| s.name.clone()).collect();
+        let m = piece_model(model, piece, &types, &swapped)?;
+        let mut next = run.piece(
+            &m,
+            piece,
+            pi,
+            &carried,
+            feeds,
+            Some((plan, &mut *observer)),
+            &mut types,
+        )?;
+        drop(m);
         let mut completed: Vec<String> = piece.observed.clone();
-        for (i, carry) in carried.iter_mut().enumerate() {
+        if pi == 0 {
+            completed.extend(
+                plan.observed
+                    .keys()
+                    .filter(|n| graph_inputs.contains(*n))
+                    .cloned(),
+            );
+        }
+        observer.piece_done(&completed)?;
+        let mut rerun = false;
+        for t in observer.replacements() {
+            match last_reader(t.name()) {
+                Some(last) if last >= piece.start => {
+                    rerun |= last < piece.end;
+                    swapped.insert(t.name().to_string(), (t, last));
+                }
+                _ => captured.too_late.push(t.name().to_string()),
+            }
+        }
+        // Nothing to carry past the last piece.
+        if rerun && !piece.outputs.is_empty() {
+            // The piece's outputs as its replaced weights compute them.
+            progress.inc_length(count as u64);
+            let m = piece_model(model, piece, &types, &swapped)?;
+            next = run.piece(&m, piece, pi, &carried, feeds, None, &mut types)?;
+            captured.reruns += 1;
+        }
+        for (carry, out) in carried.iter_mut().zip(next) {
+            carry.retain(|name, _| piece.keep.contains(name));
+            carry.extend(out);
+        }
+        swapped.retain(|_, (_, last)| *last >= piece.end);
+    }
+    Ok(captured)
+}
+
+/// Runs pieces of one capture.
+struct PieceRun<'a> {
+    runtime: &'a dyn Runtime,
+    progress: &'a indicatif::ProgressBar,
+    pieces: usize,
+}
+
+impl PieceRun<'_> {
+    /// Runs `m` (piece `pi`) on every sample, observing when `observe` is given,
+    /// and returns each sample's piece outputs to carry.
+    #[allow(clippy::too_many_arguments)]
+    fn piece(
+        &self,
+        m: &Model,
+        piece: &Piece,
+        pi: usize,
+        carried: &[BTreeMap<String, HostTensor>],
+        feeds: &mut dyn FnMut(usize) -> Result<NamedTensors>,
+        mut observe: Option<(&Plan, &mut dyn Observer)>,
+        types: &mut BTreeMap<String, ValueInfo>,
+    ) -> Result<Vec<Vec<(String, HostTensor)>>> {
+        let mut session = crate::runtime::open_model(self.runtime, m, &[])?;
+        let wanted: BTreeSet<String> = session.inputs().iter().map(|s| s.name.clone()).collect();
+        let mut next = Vec::with_capacity(carried.len());
+        for (i, carry) in carried.iter().enumerate() {
             let sample = feeds(i)?;
-            if pi == 0 {
+            if let (0, Some((plan, observer))) = (pi, observe.as_mut()) {
                 for (name, t) in &sample {
                     if plan.observed.contains_key(name) && t.is_float() {
                         observer.observe(name, &t.to_f32_vec()?, &t.shape);
@@ -348,41 +525,34 @@ pub fn capture(
                 })?;
                 inputs.push((name.clone(), t.clone()));
             }
-            carry.retain(|name, _| piece.keep.contains(name));
             let outputs = session.run(&inputs).map_err(|e| {
                 Error::invalid(format!(
                     "calibration sample #{} does not run on {} (piece {} of {}): {e}",
                     i + 1,
-                    runtime.name(),
+                    self.runtime.name(),
                     pi + 1,
-                    pieces.len()
+                    self.pieces
                 ))
             })?;
+            let mut out = Vec::new();
             for (name, t) in outputs {
-                if plan.observed.contains_key(&name) && t.is_float() {
-                    observer.observe(&name, &t.to_f32_vec()?, &t.shape);
+                if let Some((plan, observer)) = observe.as_mut() {
+                    if plan.observed.contains_key(&name) && t.is_float() {
+                        observer.observe(&name, &t.to_f32_vec()?, &t.shape);
+                    }
                 }
                 if piece.outputs.contains(&name) {
                     types
                         .entry(name.clone())
                         .or_insert_with(|| loose_type(&name, &t));
-                    carry.insert(name, t);
+                    out.push((name, t));
                 }
             }
-            progress.inc(1);
+            next.push(out);
+            self.progress.inc(1);
         }
-        if pi == 0 {
-            completed.extend(
-                plan.observed
-                    .keys()
-                    .filter(|n| graph_inputs.contains(*n))
-                    .cloned(),
-            );
-        }
-        drop(session);
-        observer.piece_done(&completed)?;
+        Ok(next)
     }
-    Ok(pieces.len())
 }
 
 #[cfg(test)]
@@ -405,7 +575,11 @@ mod tests {
             .filter(|(_, n)| n.op_type == "MatMul")
             .filter_map(|(_, n)| Some((g.value_name(n.input(0)?).to_string(), 1)))
             .collect();
-        Plan { observed, budget }
+        Plan {
+            observed,
+            budget,
+            stages: BTreeMap::new(),
+        }
     }
 
     #[test]

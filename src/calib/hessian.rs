@@ -4,13 +4,15 @@
 //!
 //! The calibration loop is [`capture`]; a model too large to hold every H at once
 //! is calibrated piece by piece and each piece's H handed on when it is complete.
+//! With stages, the weights the caller solves from one piece's H replace the float
+//! ones for the rest of the run (quantized-prefix calibration, see [`capture`]).
 use std::collections::BTreeMap;
 
 use rayon::prelude::*;
 
-use super::capture::{capture, Observer, Plan};
+use super::capture::{capture, Captured, Observer, Plan};
 use crate::error::{Error, Result};
-use crate::ir::Model;
+use crate::ir::{Model, Tensor};
 use crate::runtime::{NamedTensors, Runtime};
 
 /// Activation rows per f32 GEMM before the product is added to the f64 total.
@@ -175,7 +177,9 @@ struct HessianObserver<'a> {
     weighting: TokenWeighting,
     acc: BTreeMap<String, Hessian>,
     mismatch: Option<Error>,
-    done: &'a mut dyn FnMut(Vec<(String, Hessian)>) -> Result<()>,
+    done: &'a mut dyn FnMut(Vec<(String, Hessian)>) -> Result<Vec<Tensor>>,
+    /// What `done` returned for the last piece.
+    solved: Vec<Tensor>,
 }
 
 impl Observer for HessianObserver<'_> {
@@ -213,7 +217,12 @@ impl Observer for HessianObserver<'_> {
                 (name.clone(), h)
             })
             .collect();
-        (self.done)(finished)
+        self.solved = (self.done)(finished)?;
+        Ok(())
+    }
+
+    fn replacements(&mut self) -> Vec<Tensor> {
+        std::mem::take(&mut self.solved)
     }
 }
 
@@ -222,25 +231,29 @@ impl Observer for HessianObserver<'_> {
 /// calibrated piece by piece within `budget` bytes (see [`capture`]): after each
 /// piece, `done` receives the finished matrices of the values it completed (values
 /// never observed come with 0 rows), so at most one piece's Hessians are held.
-/// Returns the number of pieces.
+/// `stages` (observed value → layer) cuts the model between layers, and the weights
+/// `done` returns replace the initializers of their names for the pieces after it.
+/// Returns what the capture did.
 #[allow(clippy::too_many_arguments)]
 pub fn hessians(
     model: &Model,
     k_of: &BTreeMap<String, usize>,
     weighting: TokenWeighting,
     budget: u64,
+    stages: BTreeMap<String, usize>,
     count: usize,
     feeds: &mut dyn FnMut(usize) -> Result<NamedTensors>,
     runtime: &dyn Runtime,
     progress: &indicatif::ProgressBar,
-    done: &mut dyn FnMut(Vec<(String, Hessian)>) -> Result<()>,
-) -> Result<usize> {
+    done: &mut dyn FnMut(Vec<(String, Hessian)>) -> Result<Vec<Tensor>>,
+) -> Result<Captured> {
     let plan = Plan {
         observed: k_of
             .iter()
             .map(|(n, &k)| (n.clone(), (k * k * 8) as u64))
             .collect(),
         budget,
+        stages,
     };
     let mut observer = HessianObserver {
         k_of,
@@ -248,9 +261,9 @@ pub fn hessians(
         acc: BTreeMap::new(),
         mismatch: None,
         done,
+        solved: Vec::new(),
     };
-    let pieces = capture(model, &plan, count, feeds, runtime, progress, &mut observer)?;
-    Ok(pieces)
+    capture(model, &plan, count, feeds, runtime, progress, &mut observer)
 }
 
 #[cfg(test)]

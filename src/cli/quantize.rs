@@ -105,23 +105,36 @@ pub enum QuantTypeArg {
     Fp4,
 }
 
-/// `--algorithm`: an algorithm, optionally after the QuaRot rotation.
+/// `--algorithm`: an algorithm, optionally after the QuaRot rotation and, for
+/// GPTQ, after AWQ's scales (`awq,gptq`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AlgorithmSpec {
     pub rotate: bool,
+    /// AWQ's scales are folded first and `base` (gptq) quantizes the scaled weights.
+    pub awq_scales: bool,
     pub base: AlgorithmArg,
 }
 
 fn parse_algorithm(s: &str) -> std::result::Result<AlgorithmSpec, String> {
-    let (rotate, base) = match s.split_once(',') {
+    let (rotate, rest) = match s.split_once(',') {
         Some((first, rest)) if first.trim().eq_ignore_ascii_case("quarot") => (true, rest.trim()),
+        _ => (false, s.trim()),
+    };
+    let (awq_scales, base) = match rest.split_once(',') {
+        Some((first, second))
+            if first.trim().eq_ignore_ascii_case("awq")
+                && second.trim().eq_ignore_ascii_case("gptq") =>
+        {
+            (true, second.trim())
+        }
         Some((first, _)) => {
             return Err(format!(
-                "'{first}' cannot come first: only quarot combines (quarot,rtn, quarot,gptq, \
-                 quarot,awq, quarot,hqq)"
+                "'{}' cannot combine: the combinations are quarot,ALGORITHM (rtn, gptq, awq, \
+                 hqq), awq,gptq and quarot,awq,gptq",
+                first.trim()
             ))
         }
-        None => (false, s.trim()),
+        None => (false, rest),
     };
     let base = <AlgorithmArg as ValueEnum>::from_str(base, true).map_err(|_| {
         let names = AlgorithmArg::value_variants()
@@ -145,7 +158,11 @@ fn parse_algorithm(s: &str) -> std::result::Result<AlgorithmSpec, String> {
             "quarot combines with the N-bit weight algorithms (rtn, hqq, gptq, awq), not {s}"
         ));
     }
-    Ok(AlgorithmSpec { rotate, base })
+    Ok(AlgorithmSpec {
+        rotate,
+        awq_scales,
+        base,
+    })
 }
 
 /// Quantize MatMul/Gemm weights (and optionally embeddings) to N bits.
@@ -175,10 +192,12 @@ pub struct QuantizeArgs {
     /// `quarot,rtn`, `quarot,gptq`, `quarot,awq` (or `quarot,hqq`) first rotate the
     /// decoder (QuaRot: norms fused, a seeded randomized Hadamard folded into the
     /// weights, an online Hadamard before down_proj; --seed picks the rotation).
+    /// `awq,gptq` folds AWQ's activation-aware scales first, then GPTQ quantizes the
+    /// scaled weights.
     #[arg(long = "algorithm", value_parser = parse_algorithm, value_name = "ALGORITHM")]
     pub algorithm_flag: Option<AlgorithmSpec>,
     /// The algorithm after --algorithm and --precision are resolved.
-    #[arg(skip = AlgorithmSpec { rotate: false, base: AlgorithmArg::Rtn })]
+    #[arg(skip = AlgorithmSpec { rotate: false, awq_scales: false, base: AlgorithmArg::Rtn })]
     pub algorithm: AlgorithmSpec,
     /// Weight precision as Olive spells it; sets --bits/--asymmetric/--quant-type/
     /// --weight-type (and --algorithm bnb4 for nf4/fp4).
@@ -304,6 +323,11 @@ pub struct QuantizeArgs {
     /// `--act-order false` processes them left to right.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub act_order: Option<bool>,
+    /// --algorithm gptq: quantized-prefix calibration, as in the GPTQ paper: the
+    /// decoder is calibrated layer by layer, each layer's statistics taken from the
+    /// outputs of the already-quantized layers before it (one extra run per layer).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub calib_sequential: Option<bool>,
     /// --algorithm gptq: dampening of the Hessian diagonal, relative to its mean (0.01).
     #[arg(long, value_name = "X")]
     pub damp: Option<f64>,
@@ -582,6 +606,7 @@ impl QuantizeArgs {
             (self.calib_memory_mb.is_some(), "--calib-memory-mb"),
             (self.act_order.is_some(), "--act-order"),
             (self.damp.is_some(), "--damp"),
+            (self.calib_sequential.is_some(), "--calib-sequential"),
         ]
         .into_iter()
         .find(|(set, _)| *set)
@@ -623,6 +648,7 @@ impl QuantizeArgs {
             for (set, flag) in [
                 (self.act_order.is_some(), "--act-order"),
                 (self.damp.is_some(), "--damp"),
+                (self.calib_sequential.is_some(), "--calib-sequential"),
             ] {
                 if set {
                     return Err(err(format!("{flag} applies to --algorithm gptq")));
@@ -630,6 +656,21 @@ impl QuantizeArgs {
             }
         }
         let mut r = Recipe::load(if awq { "awq-int4" } else { "gptq-int4" })?;
+        if self.algorithm.awq_scales {
+            // AWQ's pass as its shipped recipe configures it, just before GPTQ's.
+            let scales = Recipe::load("awq-int4")?
+                .passes
+                .into_iter()
+                .find(|t| t.get("name").and_then(|v| v.as_str()) == Some("awq"))
+                .ok_or_else(|| err("the shipped awq-int4 recipe has no awq pass".into()))?;
+            let at = r
+                .passes
+                .iter()
+                .position(|t| t.get("name").and_then(|v| v.as_str()) == Some("gptq"))
+                .ok_or_else(|| err("the shipped gptq-int4 recipe has no gptq pass".into()))?;
+            r.passes.insert(at, scales);
+            r.name = format!("awq+{}", r.name);
+        }
         if let Some(b) = self.bits {
             r.set("bits", V::Integer(b as i64));
         }
@@ -663,6 +704,9 @@ impl QuantizeArgs {
         }
         if let Some(a) = self.act_order {
             r.set("act-order", V::Boolean(a));
+        }
+        if let Some(s) = self.calib_sequential {
+            r.set("calib-sequential", V::Boolean(s));
         }
         if let Some(d) = self.damp {
             r.set("damp", V::Float(d));

@@ -132,6 +132,23 @@ impl DecoderMap {
             .collect()
     }
 
+    /// The input activation of every linear layer, by the index of the layer that
+    /// reads it (the lm_head's input counts as layer `num_layers`): where
+    /// layer-by-layer (quantized-prefix) calibration cuts the model.
+    pub fn layer_inputs(&self, g: &Graph) -> std::collections::BTreeMap<String, usize> {
+        let input = |w: &WeightRef| {
+            g.node(w.node_id)
+                .input(0)
+                .map(|x| g.value_name(x).to_string())
+        };
+        self.layers
+            .iter()
+            .flat_map(|l| l.linears().into_iter().map(move |w| (w, l.index)))
+            .chain([(&self.lm_head, self.num_layers)])
+            .filter_map(|(w, i)| Some((input(w)?, i)))
+            .collect()
+    }
+
     /// Maps `g` as a decoder, or says which layer and which step of the pattern
     /// failed ("not a decoder" when there is no embedding-fed norm at all).
     pub fn build(g: &Graph) -> Result<DecoderMap> {

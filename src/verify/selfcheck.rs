@@ -553,6 +553,7 @@ fn check_on(
     let plan = Plan {
         observed,
         budget: PIECE_BUDGET,
+        stages: Default::default(),
     };
     let hidden = indicatif::ProgressBar::hidden();
     let mut fed = None;

@@ -335,6 +335,7 @@ impl Pass for Awq {
                 .map(|(n, &k)| (n.clone(), (k * (self.config.max_rows * 4 + 8)) as u64))
                 .collect(),
             budget: self.config.calib_memory_mb.saturating_mul(1 << 20),
+            stages: BTreeMap::new(),
         };
         let rt = crate::runtime::named(&self.config.runtime)?;
         let progress = crate::transforms::common::nbits::progress_bar(
@@ -350,7 +351,8 @@ impl Pass for Awq {
             rt.as_ref(),
             &progress,
             &mut SampleObserver(&mut stats),
-        )?;
+        )?
+        .pieces;
         if pieces > 1 {
             outcome
                 .notes

@@ -12,6 +12,11 @@
 //! On a decoder, weights are solved in the decoder map's execution order and the
 //! per-layer report uses its names ("layer 0 q_proj"); each solve is independent, so
 //! the output is the same as without the map.
+//! With `calib-sequential` (quantized-prefix calibration, as in the GPTQ paper) the
+//! model is calibrated one decoder layer per piece, and each piece's solved weights
+//! (dequantized) replace the float ones before the next layer is observed: layer i's
+//! H comes from the outputs of the already-quantized layers 0…i−1. On a model that
+//! does not map as a decoder the pieces are the memory budget's.
 //! Emits: com.microsoft MatMulNBits exactly as `matmul-nbits` does (same names,
 //! bias fusion), with codes/scales/zero points from `crate::quant::gptq`.
 use std::collections::BTreeMap;
@@ -24,10 +29,11 @@ use crate::calib::hessian::TokenWeighting;
 use super::{calibrated_setup, CalibKeys};
 use crate::calib::CalibData;
 use crate::error::{Error, Result};
+use crate::ir::{float_tensor, Tensor};
 use crate::ir::{Model, ValueId};
 use crate::quant::gptq::GptqOptions;
 use crate::quant::{FloatType, QuantParams};
-use crate::rewrite::matchers::constant;
+use crate::rewrite::matchers::{constant, ConstSource};
 use crate::rewrite::{LayerError, Pass, PassCx, PassOutcome};
 use crate::transforms::common::decoder::DecoderView;
 use crate::transforms::common::nbits::{self as kernels, Format, NbitsWeight};
@@ -52,6 +58,8 @@ pub struct GptqConfig {
     pub act_order: bool,
     /// How much each calibration token counts in H (energy, equal, sink).
     pub token_weighting: TokenWeighting,
+    /// Calibrate layer by layer on the outputs of the already-quantized layers.
+    pub calib_sequential: bool,
     /// Calibration samples: a directory of .npz files / <input>.npy folders, or one .npz.
     pub calib: Option<String>,
     /// Calibration text (needs `tokenizer`).
@@ -88,6 +96,7 @@ impl Default for GptqConfig {
             damp: 0.01,
             act_order: true,
             token_weighting: TokenWeighting::Energy,
+            calib_sequential: false,
             calib: None,
             calib_text: None,
             tokenizer: None,
@@ -111,6 +120,7 @@ pub const GPTQ_KEYS: &[&str] = &[
     "damp",
     "act-order",
     "token-weighting",
+    "calib-sequential",
     "calib",
     "calib-text",
     "tokenizer",
@@ -255,11 +265,22 @@ impl Pass for Gptq {
         let mut hessians = 0u64;
         let mut layers = Vec::new();
         // Each piece's Hessians are solved and dropped as soon as the piece is done.
-        let pieces = crate::calib::hessian::hessians(
+        // Quantized-prefix calibration: cut between the decoder's layers.
+        let stages = match (&view.map, self.config.calib_sequential) {
+            (Some(map), true) => map
+                .layer_inputs(g)
+                .into_iter()
+                .filter(|(x, _)| k_of.contains_key(x))
+                .collect(),
+            _ => BTreeMap::new(),
+        };
+        let sequential = self.config.calib_sequential;
+        let captured = crate::calib::hessian::hessians(
             model,
             &k_of,
             self.config.token_weighting,
             self.config.calib_memory_mb.saturating_mul(1 << 20),
+            stages,
             count,
             &mut feeds,
             rt.as_ref(),
@@ -292,12 +313,13 @@ impl Pass for Gptq {
                 let jobs: Vec<usize> = (0..unique.len())
                     .filter(|&ui| hs.contains_key(&unique[ui].1))
                     .collect();
-                let solved: Vec<Result<(kernels::ReadyWeight, LayerError)>> = jobs
+                type Solved = (kernels::ReadyWeight, LayerError, Option<Tensor>);
+                let solved: Vec<Result<Solved>> = jobs
                     .par_iter()
                     .map(|&ui| {
                         let (ti, x) = &unique[ui];
                         let m = &targets[*ti].m;
-                        let t = constant(g, m.weight).expect("matched as constant").1;
+                        let (source, t) = constant(g, m.weight).expect("matched as constant");
                         let w = weight_kn(g, m)?;
                         let ft = FloatType::from_dtype(t.dtype()).unwrap_or_default();
                         let err =
@@ -315,9 +337,10 @@ impl Pass for Gptq {
                         let rtn = crate::quant::nbits::quantize_kn_as(&w, m.k, m.n, &qp, ft)
                             .map_err(err)?
                             .dequantize_kn();
+                        let deq = q.dequantize_kn();
                         let e = crate::quant::gptq::output_errors(
                             &w,
-                            &[&rtn, &q.dequantize_kn()],
+                            &[&rtn, &deq],
                             m.k,
                             m.n,
                             h,
@@ -330,6 +353,19 @@ impl Pass for Gptq {
                             rtn: e[0],
                             after: e[1],
                         };
+                        // What the rest of a sequential calibration runs with: the
+                        // dequantized weight, stored as the original is.
+                        let replacement = match source {
+                            ConstSource::Initializer(_) if sequential => {
+                                let stored = if m.transposed {
+                                    crate::quant::transpose(&deq, m.k, m.n)
+                                } else {
+                                    deq
+                                };
+                                Some(float_tensor(t.name(), t.dtype(), t.dims.clone(), &stored))
+                            }
+                            _ => None,
+                        };
                         let q = NbitsWeight {
                             params,
                             k: m.k,
@@ -338,16 +374,18 @@ impl Pass for Gptq {
                             q,
                             original_bytes: t.stored_len(),
                         };
-                        Ok((q.into_ready(Format::Matmulnbits), layer))
+                        Ok((q.into_ready(Format::Matmulnbits), layer, replacement))
                     })
                     .collect();
+                let mut replacements = Vec::new();
                 for (ui, r) in jobs.into_iter().zip(solved) {
-                    let (q, layer) = r?;
+                    let (q, layer, replacement) = r?;
                     results[ui] = Some(q);
                     layers.push(layer);
+                    replacements.extend(replacement);
                 }
                 solving += t0.elapsed();
-                Ok(())
+                Ok(replacements)
             },
         )?;
         progress.finish_and_clear();
@@ -363,6 +401,21 @@ impl Pass for Gptq {
             })
             .collect::<Result<_>>()?;
         let total = started.elapsed();
+        let pieces = captured.pieces;
+        if sequential {
+            outcome.notes.push(format!(
+                "calibrated sequentially: each piece's statistics from the outputs of the \
+                 already-quantized pieces before it ({pieces} pieces, {} re-run with their \
+                 quantized weights)",
+                captured.reruns
+            ));
+        }
+        for name in &captured.too_late {
+            outcome.notes.push(format!(
+                "'{name}' is read before the piece that calibrates it: later pieces saw its \
+                 float values"
+            ));
+        }
         outcome.notes.push(format!(
             "time: calibration {:.1}s, GPTQ solve {:.1}s ({pieces} calibration piece{})",
             (total - solving).as_secs_f64(),
