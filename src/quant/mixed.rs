@@ -227,7 +227,9 @@ mod tests {
     #[test]
     fn bytes_match_the_quantizer() {
         let (k, n) = (200, 12);
-        let w: Vec<f32> = (0..k * n).map(|i| ((i * 7919) % 97) as f32 - 48.0).collect();
+        let w: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 7919) % 97) as f32 - 48.0)
+            .collect();
         for bits in [2u8, 4, 8] {
             for block in [16usize, 32, 64, 128, 256] {
                 for sym in [true, false] {
@@ -278,7 +280,9 @@ mod tests {
     fn allocation_fits_and_is_near_the_optimum() {
         let mut s = 7u64;
         let mut rnd = || {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (s >> 33) as f64 / (1u64 << 31) as f64
         };
         for _ in 0..200 {
