@@ -233,15 +233,15 @@ fn an_impossible_budget_is_refused_naming_the_smallest_size() {
     let tmp = tempfile::tempdir().unwrap();
     let (calib, _) = text(tmp.path());
     let model = onnxq::load(&common::fixtures().join("llama-decomposed.onnx")).unwrap();
-    let e = run(&model, &mixed_recipe("budget-bpw=1.0", &calib, RTN))
-        .err()
-        .expect("1 bit per parameter cannot hold")
-        .to_string();
+    let Err(e) = run(&model, &mixed_recipe("budget-bpw=1.0", &calib, RTN)) else {
+        panic!("1 bit per parameter cannot hold");
+    };
+    let e = e.to_string();
     assert!(e.contains("smallest possible size"), "{e}");
-    let e = run(&model, &mixed_recipe("", &calib, RTN))
-        .err()
-        .expect("no budget")
-        .to_string();
+    let Err(e) = run(&model, &mixed_recipe("", &calib, RTN)) else {
+        panic!("no budget");
+    };
+    let e = e.to_string();
     assert!(e.contains("needs a budget"), "{e}");
 }
 
