@@ -146,6 +146,12 @@ impl Mixed {
             }
             _ => {}
         }
+        if config.algorithm == Algorithm::Hqq && config.symmetric {
+            return Err(Error::invalid(
+                "mixed-precision: hqq writes zero points; set symmetric = false so their bytes \
+                 are counted",
+            ));
+        }
         if config.bits.is_empty() || config.block_sizes.is_empty() {
             return Err(Error::invalid(
                 "mixed-precision needs at least one bit width and one block size",
@@ -187,7 +193,7 @@ impl Mixed {
         tied: bool,
     ) -> Vec<(Precision, u64)> {
         let scale_bytes = if dtype == DType::F32 { 4 } else { 2 };
-        let symmetric = self.config.symmetric && self.config.algorithm == Algorithm::Rtn;
+        let symmetric = self.config.symmetric;
         let mut out = Vec::new();
         for &bits in &self.config.bits {
             if tied && bits != 4 && bits != 8 {
