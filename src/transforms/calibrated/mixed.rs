@@ -56,6 +56,8 @@ pub struct MixedConfig {
     pub allow_float: bool,
     /// How the errors are predicted: rtn or hqq (hqq is asymmetric).
     pub algorithm: Algorithm,
+    /// How the weights' predicted errors add up in the objective.
+    pub error_weighting: ErrorWeighting,
     pub token_weighting: TokenWeighting,
     pub calib: Option<String>,
     pub calib_text: Option<String>,
@@ -79,6 +81,7 @@ impl Default for MixedConfig {
             symmetric: true,
             allow_float: true,
             algorithm: Algorithm::Rtn,
+            error_weighting: ErrorWeighting::Relative,
             token_weighting: TokenWeighting::Energy,
             calib: None,
             calib_text: None,
@@ -102,6 +105,7 @@ pub const MIXED_KEYS: &[&str] = &[
     "symmetric",
     "allow-float",
     "algorithm",
+    "error-weighting",
     "token-weighting",
     "calib",
     "calib-text",
@@ -114,6 +118,18 @@ pub const MIXED_KEYS: &[&str] = &[
     "runtime",
     "calib-memory-mb",
 ];
+
+/// The objective the allocation minimises.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorWeighting {
+    /// Σ relative output errors: every weight counts the same, whatever its size.
+    #[default]
+    Relative,
+    /// Σ relative output error × parameters: a large weight (MLP, head) counts by its
+    /// size.
+    Parameters,
+}
 
 const NAME: &str = "mixed-precision";
 
@@ -438,7 +454,13 @@ impl Pass for Mixed {
                 l.settings
                     .iter()
                     .zip(e)
-                    .map(|(&(_, bytes), &error)| Candidate { bytes, error })
+                    .map(|(&(_, bytes), &error)| Candidate {
+                        bytes,
+                        error: match self.config.error_weighting {
+                            ErrorWeighting::Relative => error,
+                            ErrorWeighting::Parameters => error * (l.k * l.n) as f64,
+                        },
+                    })
                     .collect()
             })
             .collect();
