@@ -81,7 +81,7 @@ impl Default for MixedConfig {
             symmetric: true,
             allow_float: true,
             algorithm: Algorithm::Rtn,
-            error_weighting: ErrorWeighting::Relative,
+            error_weighting: ErrorWeighting::Parameters,
             token_weighting: TokenWeighting::Energy,
             calib: None,
             calib_text: None,
@@ -124,10 +124,12 @@ pub const MIXED_KEYS: &[&str] = &[
 #[serde(rename_all = "kebab-case")]
 pub enum ErrorWeighting {
     /// Σ relative output errors: every weight counts the same, whatever its size.
-    #[default]
+    /// On SmolLM2-135M at 5.0 bpw (RTN) it spends bytes on 8-bit k/v/o projections and
+    /// leaves the MLPs and the tied head at 4 bits: perplexity 25.75.
     Relative,
     /// Σ relative output error × parameters: a large weight (MLP, head) counts by its
-    /// size.
+    /// size. Same model and budget: perplexity 23.55 (benches/results/perplexity.md).
+    #[default]
     Parameters,
 }
 
