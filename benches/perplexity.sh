@@ -131,6 +131,12 @@ for b in 32 128; do
   row awq-gptq-sym-b$b "4-bit" onnxq "AWQ+GPTQ sym b$b, $CALIB_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm awq,gptq --block-size $b --calib-sequential false "${CALIB[@]}"
   row awq-gptq-sym-b$b-seq "4-bit" onnxq "AWQ+GPTQ sym b$b --calib-sequential, $CALIB_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm awq,gptq --block-size $b --calib-sequential "${CALIB[@]}"
 done
+# Mixed precision under an all-in size budget (bits per parameter: codes, scales, zero
+# points, embedding and head; norms excluded), then RTN or GPTQ with the chosen settings.
+for bpw in 5.0 4.5; do
+  row mixed-rtn-$bpw "mixed" onnxq "--size-budget $bpw, RTN sym, $CALIB_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm rtn --size-budget $bpw "${CALIB[@]}"
+  row mixed-gptq-$bpw "mixed" onnxq "--size-budget $bpw, GPTQ sym, $CALIB_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm gptq --size-budget $bpw "${CALIB[@]}"
+done
 # GPTQ's variants: columns by decreasing activation energy, and a stronger damping.
 row gptq-sym-b32-ao "4-bit" onnxq "GPTQ sym b32 --act-order, $CALIB_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm gptq --block-size 32 --act-order "${CALIB[@]}"
 row gptq-sym-b32-d10 "4-bit" onnxq "GPTQ sym b32 --damp 0.1, $CALIB_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm gptq --block-size 32 --damp 0.1 "${CALIB[@]}"

@@ -173,6 +173,7 @@ pub fn run(recipe: &Recipe, input: &Path, output: &Path, args: &PipelineArgs) ->
         }
         let explain = args.explain || log::enabled(Level::Debug);
         print_layers(&o.layers, explain);
+        print_precision(&o.precision);
         if explain {
             for s in &o.skipped {
                 eprintln!("  skipped '{}': {}", s.node, s.reason);
@@ -322,5 +323,28 @@ fn print_layers(layers: &[crate::pass::LayerError], all: bool) {
     order.sort_by(|a, b| b.after.total_cmp(&a.after));
     for l in order.iter().take(if all { usize::MAX } else { 3 }) {
         eprintln!("    {:<56} RTN {:.3e} -> {:.3e}", l.name, l.rtn, l.after);
+    }
+}
+
+/// The mixed-precision table: each weight's chosen setting, bytes, predicted error
+/// and the variance prior's bit width.
+fn print_precision(rows: &[crate::pass::PrecisionRow]) {
+    if rows.is_empty() {
+        return;
+    }
+    eprintln!(
+        "    {:<40} {:>10} {:>10} {:>8} {:>11} {:>7}",
+        "weight", "params", "setting", "bpw", "pred. error", "prior b"
+    );
+    for r in rows {
+        eprintln!(
+            "    {:<40} {:>10} {:>10} {:>8.3} {:>11.3e} {:>7.2}",
+            r.name,
+            r.params,
+            r.setting,
+            r.bytes as f64 * 8.0 / r.params.max(1) as f64,
+            r.error,
+            r.prior_bits
+        );
     }
 }

@@ -331,6 +331,17 @@ pub struct QuantizeArgs {
     /// --algorithm gptq: dampening of the Hessian diagonal, relative to its mean (0.01).
     #[arg(long, value_name = "X")]
     pub damp: Option<f64>,
+    /// Mixed precision under a budget in bits per parameter, all-in (codes, scales,
+    /// zero points; every weight matrix, the embedding and the head included, norms
+    /// excluded): each weight gets the bits (2/4/8) and block size (16..256), or
+    /// float, that buy the most calibrated accuracy per byte; --algorithm
+    /// rtn|hqq|gptq|awq then quantizes with those settings. Calibration as for gptq
+    /// (--calib-text/--tokenizer, else seeded random inputs).
+    #[arg(long, value_name = "BPW", conflicts_with = "max_size")]
+    pub size_budget: Option<f64>,
+    /// Like --size-budget, with the budget in MiB of those same weight bytes.
+    #[arg(long, value_name = "MIB")]
+    pub max_size: Option<f64>,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
 }
@@ -348,7 +359,103 @@ impl QuantizeArgs {
             r.name = format!("quarot+{}", r.name);
             r.build()?;
         }
+        if a.budgeted() {
+            a.apply_budget(&mut r)?;
+        }
         Ok(r)
+    }
+
+    fn budgeted(&self) -> bool {
+        self.size_budget.is_some() || self.max_size.is_some()
+    }
+
+    /// `--size-budget`/`--max-size`: `mixed-precision` before the quantizer (after a
+    /// rotation, which changes the weights it measures), and the embedding table at
+    /// the setting it chooses.
+    fn apply_budget(&self, r: &mut Recipe) -> Result<()> {
+        use toml::Value as V;
+        let usage = |m: &str| crate::Error::Usage(m.into());
+        if !matches!(
+            self.algorithm.base,
+            AlgorithmArg::Rtn | AlgorithmArg::Hqq | AlgorithmArg::Gptq | AlgorithmArg::Awq
+        ) {
+            return Err(usage(
+                "--size-budget/--max-size apply to --algorithm rtn|hqq|gptq|awq (MatMulNBits)",
+            ));
+        }
+        if self.format == Some(FormatArg::Qdq) {
+            return Err(usage(
+                "--size-budget/--max-size write MatMulNBits, not --format qdq",
+            ));
+        }
+        if self.tied_head == TiedHeadArg::Separate || self.tied_head_bits.is_some() {
+            return Err(usage(
+                "--size-budget/--max-size choose the tied table's bits themselves (--tied-head \
+                 shared, no --tied-head-bits)",
+            ));
+        }
+        if self.bits.is_some() || self.block_size.is_some() || self.nodes_config.is_some() {
+            return Err(usage(
+                "--size-budget/--max-size choose bits and block sizes per weight: drop --bits, \
+                 --block-size and --nodes-config",
+            ));
+        }
+        let hqq = self.algorithm.base == AlgorithmArg::Hqq;
+        let mut t = toml::Table::new();
+        t.insert("name".into(), V::String("mixed-precision".into()));
+        match (self.size_budget, self.max_size) {
+            (Some(b), _) => t.insert("budget-bpw".into(), V::Float(b)),
+            (_, Some(m)) => t.insert("max-size-mb".into(), V::Float(m)),
+            _ => None,
+        };
+        t.insert("symmetric".into(), V::Boolean(!(self.asymmetric || hqq)));
+        t.insert(
+            "algorithm".into(),
+            V::String(if hqq { "hqq" } else { "rtn" }.into()),
+        );
+        for (key, v) in [
+            ("calib-text", &self.calib_text),
+            ("tokenizer", &self.tokenizer),
+        ] {
+            if let Some(v) = v {
+                t.insert(key.into(), V::String(v.clone()));
+            }
+        }
+        for (key, v) in [
+            ("calib-samples", self.calib_samples.map(|n| n as i64)),
+            ("calib-seqlen", self.calib_seqlen.map(|n| n as i64)),
+            ("calib-memory-mb", self.calib_memory_mb.map(|n| n as i64)),
+        ] {
+            if let Some(v) = v {
+                t.insert(key.into(), V::Integer(v));
+            }
+        }
+        t.insert(
+            "runtime".into(),
+            V::String(self.pipeline.verify.rt.runtime.to_string()),
+        );
+        for (key, v) in [
+            ("exclude", &self.exclude),
+            ("include-ops", &self.include_op),
+        ] {
+            if !v.is_empty() {
+                t.insert(
+                    key.into(),
+                    V::Array(v.iter().cloned().map(V::String).collect()),
+                );
+            }
+        }
+        let at = usize::from(self.algorithm.rotate);
+        r.passes.insert(at, t);
+        if !self.embeddings {
+            let mut g = toml::Table::new();
+            g.insert("name".into(), V::String("gather-block-quantized".into()));
+            g.insert("symmetric".into(), V::Boolean(!self.asymmetric));
+            r.passes.push(g);
+        }
+        r.name = format!("mixed+{}", r.name);
+        r.build()?;
+        Ok(())
     }
 
     /// A copy with `--algorithm` (Olive's names included) and `--precision` turned
@@ -594,7 +701,8 @@ impl QuantizeArgs {
     /// A flag only GPTQ/AWQ (and, for the text calibration ones, static) take, if
     /// given.
     fn gptq_only_flag(&self) -> Option<&'static str> {
-        let not_static = self.algorithm.base != AlgorithmArg::Static;
+        // A size budget calibrates (mixed-precision) whatever the algorithm.
+        let not_static = self.algorithm.base != AlgorithmArg::Static && !self.budgeted();
         [
             (self.calib_text.is_some() && not_static, "--calib-text"),
             (self.tokenizer.is_some() && not_static, "--tokenizer"),
@@ -603,7 +711,10 @@ impl QuantizeArgs {
                 "--calib-samples",
             ),
             (self.calib_seqlen.is_some() && not_static, "--calib-seqlen"),
-            (self.calib_memory_mb.is_some(), "--calib-memory-mb"),
+            (
+                self.calib_memory_mb.is_some() && !self.budgeted(),
+                "--calib-memory-mb",
+            ),
             (self.act_order.is_some(), "--act-order"),
             (self.damp.is_some(), "--damp"),
             (self.calib_sequential.is_some(), "--calib-sequential"),

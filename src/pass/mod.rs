@@ -6,7 +6,9 @@ pub mod pipeline;
 pub mod recipe;
 pub mod registry;
 
-pub use crate::rewrite::pass::{LayerError, Pass, PassCx, PassOutcome, Skip, PASS_KEY};
+pub use crate::rewrite::pass::{
+    LayerError, Pass, PassCx, PassOutcome, PrecisionRow, Skip, PASS_KEY,
+};
 pub use check::CheckLevel;
 pub use manager::{run_pipeline, run_pipeline_with, RunOptions};
 pub use pipeline::{Done, Pipeline, Step, WeightAlgorithm, WeightFormat, WeightOnly};

@@ -45,6 +45,7 @@ pub struct Recipe {
 pub const SHIPPED: &[(&str, &str)] = &[
     ("int4-rtn", include_str!("../../passes/int4-rtn.toml")),
     ("int4-hqq", include_str!("../../passes/int4-hqq.toml")),
+    ("int4-mixed", include_str!("../../passes/int4-mixed.toml")),
     ("gptq-int4", include_str!("../../passes/gptq-int4.toml")),
     ("awq-int4", include_str!("../../passes/awq-int4.toml")),
     ("quarot-int4", include_str!("../../passes/quarot-int4.toml")),

@@ -3,7 +3,7 @@ use serde::de::DeserializeOwned;
 
 use super::Pass;
 use crate::error::{Error, Result};
-use crate::transforms::calibrated::{awq, gptq};
+use crate::transforms::calibrated::{awq, gptq, mixed};
 use crate::transforms::cleanup::RemoveDead;
 use crate::transforms::int8::{dynamic, qoperator, smooth_quant, static_qdq};
 use crate::transforms::rotation::quarot;
@@ -20,6 +20,11 @@ pub const PASSES: &[(&str, &[&str], &str)] = &[
         "gptq",
         gptq::GPTQ_KEYS,
         "calibrated weight-only N-bit MatMul/Gemm weights (GPTQ error feedback, MatMulNBits)",
+    ),
+    (
+        "mixed-precision",
+        mixed::MIXED_KEYS,
+        "choose each weight's bits and block size under a size budget from its calibrated output error (annotates nodes for the quantizer that follows)",
     ),
     (
         "awq",
@@ -105,6 +110,7 @@ fn build_checked(name: &str, table: toml::Table) -> Result<Box<dyn Pass>> {
         "matmul-nbits" => Box::new(weight_only::WeightOnly::new(config(table)?)?),
         "gptq" => Box::new(gptq::Gptq::new(config(table)?)?),
         "awq" => Box::new(awq::Awq::new(config(table)?)?),
+        "mixed-precision" => Box::new(mixed::Mixed::new(config(table)?)?),
         "quarot" => Box::new(quarot::Quarot::new(config(table)?)?),
         "gather-block-quantized" => Box::new(gather::GatherBlockQuantized::new(config(table)?)?),
         "tied-embedding" => Box::new(tied::TiedEmbedding::new(config(table)?)?),

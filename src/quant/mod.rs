@@ -52,6 +52,7 @@ pub mod hadamard;
 pub mod hqq;
 pub mod int8;
 pub mod linalg;
+pub mod mixed;
 pub mod nbits;
 pub mod pack;
 mod qdq;

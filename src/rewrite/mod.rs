@@ -3,4 +3,4 @@
 pub mod matchers;
 pub mod pass;
 
-pub use pass::{LayerError, Pass, PassCx, PassOutcome, Skip, PASS_KEY};
+pub use pass::{LayerError, Pass, PassCx, PassOutcome, PrecisionRow, Skip, PASS_KEY};

@@ -34,6 +34,28 @@ pub struct PassOutcome {
     /// Per-layer output error of calibrated passes (GPTQ, AWQ).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<LayerError>,
+    /// Per-weight precision chosen by `mixed-precision`, with each setting's cost.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub precision: Vec<PrecisionRow>,
+}
+
+/// One weight's row of the mixed-precision table.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct PrecisionRow {
+    /// Report name ("layer 3 q_proj") or the weight's name.
+    pub name: String,
+    /// Parameters (weight elements).
+    pub params: u64,
+    /// The chosen setting ("int4/b32", "float").
+    pub setting: String,
+    /// Bytes of the chosen setting as stored.
+    pub bytes: u64,
+    /// Predicted relative output error ‖X·(W − Ŵ)‖² / ‖X·W‖² of the chosen setting.
+    pub error: f64,
+    /// Bit width the variance prior (arXiv 2411.06084) predicts, up to a constant.
+    pub prior_bits: f64,
+    /// Every setting considered: (setting, bytes, predicted error).
+    pub candidates: Vec<(String, u64, f64)>,
 }
 
 /// Output error of one quantized layer (or group of layers sharing an input) on the

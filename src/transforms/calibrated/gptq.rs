@@ -37,7 +37,7 @@ use crate::rewrite::matchers::{constant, ConstSource};
 use crate::rewrite::{LayerError, Pass, PassCx, PassOutcome};
 use crate::transforms::common::decoder::DecoderView;
 use crate::transforms::common::nbits::{self as kernels, Format, NbitsWeight};
-use crate::transforms::common::select::Selection;
+use crate::transforms::common::select::{NodeOverride, Selection};
 use crate::transforms::common::targets::{targets, weight_kn};
 use crate::transforms::weight_only::matmul_nbits::{
     self as weight_only, WeightOnly, WeightOnlyConfig,
@@ -179,13 +179,30 @@ impl Gptq {
         })
     }
 
-    fn params(&self) -> kernels::Params {
-        kernels::Params {
-            bits: self.config.bits,
-            block_size: self.config.block_size,
+    /// The settings of one node: the pass's, or its precision annotation's.
+    fn params_of(&self, node: &crate::ir::Node) -> Result<kernels::Params> {
+        let (bits, block_size) = match self.selection.resolve_node(node) {
+            NodeOverride::Quantize {
+                bits, block_size, ..
+            } => (
+                bits.unwrap_or(self.config.bits),
+                block_size.unwrap_or(self.config.block_size),
+            ),
+            NodeOverride::Skip => (self.config.bits, self.config.block_size),
+        };
+        weight_only::validate(
+            bits,
+            block_size,
+            Format::Matmulnbits,
+            kernels::Algorithm::Rtn,
+        )
+        .map_err(|e| Error::tensor(node.name(), e.to_string()))?;
+        Ok(kernels::Params {
+            bits,
+            block_size,
             symmetric: self.config.symmetric,
             algorithm: kernels::Algorithm::Rtn,
-        }
+        })
     }
 }
 
@@ -232,24 +249,27 @@ impl Pass for Gptq {
             seed,
             &mut outcome,
         )?;
-        // One quantization per (weight, input) pair.
-        let mut unique: Vec<(usize, String)> = Vec::new();
-        let mut index: BTreeMap<(ValueId, String), usize> = BTreeMap::new();
+        // One quantization per (weight, input, settings); settings are the pass's
+        // unless the node carries a precision annotation (mixed-precision).
+        let mut unique: Vec<(usize, String, kernels::Params)> = Vec::new();
+        let mut index: BTreeMap<(ValueId, String, u8, usize, bool), usize> = BTreeMap::new();
         let mut planned = Vec::new();
         for (ti, t) in targets.iter().enumerate() {
             let x = g.value_name(t.x).to_string();
-            let ui = *index.entry((t.m.weight, x.clone())).or_insert_with(|| {
-                unique.push((ti, x));
+            let params = self.params_of(g.node(t.m.node))?;
+            let key = (
+                t.m.weight,
+                x.clone(),
+                params.bits,
+                params.block_size,
+                params.symmetric,
+            );
+            let ui = *index.entry(key).or_insert_with(|| {
+                unique.push((ti, x, params));
                 unique.len() - 1
             });
             planned.push((t.m.clone(), t.add, ui));
         }
-        let params = self.params();
-        let qp = QuantParams {
-            bits: params.bits,
-            block_size: params.block_size,
-            symmetric: params.symmetric,
-        };
         let opts = GptqOptions {
             damp: self.config.damp,
             act_order: self.config.act_order,
@@ -317,7 +337,13 @@ impl Pass for Gptq {
                 let solved: Vec<Result<Solved>> = jobs
                     .par_iter()
                     .map(|&ui| {
-                        let (ti, x) = &unique[ui];
+                        let (ti, x, params) = &unique[ui];
+                        let params = *params;
+                        let qp = QuantParams {
+                            bits: params.bits,
+                            block_size: params.block_size,
+                            symmetric: params.symmetric,
+                        };
                         let m = &targets[*ti].m;
                         let (source, t) = constant(g, m.weight).expect("matched as constant");
                         let w = weight_kn(g, m)?;
@@ -396,7 +422,7 @@ impl Pass for Gptq {
         let quantized: Vec<kernels::ReadyWeight> = results
             .into_iter()
             .zip(&unique)
-            .map(|(q, (_, x))| {
+            .map(|(q, (_, x, _))| {
                 q.ok_or_else(|| Error::tensor(x, "no Hessian was computed for this MatMul input"))
             })
             .collect::<Result<_>>()?;

@@ -2,6 +2,7 @@
 //! and use what the activations show to choose or adjust the quantized weights.
 pub mod awq;
 pub mod gptq;
+pub mod mixed;
 
 use super::common::select::Selection;
 use crate::calib::CalibData;

@@ -4,6 +4,7 @@ use serde::Deserialize;
 
 use super::qtypes::ActivationType;
 use crate::error::{Error, Result};
+use crate::ir::Node;
 
 /// What to do with one node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,6 +140,90 @@ impl Selection {
             .map(|(_, o)| *o)
             .unwrap_or_default()
     }
+
+    /// [`Selection::resolve`] for a node, after its precision annotation (set by
+    /// `mixed-precision`): an exclusion wins, then the annotation, then the per-node
+    /// config.
+    pub fn resolve_node(&self, node: &Node) -> NodeOverride {
+        let by_name = self.resolve(node.name());
+        if by_name == NodeOverride::Skip {
+            return by_name;
+        }
+        match annotation(node) {
+            Some(Precision::Float) => NodeOverride::Skip,
+            Some(Precision::Nbits { bits, block_size }) => match by_name {
+                NodeOverride::Quantize {
+                    symmetric,
+                    activation_type,
+                    ..
+                } => NodeOverride::Quantize {
+                    bits: Some(bits),
+                    block_size: Some(block_size),
+                    symmetric,
+                    activation_type,
+                },
+                NodeOverride::Skip => NodeOverride::Skip,
+            },
+            None => by_name,
+        }
+    }
+}
+
+/// Node metadata key of the precision `mixed-precision` chose for a weight's node,
+/// read by the weight quantizers that follow it.
+pub const PRECISION_KEY: &str = "onnxq.precision";
+
+/// A precision chosen for one weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// Left in its float type.
+    Float,
+    Nbits {
+        bits: u8,
+        block_size: usize,
+    },
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Precision::Float => write!(f, "float"),
+            Precision::Nbits { bits, block_size } => write!(f, "int{bits}/b{block_size}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s == "float" {
+            return Ok(Precision::Float);
+        }
+        let bad = || format!("'{s}' is not a precision (float or intB/bS)");
+        let (b, s2) = s.split_once("/b").ok_or_else(bad)?;
+        let bits = b
+            .strip_prefix("int")
+            .ok_or_else(bad)?
+            .parse()
+            .map_err(|_| bad())?;
+        let block_size = s2.parse().map_err(|_| bad())?;
+        Ok(Precision::Nbits { bits, block_size })
+    }
+}
+
+/// The precision annotation of a node, if it has a valid one.
+pub fn annotation(node: &Node) -> Option<Precision> {
+    node.metadata_props
+        .iter()
+        .find(|(k, _)| k == PRECISION_KEY)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+/// Sets (or replaces) a node's precision annotation.
+pub fn annotate(node: &mut Node, p: Precision) {
+    node.metadata_props.retain(|(k, _)| k != PRECISION_KEY);
+    node.metadata_props
+        .push((PRECISION_KEY.to_string(), p.to_string()));
 }
 
 /// `*` matches any run of characters; everything else matches itself.

@@ -32,7 +32,7 @@ pub(crate) fn targets(
                 continue;
             }
         };
-        if sel.resolve(node.name()) == NodeOverride::Skip {
+        if sel.resolve_node(node) == NodeOverride::Skip {
             outcome.skip(node.name(), "excluded");
             continue;
         }

@@ -17,6 +17,7 @@ use crate::ir::{Attribute, DType, Graph, Model, NodeId, NodeSpec, Tensor, Use, V
 use crate::rewrite::matchers::{constant, not_constant_reason, ConstSource};
 use crate::rewrite::{Pass, PassCx, PassOutcome, PASS_KEY};
 use crate::transforms::common::nbits::{self as kernels, new_tensor};
+use crate::transforms::common::select::{annotation, Precision};
 
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
@@ -86,7 +87,22 @@ impl GatherBlockQuantized {
                     continue;
                 }
             }
-            self.rewrite(g, id, opset, outcome)?;
+            // The precision mixed-precision chose for this table, if any.
+            match annotation(g.node(id)) {
+                Some(Precision::Float) => {
+                    let name = g.node(id).name().to_string();
+                    outcome.skip(&name, "left float by mixed-precision");
+                }
+                Some(Precision::Nbits { bits, block_size }) => {
+                    GatherBlockQuantized::new(GatherConfig {
+                        bits,
+                        block_size,
+                        symmetric: self.config.symmetric,
+                    })?
+                    .rewrite(g, id, opset, outcome)?;
+                }
+                None => self.rewrite(g, id, opset, outcome)?,
+            }
         }
         Ok(())
     }

@@ -277,7 +277,7 @@ fn candidates_in(
                 continue;
             }
         };
-        let params = match sel.resolve(node.name()) {
+        let params = match sel.resolve_node(node) {
             NodeOverride::Skip => {
                 outcome.skip(node.name(), "excluded");
                 continue;

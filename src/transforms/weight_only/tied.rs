@@ -100,22 +100,23 @@ impl Pass for TiedEmbedding {
         if !map.tied_lm_head || !(head.op == "MatMul" || head.op == "Gemm") {
             return Ok(outcome);
         }
-        let (bits, block_size, symmetric) = match self.selection.resolve(&head.node) {
-            NodeOverride::Skip => {
-                outcome.skip(&head.node, "excluded: the tied table stays float");
-                return Ok(outcome);
-            }
-            NodeOverride::Quantize {
-                bits,
-                block_size,
-                symmetric,
-                ..
-            } => (
-                bits.unwrap_or(self.config.head_bits),
-                block_size.unwrap_or(self.config.block_size),
-                symmetric.unwrap_or(self.config.symmetric),
-            ),
-        };
+        let (bits, block_size, symmetric) =
+            match self.selection.resolve_node(model.graph.node(head.node_id)) {
+                NodeOverride::Skip => {
+                    outcome.skip(&head.node, "excluded: the tied table stays float");
+                    return Ok(outcome);
+                }
+                NodeOverride::Quantize {
+                    bits,
+                    block_size,
+                    symmetric,
+                    ..
+                } => (
+                    bits.unwrap_or(self.config.head_bits),
+                    block_size.unwrap_or(self.config.block_size),
+                    symmetric.unwrap_or(self.config.symmetric),
+                ),
+            };
         if bits != 4 && bits != 8 {
             outcome.skip(
                 &head.node,
