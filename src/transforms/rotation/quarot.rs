@@ -8,7 +8,10 @@
 //!    (`H·diag(±1)/√d`): embedding rows `E·Q`; q/k/v/gate/up and lm_head `Qᵀ·W`;
 //!    o_proj and down_proj (and their biases) `W·Q`. RMS norms of `x·Q` are the norms
 //!    of x rotated, so the float function is unchanged. A tied lm_head whose final
-//!    norm has a scale gets its own table (the note says how many bytes);
+//!    norm has a scale stays tied: the scale is applied in the rotated basis by a
+//!    float [d, d] MatMul `Qᵀ·diag(γ)·Q` before the head (marked like the online
+//!    rotations), so quantizers still share one table (the note says the bytes).
+//!    Channels an RMS norm damps to ≈0 (massive activations) stay out of Q;
 //! 3. before each down_proj, the activations are multiplied online by a Hadamard
 //!    rotation H (a MatMul by a constant, marked so quantizers leave it float) and
 //!    `Hᵀ` is folded into down_proj's rows.
@@ -245,8 +248,8 @@ struct Plan {
     edits: Vec<Edit>,
     /// down_proj nodes that get `MatMul(x, H)` in front.
     online: Vec<crate::ir::NodeId>,
-    /// Tied lm_head untied: its new [K, N] weight.
-    untied_head: Option<crate::ir::Tensor>,
+    /// Tied lm_head kept: the final norm's scale in the rotated basis, [d, d].
+    head_scale: Option<crate::ir::Tensor>,
     notes: Vec<String>,
     norms: u64,
     linears: u64,
@@ -272,7 +275,7 @@ impl Quarot {
         let mut plan = Plan {
             edits: Vec::new(),
             online: Vec::new(),
-            untied_head: None,
+            head_scale: None,
             notes: Vec::new(),
             norms: 0,
             linears: 0,
@@ -392,24 +395,27 @@ impl Quarot {
                     emb.table
                 ));
             } else {
-                let mut kn = tensors::transpose(&table, emb.vocab_size, d);
-                scale_rows(&mut kn, m.n, &gamma);
-                let r = rotate_rows(&kn, d, m.n, q);
+                // diag(γ) does not commute with Q, but Qᵀ·diag(γ)·Q applied to the
+                // rotated stream does: the head keeps reading the rotated table, so the
+                // tie (and one shared quantized table) survives for a [d, d] MatMul.
+                let mut scaled = q.m.clone();
+                scale_rows(&mut scaled, d, &gamma);
+                let r = rotate_rows(&scaled, d, d, q);
                 let (_, like) = constant(g, emb.table_id).ok_or_else(|| {
                     refuse(format!("embedding table '{}' is not a constant", emb.table))
                 })?;
-                let name = g.fresh_name(&format!("{}.quarot_lm_head", emb.table));
-                let t = tensors::new_tensor(&name, like, vec![d as i64, m.n as i64], &r);
+                let name = g.fresh_name(&format!("{}.quarot_final_norm_scale", emb.table));
+                let t = tensors::new_tensor(&name, like, vec![d as i64, d as i64], &r);
                 plan.notes.push(format!(
-                    "tied embedding untied: the final norm's scale is folded into the head, \
-                     so lm_head '{}' reads its own rotated [{d}, {}] {} table '{name}' (+{} \
-                     bytes)",
-                    head.node,
-                    m.n,
+                    "tied lm_head kept: the final norm's scale is applied in the rotated basis \
+                     as a float [{d}, {d}] {} MatMul '{name}' before lm_head '{}' (+{} bytes), \
+                     which reads the rotated table '{}'",
                     like.dtype(),
-                    t.stored_len()
+                    head.node,
+                    t.stored_len(),
+                    emb.table
                 ));
-                plan.untied_head = Some(t);
+                plan.head_scale = Some(t);
             }
             plan.linears += 1;
         } else {
@@ -434,38 +440,15 @@ impl Quarot {
     }
 }
 
-/// Points the tied lm_head at its own [K, N] weight, dropping a Transpose nothing
-/// else reads.
-fn untie_head(g: &mut Graph, head: &WeightRef, t: crate::ir::Tensor) -> Result<()> {
-    let m = weight_matmul(g, head.node_id).map_err(|why| refuse(format!("lm_head: {why}")))?;
-    let v = g.add_initializer(t)?;
-    if m.transposed && m.transpose.is_none() {
-        // Gemm transB=1 reads [N, K]: store the new table that way round.
-        let (_, t) = constant(g, v).ok_or_else(|| refuse("lm_head table vanished"))?;
-        let kn = tensors::read(g, v)?;
-        let nk = tensors::transpose(&kn, m.k, m.n);
-        let like = t.clone();
-        let t = tensors::new_tensor(like.name(), &like, vec![m.n as i64, m.k as i64], &nk);
-        g.set_initializer(v, t);
-    }
-    g.set_input(head.node_id, 1, Some(v));
-    if let Some(tr) = m.transpose {
-        let out = g.node(tr).output(0);
-        if out.is_some_and(|o| g.value(o).uses().is_empty() && !g.is_graph_output(o)) {
-            g.remove_node(tr)?;
-        }
-    }
-    Ok(())
-}
-
-/// `MatMul(x, H)` in front of `down`, with H shared per size.
-fn insert_online(g: &mut Graph, down: crate::ir::NodeId, h: &Rotation, hv: ValueId) -> Result<()> {
+/// `MatMul(x, H)` in front of `down` (a down_proj, or the lm_head), with H shared
+/// per size; `kind` says what H is.
+fn insert_online(g: &mut Graph, down: crate::ir::NodeId, kind: &str, hv: ValueId) -> Result<()> {
     let x = g
         .node(down)
         .input(0)
-        .ok_or_else(|| refuse(format!("down_proj '{}' has no input", g.node(down).name())))?;
+        .ok_or_else(|| refuse(format!("'{}' has no input", g.node(down).name())))?;
     let base = if g.node(down).name().is_empty() {
-        "down_proj".to_string()
+        "linear".to_string()
     } else {
         g.node(down).name().to_string()
     };
@@ -478,7 +461,7 @@ fn insert_online(g: &mut Graph, down: crate::ir::NodeId, h: &Rotation, hv: Value
             .input(hv)
             .output(out)
             .meta(PASS_KEY, NAME)
-            .meta(ONLINE_ROTATION_KEY, &h.kind),
+            .meta(ONLINE_ROTATION_KEY, kind),
     )?;
     let y = g
         .node(id)
@@ -551,14 +534,15 @@ impl Pass for Quarot {
         outcome.notes.extend(plan.notes);
         let g = &mut model.graph;
         tensors::apply(g, plan.edits);
-        if let Some(t) = plan.untied_head {
-            untie_head(g, &map.lm_head, t)?;
-            outcome.count("tied embeddings untied", 1);
+        if let Some(t) = plan.head_scale {
+            let v = g.add_initializer(t)?;
+            insert_online(g, map.lm_head.node_id, "final norm scale", v)?;
+            outcome.count("tied heads kept", 1);
         }
         if let (Some(h), Some(t)) = (&h, h_tensor) {
             let hv = g.add_initializer(t)?;
             for &down in &plan.online {
-                insert_online(g, down, h, hv)?;
+                insert_online(g, down, &h.kind, hv)?;
             }
             outcome.count("online hadamards", plan.online.len() as u64);
         }
