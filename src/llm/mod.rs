@@ -97,9 +97,15 @@ fn step_err(at: impl Into<String>, (step, reason): (&str, String)) -> Error {
 }
 
 /// The lm_head when `normed` feeds only one linear layer whose output is a graph
-/// output (directly or through a Reshape/Cast/scale): the final norm's reader.
+/// output (directly or through a Reshape/Cast/scale): the final norm's reader, or
+/// the reader of an online rotation (QuaRot's final norm scale) in between.
 fn lm_head_of(g: &Graph, normed: ValueId) -> Option<WeightRef> {
-    let readers = crate::rewrite::matchers::consumers(g, normed);
+    let mut readers = crate::rewrite::matchers::consumers(g, normed);
+    if let [(n, 0)] = readers.as_slice() {
+        if crate::rewrite::matchers::is_online_rotation(g, *n) {
+            readers = crate::rewrite::matchers::consumers(g, g.node(*n).output(0)?);
+        }
+    }
     let [(node, 0)] = readers.as_slice() else {
         return None;
     };

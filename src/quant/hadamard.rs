@@ -390,6 +390,38 @@ pub fn normalized_hadamard(n: usize, seed: u64) -> Rotation {
     }
 }
 
+/// The largest order at most `max` that [`hadamard`] constructs (1 at least).
+pub fn largest_hadamard_order(max: usize) -> usize {
+    (1..=max)
+        .rev()
+        .filter(|&n| n <= 2 || n.is_multiple_of(4))
+        .find(|&n| hadamard(n).is_some())
+        .unwrap_or(1)
+}
+
+/// The n×n rotation that applies `inner` to the channels `rotated` (ascending, as
+/// many as inner's order) and leaves every other channel where it is.
+pub fn embed_rotation(n: usize, rotated: &[usize], inner: &Rotation) -> Rotation {
+    debug_assert_eq!(rotated.len(), inner.n);
+    let mut m = vec![0f64; n * n];
+    for i in 0..n {
+        m[i * n + i] = 1.0;
+    }
+    for &i in rotated {
+        m[i * n + i] = 0.0;
+    }
+    for (a, &i) in rotated.iter().enumerate() {
+        for (b, &j) in rotated.iter().enumerate() {
+            m[i * n + j] = inner.m[a * inner.n + b];
+        }
+    }
+    Rotation {
+        n,
+        m,
+        kind: format!("{} on {} of {n} channels", inner.kind, rotated.len()),
+    }
+}
+
 /// Rows of the output each parallel task computes. Every output element is still one
 /// dot product summed in one order, so the result does not depend on the thread count.
 const ROWS_PER_TASK: usize = 64;
@@ -548,6 +580,25 @@ mod tests {
         let fallback = randomized_hadamard(156, 3);
         assert!(fallback.kind.starts_with("random orthogonal"));
         assert_orthogonal(&fallback);
+    }
+
+    #[test]
+    fn embedded_rotations_are_orthogonal_and_fix_the_other_channels() {
+        assert_eq!(largest_hadamard_order(576), 576);
+        assert_eq!(largest_hadamard_order(575), 572);
+        assert_eq!(largest_hadamard_order(3), 2);
+        let inner = randomized_hadamard(12, 5);
+        let rotated: Vec<usize> = (0..16).filter(|c| ![2, 7, 9, 15].contains(c)).collect();
+        let r = embed_rotation(16, &rotated, &inner);
+        assert_orthogonal(&r);
+        for c in [2, 7, 9, 15] {
+            for j in 0..16 {
+                let want = if j == c { 1.0 } else { 0.0 };
+                assert_eq!(r.m[c * 16 + j], want, "row {c}");
+                assert_eq!(r.m[j * 16 + c], want, "column {c}");
+            }
+        }
+        assert_eq!(r.m[16 + 3], inner.m[1]);
     }
 
     #[test]

@@ -8,7 +8,10 @@
 //!    (`H·diag(±1)/√d`): embedding rows `E·Q`; q/k/v/gate/up and lm_head `Qᵀ·W`;
 //!    o_proj and down_proj (and their biases) `W·Q`. RMS norms of `x·Q` are the norms
 //!    of x rotated, so the float function is unchanged. A tied lm_head whose final
-//!    norm has a scale gets its own table (the note says how many bytes);
+//!    norm has a scale stays tied: the scale is applied in the rotated basis by a
+//!    float [d, d] MatMul `Qᵀ·diag(γ)·Q` before the head (marked like the online
+//!    rotations), so quantizers still share one table (the note says the bytes).
+//!    Channels an RMS norm damps to ≈0 (massive activations) stay out of Q;
 //! 3. before each down_proj, the activations are multiplied online by a Hadamard
 //!    rotation H (a MatMul by a constant, marked so quantizers leave it float) and
 //!    `Hᵀ` is folded into down_proj's rows.
@@ -23,7 +26,10 @@ use crate::error::{Error, Result};
 use crate::ir::{Graph, Model, NodeSpec, ValueId};
 use crate::llm::{DecoderMap, NormKind, NormMap, WeightLayout, WeightRef};
 use crate::quant::hadamard::Rotation;
-use crate::quant::hadamard::{normalized_hadamard, randomized_hadamard, rotate_cols, rotate_rows};
+use crate::quant::hadamard::{
+    embed_rotation, largest_hadamard_order, normalized_hadamard, randomized_hadamard, rotate_cols,
+    rotate_rows,
+};
 use crate::rewrite::matchers::{constant, weight_matmul, WeightMatMul, ONLINE_ROTATION_KEY};
 use crate::rewrite::{Pass, PassCx, PassOutcome, PASS_KEY};
 use crate::transforms::common::scale_fold::weight_private;
@@ -35,6 +41,9 @@ pub struct QuarotConfig {
     pub seed: Option<u64>,
     /// Insert the online Hadamard rotation before each down_proj.
     pub online_hadamard: bool,
+    /// Residual channels whose scale in some RMS norm is below this fraction of that
+    /// norm's median |scale| stay out of the residual rotation (0: rotate them all).
+    pub damped_channel_ratio: f64,
 }
 
 impl Default for QuarotConfig {
@@ -42,11 +51,20 @@ impl Default for QuarotConfig {
         QuarotConfig {
             seed: None,
             online_hadamard: true,
+            damped_channel_ratio: DAMPED_CHANNEL_RATIO,
         }
     }
 }
 
-pub const QUAROT_KEYS: &[&str] = &["seed", "online-hadamard"];
+pub const QUAROT_KEYS: &[&str] = &["seed", "online-hadamard", "damped-channel-ratio"];
+
+/// A norm scale below 1% of its median marks a channel the model damps: trained
+/// decoders carry massive activations there (SmolLM2-135M: channels 247 and 507, 300×
+/// the mean energy of the normalized stream, scale ≈ 0), used only through the RMS.
+/// Rotated, that energy lands on every input channel of the quantized projections and
+/// multiplies their rounding error (RTN sym b32 output error of gate_proj 0.07 → 0.13);
+/// kept out of the rotation, the norm's zero scale still removes it exactly.
+const DAMPED_CHANNEL_RATIO: f64 = 0.01;
 
 const NAME: &str = "quarot";
 
@@ -109,6 +127,55 @@ fn norm_scale(g: &Graph, norm: &NormMap, d: usize) -> Result<Vec<f64>> {
         )));
     }
     Ok(gamma)
+}
+
+/// For each residual channel, the smallest |scale| / median |scale| over the decoder's
+/// RMS norms (1 where no norm has a scale).
+fn channel_damping(g: &Graph, map: &DecoderMap, d: usize) -> Result<Vec<f64>> {
+    let norms = map
+        .layers
+        .iter()
+        .flat_map(|l| [&l.input_norm, &l.post_attention_norm])
+        .chain([&map.final_norm]);
+    let mut damping = vec![1f64; d];
+    for norm in norms {
+        let gamma = norm_scale(g, norm, d)?;
+        let mut abs: Vec<f64> = gamma.iter().map(|x| x.abs()).collect();
+        abs.sort_by(f64::total_cmp);
+        let median = abs[abs.len() / 2];
+        if median > 0.0 {
+            for (r, x) in damping.iter_mut().zip(&gamma) {
+                *r = r.min(x.abs() / median);
+            }
+        }
+    }
+    Ok(damping)
+}
+
+/// The residual rotation: a randomized Hadamard on every channel, or, when some
+/// channels are damped below `ratio`, on the largest constructed order among the
+/// others, the most damped channels left in place.
+fn residual_rotation(damping: &[f64], ratio: f64, seed: u64) -> (Rotation, Option<String>) {
+    let d = damping.len();
+    let damped = damping.iter().filter(|&&r| r < ratio).count();
+    if damped == 0 {
+        return (randomized_hadamard(d, seed), None);
+    }
+    let s = largest_hadamard_order(d - damped);
+    let mut order: Vec<usize> = (0..d).collect();
+    order.sort_by(|&a, &b| damping[a].total_cmp(&damping[b]).then(a.cmp(&b)));
+    let (fixed, rest) = order.split_at(d - s);
+    let mut rotated = rest.to_vec();
+    rotated.sort_unstable();
+    let mut fixed = fixed.to_vec();
+    fixed.sort_unstable();
+    let q = embed_rotation(d, &rotated, &randomized_hadamard(s, seed));
+    let note = format!(
+        "{} residual channels kept out of the rotation ({damped} with a norm scale below \
+         {ratio} of its median, which carry massive activations the norm damps): {fixed:?}",
+        fixed.len()
+    );
+    (q, Some(note))
 }
 
 /// The scale constant of a norm, to be set to ones.
@@ -181,8 +248,8 @@ struct Plan {
     edits: Vec<Edit>,
     /// down_proj nodes that get `MatMul(x, H)` in front.
     online: Vec<crate::ir::NodeId>,
-    /// Tied lm_head untied: its new [K, N] weight.
-    untied_head: Option<crate::ir::Tensor>,
+    /// Tied lm_head kept: the final norm's scale in the rotated basis, [d, d].
+    head_scale: Option<crate::ir::Tensor>,
     notes: Vec<String>,
     norms: u64,
     linears: u64,
@@ -190,6 +257,10 @@ struct Plan {
 
 impl Quarot {
     pub fn new(config: QuarotConfig) -> Result<Self> {
+        let r = config.damped_channel_ratio;
+        if !(0.0..1.0).contains(&r) {
+            return Err(refuse(format!("damped-channel-ratio {r} is not in [0, 1)")));
+        }
         Ok(Quarot { config })
     }
 
@@ -204,7 +275,7 @@ impl Quarot {
         let mut plan = Plan {
             edits: Vec::new(),
             online: Vec::new(),
-            untied_head: None,
+            head_scale: None,
             notes: Vec::new(),
             norms: 0,
             linears: 0,
@@ -324,24 +395,27 @@ impl Quarot {
                     emb.table
                 ));
             } else {
-                let mut kn = tensors::transpose(&table, emb.vocab_size, d);
-                scale_rows(&mut kn, m.n, &gamma);
-                let r = rotate_rows(&kn, d, m.n, q);
+                // diag(γ) does not commute with Q, but Qᵀ·diag(γ)·Q applied to the
+                // rotated stream does: the head keeps reading the rotated table, so the
+                // tie (and one shared quantized table) survives for a [d, d] MatMul.
+                let mut scaled = q.m.clone();
+                scale_rows(&mut scaled, d, &gamma);
+                let r = rotate_rows(&scaled, d, d, q);
                 let (_, like) = constant(g, emb.table_id).ok_or_else(|| {
                     refuse(format!("embedding table '{}' is not a constant", emb.table))
                 })?;
-                let name = g.fresh_name(&format!("{}.quarot_lm_head", emb.table));
-                let t = tensors::new_tensor(&name, like, vec![d as i64, m.n as i64], &r);
+                let name = g.fresh_name(&format!("{}.quarot_final_norm_scale", emb.table));
+                let t = tensors::new_tensor(&name, like, vec![d as i64, d as i64], &r);
                 plan.notes.push(format!(
-                    "tied embedding untied: the final norm's scale is folded into the head, \
-                     so lm_head '{}' reads its own rotated [{d}, {}] {} table '{name}' (+{} \
-                     bytes)",
-                    head.node,
-                    m.n,
+                    "tied lm_head kept: the final norm's scale is applied in the rotated basis \
+                     as a float [{d}, {d}] {} MatMul '{name}' before lm_head '{}' (+{} bytes), \
+                     which reads the rotated table '{}'",
                     like.dtype(),
-                    t.stored_len()
+                    head.node,
+                    t.stored_len(),
+                    emb.table
                 ));
-                plan.untied_head = Some(t);
+                plan.head_scale = Some(t);
             }
             plan.linears += 1;
         } else {
@@ -366,38 +440,15 @@ impl Quarot {
     }
 }
 
-/// Points the tied lm_head at its own [K, N] weight, dropping a Transpose nothing
-/// else reads.
-fn untie_head(g: &mut Graph, head: &WeightRef, t: crate::ir::Tensor) -> Result<()> {
-    let m = weight_matmul(g, head.node_id).map_err(|why| refuse(format!("lm_head: {why}")))?;
-    let v = g.add_initializer(t)?;
-    if m.transposed && m.transpose.is_none() {
-        // Gemm transB=1 reads [N, K]: store the new table that way round.
-        let (_, t) = constant(g, v).ok_or_else(|| refuse("lm_head table vanished"))?;
-        let kn = tensors::read(g, v)?;
-        let nk = tensors::transpose(&kn, m.k, m.n);
-        let like = t.clone();
-        let t = tensors::new_tensor(like.name(), &like, vec![m.n as i64, m.k as i64], &nk);
-        g.set_initializer(v, t);
-    }
-    g.set_input(head.node_id, 1, Some(v));
-    if let Some(tr) = m.transpose {
-        let out = g.node(tr).output(0);
-        if out.is_some_and(|o| g.value(o).uses().is_empty() && !g.is_graph_output(o)) {
-            g.remove_node(tr)?;
-        }
-    }
-    Ok(())
-}
-
-/// `MatMul(x, H)` in front of `down`, with H shared per size.
-fn insert_online(g: &mut Graph, down: crate::ir::NodeId, h: &Rotation, hv: ValueId) -> Result<()> {
+/// `MatMul(x, H)` in front of `down` (a down_proj, or the lm_head), with H shared
+/// per size; `kind` says what H is.
+fn insert_online(g: &mut Graph, down: crate::ir::NodeId, kind: &str, hv: ValueId) -> Result<()> {
     let x = g
         .node(down)
         .input(0)
-        .ok_or_else(|| refuse(format!("down_proj '{}' has no input", g.node(down).name())))?;
+        .ok_or_else(|| refuse(format!("'{}' has no input", g.node(down).name())))?;
     let base = if g.node(down).name().is_empty() {
-        "down_proj".to_string()
+        "linear".to_string()
     } else {
         g.node(down).name().to_string()
     };
@@ -410,7 +461,7 @@ fn insert_online(g: &mut Graph, down: crate::ir::NodeId, h: &Rotation, hv: Value
             .input(hv)
             .output(out)
             .meta(PASS_KEY, NAME)
-            .meta(ONLINE_ROTATION_KEY, &h.kind),
+            .meta(ONLINE_ROTATION_KEY, kind),
     )?;
     let y = g
         .node(id)
@@ -442,7 +493,12 @@ impl Pass for Quarot {
                 )));
             }
         }
-        let q = randomized_hadamard(d, seed);
+        let ratio = self.config.damped_channel_ratio;
+        let (q, kept_note) = if ratio > 0.0 {
+            residual_rotation(&channel_damping(g, &map, d)?, ratio, seed)
+        } else {
+            (randomized_hadamard(d, seed), None)
+        };
         let inter = map.intermediate_size;
         let h = self
             .config
@@ -468,6 +524,7 @@ impl Pass for Quarot {
         outcome
             .notes
             .push(format!("residual rotation ({d}): {} (seed {seed})", q.kind));
+        outcome.notes.extend(kept_note);
         if let Some(h) = &h {
             outcome.notes.push(format!(
                 "online rotation before down_proj ({inter}): {}",
@@ -477,14 +534,15 @@ impl Pass for Quarot {
         outcome.notes.extend(plan.notes);
         let g = &mut model.graph;
         tensors::apply(g, plan.edits);
-        if let Some(t) = plan.untied_head {
-            untie_head(g, &map.lm_head, t)?;
-            outcome.count("tied embeddings untied", 1);
+        if let Some(t) = plan.head_scale {
+            let v = g.add_initializer(t)?;
+            insert_online(g, map.lm_head.node_id, "final norm scale", v)?;
+            outcome.count("tied heads kept", 1);
         }
         if let (Some(h), Some(t)) = (&h, h_tensor) {
             let hv = g.add_initializer(t)?;
             for &down in &plan.online {
-                insert_online(g, down, h, hv)?;
+                insert_online(g, down, &h.kind, hv)?;
             }
             outcome.count("online hadamards", plan.online.len() as u64);
         }
