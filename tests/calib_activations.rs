@@ -135,6 +135,7 @@ fn captured_matmul_inputs_equal_onnx_runtime_values_on_every_form() {
                 .map(|(n, &k)| (n.clone(), (k * k * 8) as u64))
                 .collect(),
             budget: 64 << 10,
+            stages: BTreeMap::new(),
         };
         let runtimes: [&dyn Runtime; 2] = [&ort, &tract];
         for rt in runtimes {
@@ -148,7 +149,9 @@ fn captured_matmul_inputs_equal_onnx_runtime_values_on_every_form() {
                 &indicatif::ProgressBar::hidden(),
                 &mut rec,
             );
-            let pieces = run.unwrap_or_else(|e| panic!("{form} on {}: {e}", rt.name()));
+            let pieces = run
+                .unwrap_or_else(|e| panic!("{form} on {}: {e}", rt.name()))
+                .pieces;
             assert!(pieces > 2, "{form}: only {pieces} pieces");
             let mut completed = rec.completed.clone();
             completed.sort();
@@ -206,6 +209,7 @@ fn hessian_is_k_by_k_over_the_matmul_input() {
         &k_of,
         TokenWeighting::Energy,
         u64::MAX,
+        BTreeMap::new(),
         feeds.len(),
         &mut |i| Ok(feeds[i].clone()),
         &ort,
@@ -214,7 +218,7 @@ fn hessian_is_k_by_k_over_the_matmul_input() {
             for (name, h) in finished {
                 got.insert(name, (h.rows, h.finish()));
             }
-            Ok(())
+            Ok(Vec::new())
         },
     )
     .unwrap();

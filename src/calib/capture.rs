@@ -22,8 +22,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::error::{Error, Result};
 use crate::ir::{
-    Dim, Graph, GraphIo, Model, Node, ShapeDim, Tensor, TypeInfo, TypeKind, Use, ValueDef,
-    ValueId, ValueInfo,
+    Dim, Graph, GraphIo, Model, Node, ShapeDim, Tensor, TypeInfo, TypeKind, Use, ValueDef, ValueId,
+    ValueInfo,
 };
 use crate::runtime::{HostTensor, NamedTensors, Runtime};
 

@@ -398,6 +398,8 @@ impl Pass for Mixed {
             &k_of,
             self.config.token_weighting,
             self.config.calib_memory_mb.saturating_mul(1 << 20),
+            // Sensitivities are measured on the float model: no quantized prefix.
+            BTreeMap::new(),
             count,
             &mut feeds,
             rt.as_ref(),
@@ -425,7 +427,7 @@ impl Pass for Mixed {
                     errors[i] = Some(e);
                     variances[i] = var;
                 }
-                Ok(())
+                Ok(Vec::new())
             },
         )?;
         progress.finish_and_clear();
