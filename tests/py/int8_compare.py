@@ -209,7 +209,13 @@ def cmd_dynamic(a):
 def run_static(a, out, op_types):
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    quantize_static(a.orig, out, Reader(load_dir(a.calib_dir)), quant_format=QuantFormat[a.quant_format],
+    # quantize_static writes '<model>-inferred.onnx' next to its input and deletes it
+    # after: tests running in parallel on one fixture raced on that file. A private copy
+    # (the fixtures carry no external data) keeps the shared folder untouched.
+    import shutil
+    private = os.path.join(tempfile.mkdtemp(), os.path.basename(a.orig))
+    shutil.copyfile(a.orig, private)
+    quantize_static(private, out, Reader(load_dir(a.calib_dir)), quant_format=QuantFormat[a.quant_format],
                     op_types_to_quantize=op_types, per_channel=a.per_channel, reduce_range=a.reduce_range,
                     activation_type=QuantType[a.activation_type], weight_type=QuantType[a.weight_type],
                     nodes_to_exclude=a.exclude or None,
