@@ -1,7 +1,7 @@
 //! GPTQ's inverse Hessian factor, in f64 with faer's Cholesky and triangular inverse.
 //!
 //! Matrices are row-major `n × n` slices of the K of a MatMul (up to ~10⁴). The work
-//! is cut by faer into a fixed number of tasks ([`SPLIT`]) whatever the size of
+//! is cut by faer into a fixed number of tasks (`SPLIT`) whatever the size of
 //! rayon's pool, and each task computes its elements in a fixed order, so results do
 //! not depend on the thread count.
 use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
