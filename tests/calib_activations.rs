@@ -15,17 +15,6 @@ use onnxq::llm::DecoderMap;
 use onnxq::runtime::{self, NamedTensors, Runtime};
 use onnxq::Model;
 
-fn ort() -> Option<runtime::ort::OrtRuntime> {
-    match runtime::ort::OrtRuntime::new(Some(2)) {
-        Ok(r) => Some(r),
-        Err(e) => {
-            assert!(!common::required(), "ONNXQ_REQUIRE_ORT=1 but: {e}");
-            eprintln!("SKIPPED: {e}");
-            None
-        }
-    }
-}
-
 /// One observed tensor: values and shape.
 type Observed = (Vec<f32>, Vec<usize>);
 
@@ -110,7 +99,7 @@ fn max_rel(a: &[f32], b: &[f32]) -> f64 {
 
 #[test]
 fn captured_matmul_inputs_equal_onnx_runtime_values_on_every_form() {
-    let Some(ort) = ort() else { return };
+    let Some(ort) = common::ort() else { return };
     let tract = runtime::tract::TractRuntime;
     for (form, path) in forms::decoder_forms() {
         let m = onnxq::load(&path).unwrap();
@@ -180,7 +169,7 @@ fn captured_matmul_inputs_equal_onnx_runtime_values_on_every_form() {
 
 #[test]
 fn hessian_is_k_by_k_over_the_matmul_input() {
-    let Some(ort) = ort() else { return };
+    let Some(ort) = common::ort() else { return };
     let m = forms::load("decoders/decomposed.onnx");
     let g = &m.graph;
     let map = DecoderMap::build(g).unwrap();

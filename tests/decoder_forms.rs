@@ -9,19 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::forms::{self, decoder_feeds, Rng};
-use onnxq::runtime::{self, NamedTensors, Runtime};
-
-/// ONNX Runtime, or None (skip) when it is not installed and CI does not require it.
-fn ort() -> Option<runtime::ort::OrtRuntime> {
-    match runtime::ort::OrtRuntime::new(Some(2)) {
-        Ok(r) => Some(r),
-        Err(e) => {
-            assert!(!common::required(), "ONNXQ_REQUIRE_ORT=1 but: {e}");
-            eprintln!("SKIPPED: {e}");
-            None
-        }
-    }
-}
+use onnxq::runtime::{NamedTensors, Runtime};
 
 /// Runs `path` on the feeds it declares (genai has no position_ids).
 fn run(rt: &dyn Runtime, path: &Path, feeds: &NamedTensors) -> NamedTensors {
@@ -73,7 +61,7 @@ fn tokens(rng: &mut Rng, n: usize) -> Vec<i64> {
 
 #[test]
 fn forms_give_the_same_outputs() {
-    let Some(ort) = ort() else { return };
+    let Some(ort) = common::ort() else { return };
     let all = forms::decoder_forms();
     let mut rng = Rng::new(7);
     // (batch, new tokens, cached positions); GroupQueryAttention on CPU refuses batch > 1
@@ -101,7 +89,7 @@ fn forms_give_the_same_outputs() {
 
 #[test]
 fn cached_decoding_reproduces_the_prompt() {
-    let Some(ort) = ort() else { return };
+    let Some(ort) = common::ort() else { return };
     let mut rng = Rng::new(11);
     let ids = tokens(&mut rng, 7);
     for (form, path) in forms::decoder_forms() {
@@ -138,7 +126,7 @@ fn cached_decoding_reproduces_the_prompt() {
 
 #[test]
 fn forms_round_trip_with_identical_outputs() {
-    let Some(ort) = ort() else { return };
+    let Some(ort) = common::ort() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let mut rng = Rng::new(13);
     let ids = tokens(&mut rng, 5);
@@ -188,7 +176,7 @@ fn verified(log: &str) -> bool {
 
 #[test]
 fn forms_quantize_to_int4() {
-    let Some(ort) = ort() else { return };
+    let Some(ort) = common::ort() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let mut rng = Rng::new(17);
     let ids = tokens(&mut rng, 2 * 6);
@@ -254,7 +242,7 @@ fn a_tied_head_is_one_8_bit_table_by_default() {
     // onnxruntime's quantizer leaves a tied head fp32 (the table stored once, fp32);
     // quantizing it like any MatMul adds a 4-bit copy beside the fp32 embedding. The
     // default must be smaller than both and lose no more than the fp32 head does.
-    let Some(ort) = ort() else { return };
+    let Some(ort) = common::ort() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let mut rng = Rng::new(29);
     let ids = tokens(&mut rng, 2 * 6);
@@ -326,7 +314,7 @@ const INT8_STATIC_LIMIT: f64 = 0.085;
 
 #[test]
 fn forms_quantize_to_int8_dynamic_and_static() {
-    let Some(_ort) = ort() else { return };
+    let Some(_ort) = common::ort() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let fx = common::fixtures();
     let tok_path = fx.join("tokenizer.json");

@@ -6,18 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use onnxq::runtime::{self, HostTensor, NamedTensors, Runtime};
-
-fn ort() -> Option<runtime::ort::OrtRuntime> {
-    match runtime::ort::OrtRuntime::new(Some(2)) {
-        Ok(r) => Some(r),
-        Err(e) => {
-            assert!(!common::required(), "ONNXQ_REQUIRE_ORT=1 but: {e}");
-            eprintln!("SKIPPED: {e}");
-            None
-        }
-    }
-}
+use onnxq::runtime::{HostTensor, NamedTensors, Runtime};
 
 fn onnxq(args: &[&str]) -> (bool, String) {
     let o = Command::new(common::onnxq_bin())
@@ -105,7 +94,7 @@ fn no_kv_models(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn added_cache_reproduces_full_runs_in_greedy_decoding() {
-    let Some(ort) = ort() else { return };
+    let Some(ort) = common::ort() else { return };
     let tmp = tempfile::tempdir().unwrap();
     for model in no_kv_models(tmp.path()) {
         let stem = model.file_stem().unwrap().to_str().unwrap().to_string();
@@ -211,7 +200,7 @@ fn logits_at(rt: &dyn Runtime, model: &Path, ids: &[i64], first: i64, stride: i6
 
 #[test]
 fn longer_rope_caches_keep_old_positions_and_match_computed_rotary() {
-    let Some(ort) = ort() else { return };
+    let Some(ort) = common::ort() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let cached = common::fixtures().join("llama-attention23.onnx");
     // Same weights, rotary computed from inv_freq on the fly: the reference beyond
@@ -241,7 +230,7 @@ fn longer_rope_caches_keep_old_positions_and_match_computed_rotary() {
 
 #[test]
 fn linear_scaling_stretches_positions() {
-    let Some(ort) = ort() else { return };
+    let Some(ort) = common::ort() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let ids = [3i64, 77, 12, 150, 8, 99];
     for fixture in ["llama-decomposed.onnx", "llama-attention23.onnx"] {
@@ -288,7 +277,7 @@ fn linear_scaling_stretches_positions() {
 
 #[test]
 fn ntk_scaling_agrees_between_caches_and_inv_freq() {
-    let Some(ort) = ort() else { return };
+    let Some(ort) = common::ort() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let rope = |fixture: &str| {
         let out = tmp.path().join(format!("ntk-{fixture}"));
@@ -351,7 +340,7 @@ fn init_f32(path: &Path, name: &str) -> Vec<f32> {
 /// 4..8 are divided by F, and every entry carries the attention factor 0.1·ln F + 1.
 #[test]
 fn yarn_keeps_fast_dims_interpolates_slow_ones_and_scales_by_the_attention_factor() {
-    let Some(ort) = ort() else { return };
+    let Some(ort) = common::ort() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let cached = common::fixtures().join("llama-attention23.onnx");
     let yarn = tmp.path().join("yarn.onnx");

@@ -13,14 +13,7 @@ use onnxq::verify::{random_inputs, InputHints};
 
 /// ONNX Runtime, or None (skip) when it is not installed and CI does not require it.
 fn ort() -> Option<Box<dyn runtime::Runtime>> {
-    match runtime::ort::OrtRuntime::new(Some(2)) {
-        Ok(r) => Some(Box::new(r)),
-        Err(e) => {
-            assert!(!common::required(), "ONNXQ_REQUIRE_ORT=1 but: {e}");
-            eprintln!("SKIPPED: {e}");
-            None
-        }
-    }
+    common::ort().map(|r| Box::new(r) as Box<dyn runtime::Runtime>)
 }
 
 fn tract() -> Box<dyn runtime::Runtime> {

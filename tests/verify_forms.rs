@@ -13,17 +13,6 @@ use onnxq::llm::DecoderIoNames;
 use onnxq::runtime::{self, NamedTensors, Runtime, RuntimeKind};
 use onnxq::verify::{compare, feeds::decoder_step, selfcheck::self_check, VerifyOptions};
 
-fn ort() -> Option<runtime::ort::OrtRuntime> {
-    match runtime::ort::OrtRuntime::new(Some(2)) {
-        Ok(r) => Some(r),
-        Err(e) => {
-            assert!(!common::required(), "ONNXQ_REQUIRE_ORT=1 but: {e}");
-            eprintln!("SKIPPED: {e}");
-            None
-        }
-    }
-}
-
 fn on_ort() -> VerifyOptions {
     VerifyOptions {
         runtime: RuntimeKind::Ort,
@@ -60,7 +49,7 @@ fn last_row(out: &NamedTensors, name: &str) -> Vec<f32> {
 /// all the tokens gives for the last one.
 #[test]
 fn decoder_steps_continue_the_cache_like_one_long_run() {
-    let Some(ort) = ort() else { return };
+    let Some(ort) = common::ort() else { return };
     for (form, path) in forms::decoder_forms() {
         let m = onnxq::load(&path).unwrap();
         let names = DecoderIoNames::of(&m.graph).unwrap();
@@ -89,7 +78,7 @@ fn decoder_steps_continue_the_cache_like_one_long_run() {
 /// tests/decoder_forms.rs), with the decode step compared too.
 #[test]
 fn every_decoder_form_verifies_prefill_and_one_decode_step() {
-    if ort().is_none() {
+    if common::ort().is_none() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -127,7 +116,7 @@ fn every_decoder_form_verifies_prefill_and_one_decode_step() {
 /// comparison of the prefill.
 #[test]
 fn the_self_check_reports_every_rewritten_layer() {
-    if ort().is_none() {
+    if common::ort().is_none() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -261,7 +250,7 @@ fn a_check_that_cannot_run_is_skipped_unless_required() {
 /// runs the check instead, for `verify` and for the self-check of `quantize`.
 #[test]
 fn a_tract_panic_is_a_clean_error_and_ort_runs_the_check() {
-    if ort().is_none() {
+    if common::ort().is_none() {
         return;
     }
     let Some(py) = common::python() else { return };
@@ -303,7 +292,7 @@ fn a_tract_panic_is_a_clean_error_and_ort_runs_the_check() {
 /// checked on table rows: GatherBlockQuantized's rows against the float table's.
 #[test]
 fn a_quantized_embedding_is_checked_on_table_rows() {
-    if ort().is_none() {
+    if common::ort().is_none() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -328,7 +317,7 @@ fn a_quantized_embedding_is_checked_on_table_rows() {
 /// int4 size; the end-to-end error grows.
 #[test]
 fn a_corrupted_layer_is_named_as_the_worst() {
-    if ort().is_none() {
+    if common::ort().is_none() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -10,6 +10,13 @@ use faer::{MatMut, MatRef, Par};
 
 use super::QuantError;
 
+/// The hand-written factorization faer replaced, behind a benchmark-only feature so a
+/// whole GPTQ run can be timed before and after (benches/gptq_awq_speed.sh).
+#[cfg(feature = "bench-linalg-baseline")]
+#[path = "../../benches/baseline/linalg.rs"]
+#[allow(dead_code)]
+mod baseline;
+
 /// Tasks faer splits each factorization step into. Fixed rather than taken from
 /// rayon's pool, since the split decides the order of floating-point sums: the same
 /// model then quantizes to the same bytes on 1, 2 or 64 threads.
@@ -27,6 +34,14 @@ fn par() -> Par {
 /// positive diagonal, so it is the Cholesky factor. One factorization and one
 /// triangular inverse, no explicit inverse; two n×n buffers at most.
 pub fn inverse_cholesky_upper(a: &[f64], n: usize) -> Result<Vec<f64>, QuantError> {
+    #[cfg(feature = "bench-linalg-baseline")]
+    return baseline::inverse_cholesky_upper(a, n).map_err(|e| QuantError(e.0));
+    #[cfg(not(feature = "bench-linalg-baseline"))]
+    faer_inverse_cholesky_upper(a, n)
+}
+
+#[cfg_attr(feature = "bench-linalg-baseline", allow(dead_code))]
+fn faer_inverse_cholesky_upper(a: &[f64], n: usize) -> Result<Vec<f64>, QuantError> {
     if n.checked_mul(n) != Some(a.len()) {
         return Err(QuantError(format!(
             "matrix has {} elements, expected {n}x{n}",

@@ -21,6 +21,19 @@ pub fn required() -> bool {
     std::env::var("ONNXQ_REQUIRE_ORT").is_ok_and(|v| v == "1")
 }
 
+/// ONNX Runtime with two threads, or None (test skipped) when the library is missing;
+/// under ONNXQ_REQUIRE_ORT=1 a missing runtime fails the test instead.
+pub fn ort() -> Option<onnxq::runtime::ort::OrtRuntime> {
+    match onnxq::runtime::ort::OrtRuntime::new(Some(2)) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            assert!(!required(), "ONNXQ_REQUIRE_ORT=1 but: {e}");
+            eprintln!("SKIPPED: {e}");
+            None
+        }
+    }
+}
+
 /// The pinned Python (ONNXQ_PYTHON or the repo's .venv). None means skip, which
 /// `required()` turns into a failure.
 pub fn python() -> Option<PathBuf> {
