@@ -587,3 +587,87 @@ assert z["logits"][0, 1] == -1.0
     let o = Command::new(&python).args(["-c", &check]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// y = x·Transpose(Wt) + b, as exporters write a linear layer (Wt = Wᵀ stored
+/// [out, in]); the Transpose's output is a graph output too when `expose_t`.
+fn transposed_linear_model(expose_t: bool) -> Model {
+    let mut m = linear_model(&W, &B);
+    let g = &mut m.graph;
+    let wt: Vec<f32> = (0..12).map(|i| W[(i % 4) * 3 + i / 4]).collect();
+    let wtv = g
+        .add_initializer(Tensor::from_f32("Wt", vec![3, 4], &wt))
+        .unwrap();
+    let t = g
+        .add_node(
+            NodeSpec::new("", "Transpose")
+                .name("t")
+                .input(wtv)
+                .output("Wt_T")
+                .attr(Attribute::ints("perm", vec![1, 0])),
+        )
+        .unwrap();
+    let t_out = g.node(t).output(0).unwrap();
+    let mm = g.find("xw").and_then(|v| g.producer(v)).unwrap();
+    g.set_input(mm, 1, Some(t_out));
+    let w = g.find("W").unwrap();
+    g.remove_initializer(w).unwrap();
+    if expose_t {
+        g.outputs.push(GraphIo {
+            value: t_out,
+            info: ValueInfo {
+                ty: Some(TypeInfo::tensor(DType::F32, &[4, 3])),
+                ..Default::default()
+            },
+        });
+    }
+    m
+}
+
+#[test]
+fn a_one_run_reference_reads_transposed_weights_in_place() {
+    let Some(_) = ort() else { return };
+    let x = vec![(
+        "x".to_string(),
+        HostTensor::from_f32(vec![1, 4], &X).unwrap(),
+    )];
+    let (_, y) = expected_y();
+    let once = runtime::ort::OrtRuntime::new(Some(2))
+        .unwrap()
+        .for_one_run();
+    for expose_t in [false, true] {
+        let mut m = transposed_linear_model(expose_t);
+        assert_eq!(runtime::ort::read_transposed_weights_in_place(&mut m), 1);
+        let ops: Vec<&str> = m.graph.nodes().map(|(_, n)| n.op_type.as_str()).collect();
+        assert!(
+            ops.contains(&"FusedMatMul") && !ops.contains(&"MatMul"),
+            "{ops:?}"
+        );
+        // The Transpose stays only while something else reads it.
+        assert_eq!(ops.contains(&"Transpose"), expose_t, "{ops:?}");
+        m.graph.verify().unwrap();
+        let mut s = runtime::open_model(&once, &m, &[]).unwrap();
+        let out = s.run(&x).unwrap();
+        assert_eq!(out[0].1.to_f32_vec().unwrap(), y, "expose_t={expose_t}");
+    }
+}
+
+#[test]
+fn sessions_sharing_prepacked_weights_compute_the_same() {
+    let Some(_) = ort() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let path = save(&linear_model(&W, &B), tmp.path(), "linear.onnx");
+    let x = vec![(
+        "x".to_string(),
+        HostTensor::from_f32(vec![1, 4], &X).unwrap(),
+    )];
+    let (_, y) = expected_y();
+    let shared = runtime::ort::OrtRuntime::new(Some(2))
+        .unwrap()
+        .sharing_prepacked_weights();
+    use runtime::Runtime;
+    let mut first = shared.open(&path).unwrap();
+    let mut second = shared.open(&path).unwrap();
+    assert_eq!(first.run(&x).unwrap()[0].1.to_f32_vec().unwrap(), y);
+    drop(first);
+    assert_eq!(second.run(&x).unwrap()[0].1.to_f32_vec().unwrap(), y);
+}

@@ -206,6 +206,8 @@ pub struct OrtRuntime {
     config: Vec<(String, String)>,
     /// Graph optimizations and weight prepacking on (the default).
     optimize: bool,
+    /// Weights prepacked by one session, reused by the next ones on the same weights.
+    prepacked: Option<ort::session::builder::PrepackedWeights>,
 }
 
 impl OrtRuntime {
@@ -220,7 +222,18 @@ impl OrtRuntime {
             threads,
             config: Vec::new(),
             optimize: true,
+            prepacked: None,
         })
+    }
+
+    /// Sessions that share their prepacked weights: a session opened on weights an
+    /// earlier session of this runtime prepacked (same op, same bytes) takes that
+    /// session's packed copy instead of packing again. For a few sessions over one
+    /// model (a check's layers cut out of it, then the whole model); the packed
+    /// weights live as long as the runtime.
+    pub fn sharing_prepacked_weights(mut self) -> Self {
+        self.prepacked = Some(ort::session::builder::PrepackedWeights::new());
+        self
     }
 
     /// Sessions meant to run once on a few rows (a check's reference run): no
@@ -254,7 +267,14 @@ impl super::Runtime for OrtRuntime {
     fn open(&self, path: &Path) -> Result<Box<dyn super::Session>> {
         let label = model_label(path);
         let s = super::guard::no_panic(NAME, &label, || {
-            OrtSession::open(&self.env, path, self.threads, &self.config, self.optimize)
+            OrtSession::open(
+                &self.env,
+                path,
+                self.threads,
+                &self.config,
+                self.optimize,
+                self.prepacked.as_ref(),
+            )
         })?;
         Ok(Box::new(s))
     }
@@ -278,6 +298,7 @@ impl OrtSession {
         threads: usize,
         config: &[(String, String)],
         optimize: bool,
+        prepacked: Option<&ort::session::builder::PrepackedWeights>,
     ) -> Result<OrtSession> {
         let label = model_label(path);
         let ir = crate::io::load(path)?;
@@ -306,6 +327,11 @@ impl OrtSession {
             builder = builder
                 .with_config_entry(k, v)
                 .map_err(|e| backend(&label, format!("session config {k}={v}: {e}")))?;
+        }
+        if let Some(p) = prepacked {
+            builder = builder
+                .with_prepacked_weights(p)
+                .map_err(|e| backend(&label, e))?;
         }
         let session = builder
             .commit_from_file(path)
@@ -459,4 +485,62 @@ fn from_ort(v: &DynValue) -> std::result::Result<HostTensor, String> {
         unsafe { std::ptr::copy_nonoverlapping(src, data.as_mut_ptr(), len) };
     }
     HostTensor::from_bytes(dtype, shape, data).map_err(|e| e.to_string())
+}
+
+/// Rewrites, for a session that runs once, every `MatMul(x, Transpose(w))` on a
+/// 2-D float32 initializer `w` into `com.microsoft::FusedMatMul(x, w, transB=1)`:
+/// the same product, read from `w` where it lies. Without graph optimizations the
+/// Transpose runs on every call and writes a transposed copy of the weight (on an
+/// exported decoder, a copy of every weight); with them, constant folding makes
+/// that copy when the session opens. Value names are kept (the MatMul's output,
+/// the Transpose's while anything else reads it). Returns how many MatMuls changed.
+pub fn read_transposed_weights_in_place(model: &mut crate::ir::Model) -> usize {
+    use crate::ir::{Attribute, NodeSpec};
+    let g = &mut model.graph;
+    let mut swaps = Vec::new();
+    for (id, n) in g.nodes() {
+        if !n.is("", "MatMul") {
+            continue;
+        }
+        let (Some(x), Some(b)) = (n.input(0), n.input(1)) else {
+            continue;
+        };
+        let Some(t) = g.producer(b).map(|t| (t, g.node(t))) else {
+            continue;
+        };
+        let (t_id, t_node) = t;
+        let plain_perm = t_node
+            .attr("perm")
+            .is_none_or(|p| p.ints.as_slice() == [1, 0]);
+        let Some(w) = t_node
+            .input(0)
+            .filter(|_| t_node.is("", "Transpose") && plain_perm)
+        else {
+            continue;
+        };
+        let weight_2d_f32 = g
+            .initializer(w)
+            .is_some_and(|w| w.dims.len() == 2 && w.dtype() == DType::F32);
+        if weight_2d_f32 {
+            swaps.push((id, t_id, x, w, n.name().to_string()));
+        }
+    }
+    let mut changed = 0;
+    for (id, t_id, x, w, name) in swaps {
+        let spec = NodeSpec::new("com.microsoft", "FusedMatMul")
+            .name(name)
+            .inputs([Some(x), Some(w)])
+            .attr(Attribute::int("transB", 1));
+        if g.swap_node(id, spec).is_ok() {
+            changed += 1;
+        }
+        // Gone once no MatMul reads it; kept for any other reader.
+        if g.contains_node(t_id) {
+            let _ = g.remove_node(t_id);
+        }
+    }
+    if changed > 0 {
+        model.require_opset("com.microsoft", 1);
+    }
+    changed
 }

@@ -511,6 +511,20 @@ fn for_one_run(rt: &dyn Runtime, opts: &VerifyOptions) -> Option<Box<dyn Runtime
     Some(Box::new(ort.with_config(&opts.ort_config).for_one_run()))
 }
 
+/// `rt` set up so that the sessions over the rewritten model (its layers cut out,
+/// then the whole model) pack each weight once: ONNX Runtime's prepacked weights
+/// shared between them. `None` when `rt` has no such mode.
+fn sharing_packed_weights(rt: &dyn Runtime, opts: &VerifyOptions) -> Option<Box<dyn Runtime>> {
+    if rt.name() != runtime::ort::NAME {
+        return None;
+    }
+    let ort = runtime::ort::OrtRuntime::new(opts.threads).ok()?;
+    Some(Box::new(
+        ort.with_config(&opts.ort_config)
+            .sharing_prepacked_weights(),
+    ))
+}
+
 fn check_on(
     rt: &dyn Runtime,
     original: &Path,
@@ -523,7 +537,7 @@ fn check_on(
         seconds.insert(step.to_string(), clock.elapsed().as_secs_f64());
         clock = std::time::Instant::now();
     };
-    let orig = crate::io::load(original)?;
+    let mut orig = crate::io::load(original)?;
     let quant = crate::io::load(rewritten)?;
     let (layers, mut unchecked) = rewritten_layers(&orig.graph, &quant.graph);
     let (candidates, mut notes) = first_feeds(&orig, opts)?;
@@ -560,6 +574,11 @@ fn check_on(
     let mut last_err = None;
     let once = for_one_run(rt, opts);
     let reference: &dyn Runtime = once.as_deref().unwrap_or(rt);
+    if once.is_some() {
+        // The layers were matched on the file's graph above; the run reads the
+        // weights in place instead of transposing a copy of each.
+        runtime::ort::read_transposed_weights_in_place(&mut orig);
+    }
     for (feeds, note) in candidates {
         let mut one = |_| Ok(feeds.clone());
         match capture(&orig, &plan, 1, &mut one, reference, &hidden, &mut rec) {
@@ -596,6 +615,8 @@ fn check_on(
     lap("original");
 
     // 2. The rewritten ops on the recorded rows.
+    let shared = sharing_packed_weights(rt, opts);
+    let rt: &dyn Runtime = shared.as_deref().unwrap_or(rt);
     let mut checked = Vec::new();
     let mut cut_feeds: NamedTensors = Vec::new();
     let mut cut: Vec<GraphIo> = Vec::new();
