@@ -174,11 +174,7 @@ fn converted_rotary_keeps_the_outputs_on_ort_and_tract() {
     let mut rng = Rng::new(23);
     let mut tract_checked = 0;
     for (name, src, kind) in sources() {
-        assert_eq!(
-            rotary_kinds(&src).iter().all(|k| *k == kind),
-            true,
-            "{name}"
-        );
+        assert!(rotary_kinds(&src).iter().all(|k| *k == kind), "{name}");
         for (target, want) in TARGETS {
             let out = tmp.path().join(format!("{name}-{target}.onnx"));
             let (ok, log) = onnxq(&["llm", "rope", s(&src), s(&out), "--rotary", target]);
