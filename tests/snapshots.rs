@@ -116,3 +116,23 @@ fn diff_text_of_a_model_and_its_int4_copy() {
     assert!(!text.contains(tmp.path().to_str().unwrap()));
     insta::assert_snapshot!("diff_text_int4_rtn", text);
 }
+
+/// `onnxq llm rope --rotary`: the fused opset-24 rotary spelled out, and the
+/// decomposed one fused both ways (ONNX opset 23 and com.microsoft).
+#[test]
+fn rotary_form_conversions_on_the_decoder_forms() {
+    use onnxq::transforms::llm::{convert_rotary, RotaryForm};
+    for (form, target, name) in [
+        ("opset24", RotaryForm::Decomposed, "decomposed"),
+        ("decomposed", RotaryForm::Fused, "fused"),
+        ("decomposed", RotaryForm::Microsoft, "com.microsoft"),
+    ] {
+        let path = common::fixtures()
+            .join("decoders")
+            .join(format!("{form}.onnx"));
+        let model = onnxq::load(&path).unwrap();
+        let mut m = model.clone();
+        convert_rotary(&mut m, target, Some(64)).unwrap();
+        insta::assert_snapshot!(format!("rotary_{form}_to_{name}"), print::diff(&model, &m));
+    }
+}

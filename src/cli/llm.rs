@@ -3,8 +3,8 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::transforms::llm::{
-    add_kv_cache, extend_rope, genai_config, to_genai, GenaiConfig, KvCacheOptions, RopeScaling,
-    SpecialTokens,
+    add_kv_cache, convert_rotary, extend_rope, genai_config, to_genai, GenaiConfig, KvCacheOptions,
+    RopeScaling, RotaryForm, SpecialTokens,
 };
 
 #[derive(clap::Args, Debug)]
@@ -18,7 +18,8 @@ pub enum LlmCommand {
     /// Give a decoder exported without a KV cache past_key_values.{i}.key/value inputs
     /// and present.{i}.key/value outputs (decomposed attention or opset-23 Attention).
     AddKvCache(AddKvCacheArgs),
-    /// Recompute the rotary cos/sin caches (or inv_freq) for a longer context.
+    /// Recompute the rotary cos/sin caches (or inv_freq) for a longer context, and/or
+    /// convert the rotary between fused RotaryEmbedding and the decomposed form.
     Rope(RopeArgs),
     /// Write the form onnxruntime-genai runs into OUT_DIR: model.onnx with
     /// GroupQueryAttention (rotary inside) and (Skip)SimplifiedLayerNormalization, a KV
@@ -62,13 +63,19 @@ pub struct AddKvCacheArgs {
 pub struct RopeArgs {
     pub model: PathBuf,
     pub output: PathBuf,
-    /// Positions the caches cover after the rewrite.
-    #[arg(long, value_name = "N")]
-    pub max_length: usize,
+    /// Positions the caches cover after the rewrite (needed unless --rotary is given).
+    #[arg(long, value_name = "N", required_unless_present = "rotary")]
+    pub max_length: Option<usize>,
     /// Frequency scaling: linear:F, ntk:F, or yarn:F[,original=N,beta_fast=X,beta_slow=X,
     /// attention=X] (defaults: the caches' rows, 32, 1, 0.1·ln F + 1; caches only).
     #[arg(long, value_name = "KIND:F")]
     pub scaling: Option<RopeScaling>,
+    /// Convert every layer's rotary: decomposed (Slice/Neg/Concat/Mul/Add), fused
+    /// (ONNX RotaryEmbedding, opset 23) or com.microsoft (RotaryEmbedding with
+    /// caches, --max-length rows when computed from inv_freq). Done before the
+    /// tables are recomputed.
+    #[arg(long, value_name = "FORM")]
+    pub rotary: Option<RotaryForm>,
 }
 
 pub fn run(args: &LlmArgs) -> Result<i32> {
@@ -94,19 +101,33 @@ pub fn run(args: &LlmArgs) -> Result<i32> {
         LlmCommand::Genai(a) => genai(a),
         LlmCommand::Rope(a) => {
             let mut model = crate::io::load(&a.model)?;
-            let scaling = a.scaling.unwrap_or(RopeScaling::None);
-            let report = extend_rope(&mut model.graph, a.max_length, scaling)?;
+            if a.scaling.is_some() && a.max_length.is_none() {
+                return Err(Error::invalid("--scaling needs --max-length"));
+            }
+            if let Some(form) = a.rotary {
+                let r = convert_rotary(&mut model, form, a.max_length)?;
+                eprintln!(
+                    "rotary: {} rotations converted to {form:?}{}",
+                    r.converted,
+                    r.cache_rows
+                        .map_or(String::new(), |n| format!(" (caches of {n} rows)"))
+                );
+            }
+            if let Some(max_length) = a.max_length {
+                let scaling = a.scaling.unwrap_or(RopeScaling::None);
+                let report = extend_rope(&mut model.graph, max_length, scaling)?;
+                eprintln!(
+                    "rotary tables {} rewritten for {} positions (was {}, theta {:.1})",
+                    report.tables.join(", "),
+                    max_length,
+                    report
+                        .old_max
+                        .map_or("computed from positions".to_string(), |m| m.to_string()),
+                    report.theta,
+                );
+            }
             crate::io::save(&model, &a.output, &Default::default())?;
-            eprintln!(
-                "rotary tables {} rewritten for {} positions (was {}, theta {:.1}); wrote {}",
-                report.tables.join(", "),
-                a.max_length,
-                report
-                    .old_max
-                    .map_or("computed from positions".to_string(), |m| m.to_string()),
-                report.theta,
-                a.output.display()
-            );
+            eprintln!("wrote {}", a.output.display());
             Ok(0)
         }
     }

@@ -319,7 +319,12 @@ fn fused_attention(
             position_input: node.input(9),
         })
     } else {
-        fused_rotary(g, &r)
+        // A rotation spelled out before a fused core (e.g. after `rope --rotary
+        // decomposed`) counts too.
+        fused_rotary(g, &r).or_else(|| match (&r.q, &r.k) {
+            (Some(q), Some(k)) => decomposed_rotary(g, q, k),
+            _ => None,
+        })
     };
     let out = node
         .output(0)
@@ -521,7 +526,7 @@ fn decomposed_attention(
         num_heads: heads,
         num_kv_heads: kv_heads,
         head_size,
-        rotary: decomposed_rotary(g, q, k),
+        rotary: decomposed_rotary(g, q, k).or_else(|| fused_rotary(g, &r)),
         q_proj: r.q.clone(),
         k_proj: r.k.clone(),
         v_proj: r.v,

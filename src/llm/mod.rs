@@ -27,6 +27,7 @@ pub use mlp::{MlpKind, MlpMap};
 pub use norm::{NormKind, NormMap};
 pub use roles::{DecoderIoNames, KvPair};
 pub use text::to_text;
+pub use walk::label;
 pub use weights::{linear_consumers, weight_ref, WeightLayout, WeightRef, WeightSource};
 
 use crate::error::{Error, Result};

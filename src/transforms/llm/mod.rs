@@ -4,6 +4,7 @@ mod genai;
 mod genai_config;
 mod kv_cache;
 mod rope;
+mod rotary_form;
 
 pub use genai::{
     to_genai, GenaiConfig, GenaiDecoder, GenaiReport, DEFAULT_CONTEXT_LENGTH, GENAI_KEYS,
@@ -11,3 +12,4 @@ pub use genai::{
 pub use genai_config::{genai_config, SpecialTokens, TOKENIZER_FILES};
 pub use kv_cache::{add_kv_cache, KvCacheOptions, KvCacheReport};
 pub use rope::{extend_rope, RopeReport, RopeScaling, Yarn};
+pub use rotary_form::{convert_rotary, RotaryForm, RotaryFormReport};
