@@ -54,8 +54,16 @@ fn usage_errors_exit_2_with_a_suggestion() {
             "not built",
         ),
         (
-            vec!["quantize", s(&m), s(&out), "--precision", "fp16"],
-            "not built",
+            vec![
+                "quantize",
+                s(&m),
+                s(&out),
+                "--algorithm",
+                "rtn",
+                "--precision",
+                "fp16",
+            ],
+            "float conversion",
         ),
         (
             vec!["quantize", s(&m), s(&out), "--damp", "0.1"],

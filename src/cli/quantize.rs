@@ -36,6 +36,11 @@ pub enum AlgorithmArg {
     /// AWQ: activation-aware per-channel scales (searched on calibration data, folded
     /// into the norms) and then round to nearest, MatMulNBits; samples as for gptq.
     Awq,
+    /// float32 → float16 (onnxruntime's float16 converter): weights and activations,
+    /// ops without float16 kernels left float32 behind Casts; IO types kept.
+    Fp16,
+    /// float32 → bfloat16, same rules as fp16 (few ORT CPU kernels take bfloat16).
+    Bf16,
     /// Olive's QuaRot (Hadamard rotations before quantizing): NOT built in this
     /// version of onnxq; refused with an error.
     Quarot,
@@ -59,8 +64,10 @@ pub enum PrecisionArg {
     Nf4,
     /// bitsandbytes FP4 (implies --algorithm bnb4).
     Fp4,
-    /// float16 conversion: NOT built in this version of onnxq; refused with an error.
+    /// float16 conversion (implies --algorithm fp16).
     Fp16,
+    /// bfloat16 conversion (implies --algorithm bf16).
+    Bf16,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,7 +150,7 @@ fn parse_algorithm(s: &str) -> std::result::Result<AlgorithmSpec, String> {
             .map(|v| v.get_name().to_string())
             .collect::<Vec<_>>();
         format!(
-            "unknown algorithm '{base}'{} (rtn, hqq, bnb4, dynamic, static, gptq, awq, \
+            "unknown algorithm '{base}'{} (rtn, hqq, bnb4, dynamic, static, gptq, awq, fp16, bf16, \
              quarot,ALGORITHM)",
             crate::error::did_you_mean(base, names.iter().map(String::as_str))
         )
@@ -339,6 +346,14 @@ pub struct QuantizeArgs {
     /// (--calib-text/--tokenizer, else seeded random inputs).
     #[arg(long, value_name = "BPW", conflicts_with = "max_size")]
     pub size_budget: Option<f64>,
+    /// --algorithm fp16|bf16: graph inputs and outputs stay float32, with Casts at the
+    /// boundary [default: true].
+    #[arg(long, value_name = "BOOL")]
+    pub keep_io_types: Option<bool>,
+    /// --algorithm fp16|bf16: also leave this op type in float32 (besides the default
+    /// block list: TopK, Range, CumSum, Min, Max, Upsample, NonMaxSuppression, ...).
+    #[arg(long = "block-op", value_name = "OP")]
+    pub block_op: Vec<String>,
     /// Like --size-budget, with the budget in MiB of those same weight bytes.
     #[arg(long, value_name = "MIB")]
     pub max_size: Option<f64>,
@@ -519,12 +534,28 @@ impl QuantizeArgs {
             }
         };
         match p {
-            PrecisionArg::Fp16 => {
-                return Err(usage(
-                    "--precision fp16: float16 conversion is not built in this version of onnxq \
-                     (use onnxruntime's float16 converter or Olive's OnnxFloatToFloat16)"
-                        .into(),
-                ))
+            PrecisionArg::Fp16 | PrecisionArg::Bf16 => {
+                let alg = if p == PrecisionArg::Fp16 {
+                    AlgorithmArg::Fp16
+                } else {
+                    AlgorithmArg::Bf16
+                };
+                if explicit.is_some_and(|s| s.base != alg) {
+                    return Err(usage(format!(
+                        "--precision {} is a float conversion: --algorithm {} (or no --algorithm)",
+                        if alg == AlgorithmArg::Fp16 {
+                            "fp16"
+                        } else {
+                            "bf16"
+                        },
+                        if alg == AlgorithmArg::Fp16 {
+                            "fp16"
+                        } else {
+                            "bf16"
+                        },
+                    )));
+                }
+                a.algorithm.base = alg;
             }
             PrecisionArg::Nf4 | PrecisionArg::Fp4 => {
                 if !matches!(explicit.map(|s| s.base), None | Some(AlgorithmArg::Bnb4)) {
@@ -571,6 +602,14 @@ impl QuantizeArgs {
     }
 
     fn resolved_recipe(&self) -> Result<Recipe> {
+        if matches!(self.algorithm.base, AlgorithmArg::Fp16 | AlgorithmArg::Bf16) {
+            return self.float16_recipe();
+        }
+        if self.keep_io_types.is_some() || !self.block_op.is_empty() {
+            return Err(crate::Error::invalid(
+                "--keep-io-types and --block-op apply to --algorithm fp16|bf16",
+            ));
+        }
         if matches!(self.algorithm.base, AlgorithmArg::Gptq | AlgorithmArg::Awq) {
             return self.gptq_recipe();
         }
@@ -678,6 +717,54 @@ impl QuantizeArgs {
 }
 
 impl QuantizeArgs {
+    /// `--algorithm fp16|bf16`: the float16 recipe with --keep-io-types, --exclude
+    /// (node-block-list) and --block-op (op-block-list, added to the default).
+    fn float16_recipe(&self) -> Result<Recipe> {
+        use toml::Value as V;
+        let fp16 = self.algorithm.base == AlgorithmArg::Fp16;
+        if self.algorithm.rotate || self.budgeted() {
+            return Err(crate::Error::Usage(
+                "--algorithm fp16|bf16 converts floats: no quarot, --size-budget or --max-size"
+                    .into(),
+            ));
+        }
+        if self.bits.is_some() || self.block_size.is_some() || self.embeddings {
+            return Err(crate::Error::Usage(
+                "--bits, --block-size and --embeddings apply to the N-bit algorithms, not \
+                 --algorithm fp16|bf16"
+                    .into(),
+            ));
+        }
+        if let Some(flag) = self.gptq_only_flag().or(self.int8_only_flag()) {
+            return Err(crate::Error::invalid(format!(
+                "{flag} does not apply to --algorithm fp16|bf16"
+            )));
+        }
+        let mut r = Recipe::load(if fp16 { "fp16" } else { "bf16" })?;
+        if let Some(k) = self.keep_io_types {
+            r.set("keep-io-types", V::Boolean(k));
+        }
+        if !self.exclude.is_empty() {
+            r.set(
+                "node-block-list",
+                V::Array(self.exclude.iter().cloned().map(V::String).collect()),
+            );
+        }
+        if !self.block_op.is_empty() {
+            let mut ops: Vec<String> = crate::transforms::float16::DEFAULT_OP_BLOCK_LIST
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            ops.extend(self.block_op.iter().cloned());
+            r.set(
+                "op-block-list",
+                V::Array(ops.into_iter().map(V::String).collect()),
+            );
+        }
+        r.build()?;
+        Ok(r)
+    }
+
     /// `--tied-head` and `--tied-head-bits` on a weight-only recipe. The QDQ format
     /// keeps to standard ops, so it never shares a table through GatherBlockQuantized.
     fn apply_tied_head(&self, r: &mut Recipe, qdq: bool) -> Result<()> {

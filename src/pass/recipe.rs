@@ -58,6 +58,8 @@ pub const SHIPPED: &[(&str, &str)] = &[
         include_str!("../../passes/int4-rtn-qdq.toml"),
     ),
     ("bnb4-nf4", include_str!("../../passes/bnb4-nf4.toml")),
+    ("fp16", include_str!("../../passes/fp16.toml")),
+    ("bf16", include_str!("../../passes/bf16.toml")),
     (
         "int8-dynamic",
         include_str!("../../passes/int8-dynamic.toml"),

@@ -77,6 +77,11 @@ pub const PASSES: &[(&str, &[&str], &str)] = &[
         "a decoder in onnxruntime-genai's form: GroupQueryAttention with rotary inside, (Skip)SimplifiedLayerNormalization, a KV cache added when missing",
     ),
     (
+        "float16",
+        crate::transforms::float16::FLOAT16_KEYS,
+        "float32 weights and activations to float16 (or bfloat16), as onnxruntime's float16 converter: blocked ops stay float32 with Casts at the region boundaries, IO types kept",
+    ),
+    (
         "remove-dead",
         &[],
         "remove nodes and initializers no output depends on",
@@ -122,6 +127,7 @@ fn build_checked(name: &str, table: toml::Table) -> Result<Box<dyn Pass>> {
         }),
         "smooth-quant" => Box::new(smooth_quant::SmoothQuant::new(config(table)?)?),
         "genai-decoder" => Box::new(crate::transforms::llm::GenaiDecoder::new(config(table)?)?),
+        "float16" => Box::new(crate::transforms::float16::Float16::new(config(table)?)?),
         "remove-dead" => {
             let _: crate::transforms::cleanup::RemoveDeadConfig = config(table)?;
             Box::new(RemoveDead)

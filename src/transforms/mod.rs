@@ -4,6 +4,7 @@
 pub mod calibrated;
 pub mod cleanup;
 pub mod common;
+pub mod float16;
 pub mod int8;
 pub mod llm;
 pub mod lora;
