@@ -12,17 +12,6 @@ use onnxq::ir::Dim;
 use onnxq::llm::{DecoderMap, RotaryKind};
 use onnxq::runtime::{self, NamedTensors, Runtime};
 
-fn ort() -> Option<runtime::ort::OrtRuntime> {
-    match runtime::ort::OrtRuntime::new(Some(2)) {
-        Ok(r) => Some(r),
-        Err(e) => {
-            assert!(!common::required(), "ONNXQ_REQUIRE_ORT=1 but: {e}");
-            eprintln!("SKIPPED: {e}");
-            None
-        }
-    }
-}
-
 fn onnxq(args: &[&str]) -> (bool, String) {
     let o = Command::new(common::onnxq_bin())
         .args(args)
@@ -168,7 +157,7 @@ fn feeds_for(
 
 #[test]
 fn converted_rotary_keeps_the_outputs_on_ort_and_tract() {
-    let Some(ort) = ort() else { return };
+    let Some(ort) = common::ort() else { return };
     let tract = runtime::tract::TractRuntime;
     let tmp = tempfile::tempdir().unwrap();
     let mut rng = Rng::new(23);
@@ -229,7 +218,7 @@ fn converted_rotary_keeps_the_outputs_on_ort_and_tract() {
 #[test]
 fn conversions_round_trip() {
     // fused -> decomposed -> fused -> com.microsoft -> decomposed gives the same outputs.
-    let Some(ort) = ort() else { return };
+    let Some(ort) = common::ort() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let src = common::fixtures().join("decoders/opset24.onnx");
     let mut prev = src.clone();
