@@ -11,7 +11,7 @@
 #
 # Goals (issue 16): GPTQ <= 10 min, AWQ <= 5 min, peak RSS <= 3 GiB, on 2 cores.
 # Environment: SKIP_BUILD=1 uses existing binaries; SAMPLES (32), SEQLEN (512);
-# ONLY=gptq|awq|baseline runs one job.
+# ONLY=gptq,baseline (a comma list of gptq, baseline, awq) runs only those jobs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benches/lib/record.sh
@@ -49,7 +49,7 @@ measure() { # key, label, binary, algorithm
     'BEGIN { printf "| %s | %.0f s (%.1f min) | %.0f s | %.2f GiB |\n", l, s, s / 60, u + y, k / 1048576 }')"
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
+want() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
 
 cat "$DATA" >/dev/null # in page cache before the first job, for every job alike
 record_begin gptq_awq_speed "$@"
