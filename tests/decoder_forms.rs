@@ -34,27 +34,6 @@ fn get(outs: &NamedTensors, name: &str) -> Vec<f32> {
         .unwrap()
 }
 
-/// Largest |a - b| over all outputs; names and shapes must agree.
-fn max_diff(a: &NamedTensors, b: &NamedTensors) -> f64 {
-    assert_eq!(
-        a.iter().map(|(n, _)| n).collect::<Vec<_>>(),
-        b.iter().map(|(n, _)| n).collect::<Vec<_>>()
-    );
-    let mut worst = 0f64;
-    for ((name, ta), (_, tb)) in a.iter().zip(b) {
-        assert_eq!(ta.shape, tb.shape, "{name}");
-        for (x, y) in ta
-            .to_f32_vec()
-            .unwrap()
-            .iter()
-            .zip(tb.to_f32_vec().unwrap())
-        {
-            worst = worst.max((*x as f64 - y as f64).abs());
-        }
-    }
-    worst
-}
-
 fn tokens(rng: &mut Rng, n: usize) -> Vec<i64> {
     (0..n).map(|_| rng.token()).collect()
 }
@@ -79,7 +58,7 @@ fn forms_give_the_same_outputs() {
         // something: the logits must carry signal.
         assert!(peak > 0.05, "reference logits are ~0 ({peak})");
         for (form, path) in &all[1..] {
-            let d = max_diff(&reference, &run(&ort, path, &feeds));
+            let d = common::max_diff(&reference, &run(&ort, path, &feeds));
             eprintln!("(batch {batch}, seq {seq}, past {past}) {form} vs decomposed: {d:.2e}");
             // fp32, same weights, different op decompositions: measured ≤ 6e-7.
             assert!(d < 1e-4, "{form} (b={batch} s={seq} past={past}): {d}");

@@ -4,22 +4,8 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use onnxq::runtime::{HostTensor, NamedTensors, Runtime};
-
-fn onnxq(args: &[&str]) -> (bool, String) {
-    let o = Command::new(common::onnxq_bin())
-        .args(args)
-        .output()
-        .unwrap();
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    (o.status.success(), log)
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -99,7 +85,7 @@ fn added_cache_reproduces_full_runs_in_greedy_decoding() {
     for model in no_kv_models(tmp.path()) {
         let stem = model.file_stem().unwrap().to_str().unwrap().to_string();
         let cached = tmp.path().join(format!("{stem}-kv.onnx"));
-        let (ok, log) = onnxq(&["llm", "add-kv-cache", s(&model), s(&cached)]);
+        let (ok, log) = common::onnxq(&["llm", "add-kv-cache", s(&model), s(&cached)]);
         assert!(ok, "{stem}: {log}");
         let sess = ort.open(&cached).unwrap();
         let past: Vec<_> = sess
@@ -156,7 +142,7 @@ fn a_model_with_a_cache_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out.onnx");
     let model = common::fixtures().join("llama-decomposed-kv.onnx");
-    let (ok, log) = onnxq(&["llm", "add-kv-cache", s(&model), s(&out)]);
+    let (ok, log) = common::onnxq(&["llm", "add-kv-cache", s(&model), s(&out)]);
     assert!(!ok, "{log}");
     assert!(log.contains("already has a KV cache"), "{log}");
     assert!(!out.exists());
@@ -187,7 +173,7 @@ fn a_missing_pattern_names_the_layer_and_part_and_writes_nothing() {
     let broken = tmp.path().join("broken.onnx");
     onnxq::save(&m, &broken, &Default::default()).unwrap();
     let out = tmp.path().join("out.onnx");
-    let (ok, log) = onnxq(&["llm", "add-kv-cache", s(&broken), s(&out)]);
+    let (ok, log) = common::onnxq(&["llm", "add-kv-cache", s(&broken), s(&out)]);
     assert!(!ok, "{log}");
     assert!(log.contains("layer 1") && log.contains("mask"), "{log}");
     assert!(!out.exists());
@@ -207,7 +193,7 @@ fn longer_rope_caches_keep_old_positions_and_match_computed_rotary() {
     // the old cache length.
     let computed = common::fixtures().join("llama-decomposed.onnx");
     let long = tmp.path().join("long.onnx");
-    let (ok, log) = onnxq(&["llm", "rope", s(&cached), s(&long), "--max-length", "2048"]);
+    let (ok, log) = common::onnxq(&["llm", "rope", s(&cached), s(&long), "--max-length", "2048"]);
     assert!(ok, "{log}");
     assert!(log.contains("was 256"), "{log}");
     let ids = [3i64, 77, 12, 150, 8, 99];
@@ -236,7 +222,7 @@ fn linear_scaling_stretches_positions() {
     for fixture in ["llama-decomposed.onnx", "llama-attention23.onnx"] {
         let model = common::fixtures().join(fixture);
         let scaled = tmp.path().join(format!("scaled-{fixture}"));
-        let (ok, log) = onnxq(&[
+        let (ok, log) = common::onnxq(&[
             "llm",
             "rope",
             s(&model),
@@ -262,7 +248,7 @@ fn linear_scaling_stretches_positions() {
         assert!(d < 1e-4, "{fixture}: {d}");
         assert!(moved > 1e-3, "{fixture}: scaling changed nothing ({moved})");
     }
-    let (ok, log) = onnxq(&[
+    let (ok, log) = common::onnxq(&[
         "llm",
         "rope",
         s(&common::fixtures().join("llama-decomposed.onnx")),
@@ -283,7 +269,7 @@ fn ntk_scaling_agrees_between_caches_and_inv_freq() {
         let out = tmp.path().join(format!("ntk-{fixture}"));
         let model = common::fixtures().join(fixture);
         let args = ["llm", "rope", s(&model), s(&out), "--max-length", "1024"];
-        let (ok, log) = onnxq(&[&args[..], &["--scaling", "ntk:4"]].concat());
+        let (ok, log) = common::onnxq(&[&args[..], &["--scaling", "ntk:4"]].concat());
         assert!(ok, "{fixture}: {log}");
         out
     };
@@ -345,7 +331,7 @@ fn yarn_keeps_fast_dims_interpolates_slow_ones_and_scales_by_the_attention_facto
     let cached = common::fixtures().join("llama-attention23.onnx");
     let yarn = tmp.path().join("yarn.onnx");
     let args = ["llm", "rope", s(&cached), s(&yarn), "--max-length", "512"];
-    let (ok, log) = onnxq(&[&args[..], &["--scaling", "yarn:2"]].concat());
+    let (ok, log) = common::onnxq(&[&args[..], &["--scaling", "yarn:2"]].concat());
     assert!(ok, "{log}");
     let (half, gain) = (8usize, 0.1 * 2f32.ln() + 1.0);
     let [old_cos, old_sin] =
@@ -384,7 +370,7 @@ fn yarn_keeps_fast_dims_interpolates_slow_ones_and_scales_by_the_attention_facto
     // inv_freq cannot carry the attention factor; unknown parameters are named.
     let computed = common::fixtures().join("llama-decomposed.onnx");
     let out = tmp.path().join("refused.onnx");
-    let (ok, log) = onnxq(&[
+    let (ok, log) = common::onnxq(&[
         "llm",
         "rope",
         s(&computed),
@@ -395,7 +381,7 @@ fn yarn_keeps_fast_dims_interpolates_slow_ones_and_scales_by_the_attention_facto
         "yarn:2",
     ]);
     assert!(!ok && log.contains("yarn needs cos/sin caches"), "{log}");
-    let (ok, log) = onnxq(&[
+    let (ok, log) = common::onnxq(&[
         "llm",
         "rope",
         s(&cached),

@@ -39,19 +39,6 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn onnxq(args: &[&str]) -> (bool, String) {
-    let o = Command::new(common::onnxq_bin())
-        .args(args)
-        .output()
-        .unwrap();
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    (o.status.success(), log)
-}
-
 /// A tokenizer folder: the fixture tokenizer.json and a tokenizer_config.json naming
 /// its specials (`<s>` = 1, `</s>` = 2).
 fn tokenizer_dir(dir: &Path) -> PathBuf {
@@ -72,7 +59,7 @@ fn tokenizer_dir(dir: &Path) -> PathBuf {
 }
 
 fn convert(model: &Path, out: &Path, tok: &Path) {
-    let (ok, log) = onnxq(&["llm", "genai", s(model), s(out), "--tokenizer", s(tok)]);
+    let (ok, log) = common::onnxq(&["llm", "genai", s(model), s(out), "--tokenizer", s(tok)]);
     assert!(ok, "llm genai {}: {log}", model.display());
 }
 
@@ -179,7 +166,7 @@ fn quantized_inputs_keep_their_quantized_weights() {
     for form in ["decomposed", "opset24"] {
         let float = common::fixtures().join(format!("decoders/{form}.onnx"));
         let q = tmp.path().join(format!("{form}-int4.onnx"));
-        let (ok, log) = onnxq(&[
+        let (ok, log) = common::onnxq(&[
             "quantize",
             s(&float),
             s(&q),
@@ -242,7 +229,8 @@ fn unmatched_patterns_name_the_layer_and_part_and_write_nothing() {
     ] {
         let input = common::run::save(&model, tmp.path(), &format!("{name}.onnx"));
         let out = tmp.path().join(format!("{name}-genai"));
-        let (ok, log) = onnxq(&["llm", "genai", s(&input), s(&out), "--tokenizer", s(&tok)]);
+        let (ok, log) =
+            common::onnxq(&["llm", "genai", s(&input), s(&out), "--tokenizer", s(&tok)]);
         assert!(!ok, "{name} converted");
         assert!(log.contains(expected), "{name}: {log}");
         assert!(!out.exists(), "{name}: {} was created", out.display());
@@ -257,7 +245,7 @@ fn unmatched_patterns_name_the_layer_and_part_and_write_nothing() {
     .unwrap();
     let out = tmp.path().join("bare-genai");
     let input = common::fixtures().join("decoders/decomposed.onnx");
-    let (ok, log) = onnxq(&["llm", "genai", s(&input), s(&out), "--tokenizer", s(&bare)]);
+    let (ok, log) = common::onnxq(&["llm", "genai", s(&input), s(&out), "--tokenizer", s(&bare)]);
     assert!(!ok && log.contains("no eos token"), "{log}");
     assert!(!out.exists());
 }

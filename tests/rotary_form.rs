@@ -5,25 +5,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::forms::{decoder_feeds, Rng};
 use onnxq::ir::Dim;
 use onnxq::llm::{DecoderMap, RotaryKind};
 use onnxq::runtime::{self, NamedTensors, Runtime};
-
-fn onnxq(args: &[&str]) -> (bool, String) {
-    let o = Command::new(common::onnxq_bin())
-        .args(args)
-        .output()
-        .unwrap();
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    (o.status.success(), log)
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -37,27 +23,6 @@ fn run(rt: &dyn Runtime, path: &Path, feeds: &NamedTensors) -> Result<NamedTenso
         .cloned()
         .collect();
     sess.run(&wanted).map_err(|e| e.to_string())
-}
-
-/// Largest |a - b| over all outputs; names and shapes must agree.
-fn max_diff(a: &NamedTensors, b: &NamedTensors) -> f32 {
-    assert_eq!(
-        a.iter().map(|(n, _)| n).collect::<Vec<_>>(),
-        b.iter().map(|(n, _)| n).collect::<Vec<_>>()
-    );
-    let mut worst = 0f32;
-    for ((name, ta), (_, tb)) in a.iter().zip(b) {
-        assert_eq!(ta.shape, tb.shape, "{name}");
-        for (x, y) in ta
-            .to_f32_vec()
-            .unwrap()
-            .iter()
-            .zip(tb.to_f32_vec().unwrap())
-        {
-            worst = worst.max((x - y).abs());
-        }
-    }
-    worst
 }
 
 fn rotary_kinds(path: &Path) -> Vec<RotaryKind> {
@@ -166,7 +131,7 @@ fn converted_rotary_keeps_the_outputs_on_ort_and_tract() {
         assert!(rotary_kinds(&src).iter().all(|k| *k == kind), "{name}");
         for (target, want) in TARGETS {
             let out = tmp.path().join(format!("{name}-{target}.onnx"));
-            let (ok, log) = onnxq(&["llm", "rope", s(&src), s(&out), "--rotary", target]);
+            let (ok, log) = common::onnxq(&["llm", "rope", s(&src), s(&out), "--rotary", target]);
             assert!(ok, "{name} -> {target}: {log}");
             let kinds = rotary_kinds(&out);
             assert!(
@@ -190,7 +155,7 @@ fn converted_rotary_keeps_the_outputs_on_ort_and_tract() {
                 let want = run(&ort, &src, &feeds).unwrap();
                 let got = run(&ort, &out, &feeds)
                     .unwrap_or_else(|e| panic!("{name} -> {target} on ORT: {e}"));
-                let d = max_diff(&want, &got);
+                let d = common::max_diff(&want, &got);
                 eprintln!("{name} -> {target} (b={batch} s={seq} past={past}) ORT: {d:.2e}");
                 assert!(
                     d <= 1e-4,
@@ -200,7 +165,7 @@ fn converted_rotary_keeps_the_outputs_on_ort_and_tract() {
                 if let Ok(tw) = run(&tract, &src, &feeds) {
                     let tg = run(&tract, &out, &feeds)
                         .unwrap_or_else(|e| panic!("{name} -> {target} on tract: {e}"));
-                    let d = max_diff(&tw, &tg);
+                    let d = common::max_diff(&tw, &tg);
                     eprintln!("{name} -> {target} (b={batch} s={seq} past={past}) tract: {d:.2e}");
                     assert!(d <= 1e-4, "{name} -> {target} tract: {d}");
                     tract_checked += 1;
@@ -233,14 +198,14 @@ fn conversions_round_trip() {
     .enumerate()
     {
         let out = tmp.path().join(format!("{i}-{target}.onnx"));
-        let (ok, log) = onnxq(&["llm", "rope", s(&prev), s(&out), "--rotary", target]);
+        let (ok, log) = common::onnxq(&["llm", "rope", s(&prev), s(&out), "--rotary", target]);
         assert!(ok, "step {i} -> {target}: {log}");
         prev = out;
     }
     let mut rng = Rng::new(5);
     let ids: Vec<i64> = (0..3).map(|_| rng.token()).collect();
     let feeds = feeds_for(&ort, &src, &ids, 1, 4, &mut rng);
-    let d = max_diff(
+    let d = common::max_diff(
         &run(&ort, &src, &feeds).unwrap(),
         &run(&ort, &prev, &feeds).unwrap(),
     );
@@ -252,7 +217,7 @@ fn the_genai_form_is_refused_naming_the_layer_and_part_and_nothing_is_written() 
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out.onnx");
     let src = common::fixtures().join("decoders/genai.onnx");
-    let (ok, log) = onnxq(&["llm", "rope", s(&src), s(&out), "--rotary", "decomposed"]);
+    let (ok, log) = common::onnxq(&["llm", "rope", s(&src), s(&out), "--rotary", "decomposed"]);
     assert!(!ok, "{log}");
     assert!(log.contains("layer 0") && log.contains("rotary"), "{log}");
     assert!(log.contains("GroupQueryAttention"), "{log}");
@@ -298,7 +263,7 @@ fn a_broken_rotate_half_is_refused_naming_the_layer_and_part() {
     let bad = tmp.path().join("bad.onnx");
     onnxq::io::save(&m, &bad, &Default::default()).unwrap();
     let out = tmp.path().join("out.onnx");
-    let (ok, log) = onnxq(&["llm", "rope", s(&bad), s(&out), "--rotary", "fused"]);
+    let (ok, log) = common::onnxq(&["llm", "rope", s(&bad), s(&out), "--rotary", "fused"]);
     assert!(!ok, "{log}");
     assert!(log.contains("layer 1") && log.contains("rotary"), "{log}");
     assert!(!out.exists());

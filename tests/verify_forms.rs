@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::forms;
 use onnxq::llm::DecoderIoNames;
@@ -18,19 +17,6 @@ fn on_ort() -> VerifyOptions {
         runtime: RuntimeKind::Ort,
         ..Default::default()
     }
-}
-
-fn onnxq(args: &[&str]) -> (bool, String) {
-    let o = Command::new(common::onnxq_bin())
-        .args(args)
-        .output()
-        .unwrap();
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    (o.status.success(), log)
 }
 
 fn s(p: &Path) -> &str {
@@ -99,7 +85,7 @@ fn every_decoder_form_verifies_prefill_and_one_decode_step() {
         );
 
         let out = tmp.path().join(format!("{form}-q.onnx"));
-        let (ok, log) = onnxq(&["quantize", s(&path), s(&out), "--tied-head", "separate"]);
+        let (ok, log) = common::onnxq(&["quantize", s(&path), s(&out), "--tied-head", "separate"]);
         assert!(ok, "{form}: {log}");
         assert!(!log.contains("verification skipped"), "{form}: {log}");
         let r = compare(&path, &out, &on_ort()).unwrap();
@@ -123,7 +109,7 @@ fn the_self_check_reports_every_rewritten_layer() {
     let (form, path) = forms::decoder_forms().remove(0);
     let out = tmp.path().join("q.onnx");
     let report = tmp.path().join("report.json");
-    let (ok, log) = onnxq(&[
+    let (ok, log) = common::onnxq(&[
         "quantize",
         s(&path),
         s(&out),
@@ -188,7 +174,7 @@ fn unnamed_symbolic_dims_verify_without_dim() {
         return;
     };
     let out = tmp.path().join("q.onnx");
-    let (ok, log) = onnxq(&["quantize", s(&cnn), s(&out)]);
+    let (ok, log) = common::onnxq(&["quantize", s(&cnn), s(&out)]);
     assert!(ok, "{log}");
     assert!(!log.contains("verification skipped"), "{log}");
     // Two 7x7 stride-2 convolutions need 19 pixels: 16 fails, 32 is the smallest
@@ -196,7 +182,7 @@ fn unnamed_symbolic_dims_verify_without_dim() {
     assert!(log.contains("dim unk__12 = 1"), "{log}");
     assert!(log.contains("dim image_width = 32"), "{log}");
     assert!(log.contains("layer check: 2 rewritten layers"), "{log}");
-    let (ok, log) = onnxq(&["verify", s(&cnn), s(&out)]);
+    let (ok, log) = common::onnxq(&["verify", s(&cnn), s(&out)]);
     assert!(ok, "{log}");
     assert!(log.contains("image_height = 32"), "{log}");
 }
@@ -208,7 +194,7 @@ fn static_quantization_calibrated_on_files_of_a_symbolic_model_exits_0() {
         return;
     };
     let out = tmp.path().join("q8.onnx");
-    let (ok, log) = onnxq(&[
+    let (ok, log) = common::onnxq(&[
         "quantize",
         s(&cnn),
         s(&out),
@@ -230,17 +216,17 @@ fn a_check_that_cannot_run_is_skipped_unless_required() {
         return;
     };
     let out = tmp.path().join("q.onnx");
-    let (ok, log) = onnxq(&["quantize", s(&noshape), s(&out)]);
+    let (ok, log) = common::onnxq(&["quantize", s(&noshape), s(&out)]);
     assert!(ok, "{log}");
     assert_eq!(log.matches("verification skipped").count(), 1, "{log}");
     assert!(log.contains("no declared shape"), "{log}");
-    let (ok, log) = onnxq(&["quantize", s(&noshape), s(&out), "--verify", "required"]);
+    let (ok, log) = common::onnxq(&["quantize", s(&noshape), s(&out), "--verify", "required"]);
     assert!(!ok, "{log}");
     assert!(log.contains("no declared shape"), "{log}");
     for off in [&["--verify", "off"][..], &["--no-verify"][..]] {
         let mut args = vec!["quantize", s(&noshape), s(&out)];
         args.extend_from_slice(off);
-        let (ok, log) = onnxq(&args);
+        let (ok, log) = common::onnxq(&args);
         assert!(ok && !log.contains("verification"), "{off:?}: {log}");
     }
 }
@@ -280,7 +266,7 @@ fn a_tract_panic_is_a_clean_error_and_ort_runs_the_check() {
     assert!(r.outputs.iter().all(|o| o.max_abs == 0.0));
 
     let out = tmp.path().join("q.onnx");
-    let (ok, log) = onnxq(&["quantize", s(&model), s(&out), "--runtime", "tract"]);
+    let (ok, log) = common::onnxq(&["quantize", s(&model), s(&out), "--runtime", "tract"]);
     assert!(ok, "{log}");
     assert!(log.contains("tract panicked"), "{log}");
     assert!(log.contains("layer check: 1 rewritten layers"), "{log}");
@@ -298,7 +284,7 @@ fn a_quantized_embedding_is_checked_on_table_rows() {
     let tmp = tempfile::tempdir().unwrap();
     let (_, path) = forms::decoder_forms().remove(0);
     let out = tmp.path().join("q.onnx");
-    let (ok, log) = onnxq(&["quantize", s(&path), s(&out)]);
+    let (ok, log) = common::onnxq(&["quantize", s(&path), s(&out)]);
     assert!(ok, "{log}");
     let c = self_check(&path, &out, &on_ort()).unwrap();
     let g = c
@@ -323,7 +309,7 @@ fn a_corrupted_layer_is_named_as_the_worst() {
     let tmp = tempfile::tempdir().unwrap();
     let (_, path) = forms::decoder_forms().remove(0);
     let out = tmp.path().join("q.onnx");
-    let (ok, log) = onnxq(&[
+    let (ok, log) = common::onnxq(&[
         "quantize",
         s(&path),
         s(&out),

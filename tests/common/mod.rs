@@ -34,6 +34,38 @@ pub fn ort() -> Option<onnxq::runtime::ort::OrtRuntime> {
     }
 }
 
+/// Runs the onnxq binary: (exit status success, stdout + stderr).
+pub fn onnxq(args: &[&str]) -> (bool, String) {
+    let o = Command::new(onnxq_bin()).args(args).output().unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.success(), log)
+}
+
+/// Largest |a - b| over all outputs; names and shapes must agree.
+pub fn max_diff(a: &onnxq::runtime::NamedTensors, b: &onnxq::runtime::NamedTensors) -> f64 {
+    assert_eq!(
+        a.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        b.iter().map(|(n, _)| n).collect::<Vec<_>>()
+    );
+    let mut worst = 0f64;
+    for ((name, ta), (_, tb)) in a.iter().zip(b) {
+        assert_eq!(ta.shape, tb.shape, "{name}");
+        for (x, y) in ta
+            .to_f32_vec()
+            .unwrap()
+            .iter()
+            .zip(tb.to_f32_vec().unwrap())
+        {
+            worst = worst.max((*x as f64 - y as f64).abs());
+        }
+    }
+    worst
+}
+
 /// The pinned Python (ONNXQ_PYTHON or the repo's .venv). None means skip, which
 /// `required()` turns into a failure.
 pub fn python() -> Option<PathBuf> {
