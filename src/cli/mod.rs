@@ -13,6 +13,7 @@ mod quantize;
 mod report;
 mod rotate;
 mod run;
+mod tune;
 mod verify;
 mod verify_gate;
 
@@ -116,6 +117,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Inspect(a) => inspect::run(&a),
         Command::Convert(a) => convert::run(&a),
         Command::Diff(a) => diff::run(&a),
+        Command::Quantize(a) if a.tuning() => tune::run(&a),
         Command::Quantize(a) => quantize::run(&a),
         Command::Apply(a) => apply::run(&a),
         Command::Rotate(a) => rotate::run(&a),
