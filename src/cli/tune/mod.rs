@@ -492,21 +492,30 @@ impl Loop<'_> {
         let total: f64 = choice.iter().zip(&layers).map(|(&c, l)| l[c].error).sum();
         let min_steps = 1usize << round.min(20);
         let steps = promote(&layers, &mut choice, min_steps, total * fraction, budget);
-        let mut out = Vec::new();
-        for s in steps {
-            let w = &mut weights[s.layer];
-            let (from, to) = (w.options[s.from], w.options[s.to]);
-            w.choice = s.to;
-            out.push(Promotion {
-                weight: w.name.clone(),
-                from: from.0.to_string(),
-                to: to.0.to_string(),
-                predicted_error_from: from.2,
-                predicted_error_to: to.2,
-                bytes_added: s.bytes,
-            });
+        // A weight promoted several steps in one round is one decision: from its
+        // setting before the round to its setting after, in the order first taken.
+        let mut order: Vec<usize> = Vec::new();
+        for s in &steps {
+            if !order.contains(&s.layer) {
+                order.push(s.layer);
+            }
         }
-        out
+        order
+            .into_iter()
+            .map(|i| {
+                let w = &mut weights[i];
+                let (from, to) = (w.options[w.choice], w.options[choice[i]]);
+                w.choice = choice[i];
+                Promotion {
+                    weight: w.name.clone(),
+                    from: from.0.to_string(),
+                    to: to.0.to_string(),
+                    predicted_error_from: from.2,
+                    predicted_error_to: to.2,
+                    bytes_added: to.1 as i64 - from.1 as i64,
+                }
+            })
+            .collect()
     }
 
     fn describe(&self, m: &Measured) -> String {
