@@ -278,7 +278,7 @@ fn a_tight_perplexity_target_promotes_and_the_output_meets_it() {
         let increase = 100.0 * (ppl_q / ppl_f - 1.0);
         eprintln!(
             "{algorithm}: round 0 +{p0:.3} %, target +{target:.3} %, after {} rounds and {} \
-             promotions +{increase:.3} % (ppl {ppl_f:.4} -> {ppl_q:.4})",
+             promotions {increase:+.3} % (ppl {ppl_f:.4} -> {ppl_q:.4})",
             rounds(&r).len(),
             promotions(&r)
         );
@@ -292,8 +292,50 @@ fn a_tight_perplexity_target_promotes_and_the_output_meets_it() {
             (measured - ppl_q).abs() <= 1e-6 * ppl_q,
             "{measured} vs {ppl_q}"
         );
+        if algorithm == "rtn" {
+            // The reported plan, pinned in a recipe, rebuilds the same model.
+            let plan = r.report.as_ref().unwrap()["tune"]["plan"].clone();
+            let pinned = pin(tmp.path(), &plan);
+            assert_eq!(eval_ppl(&pinned, &held), ppl_q);
+        }
     }
     no_tune_leftovers(tmp.path());
+}
+
+/// `onnxq apply` of precision-plan (the report's plan) + int4-rtn's passes.
+fn pin(dir: &Path, plan: &serde_json::Value) -> PathBuf {
+    let mut settings = toml::Table::new();
+    for (node, setting) in plan.as_object().expect("a plan") {
+        settings.insert(
+            node.clone(),
+            toml::Value::String(setting.as_str().unwrap().into()),
+        );
+    }
+    let mut pass = toml::Table::new();
+    pass.insert("name".into(), "precision-plan".into());
+    pass.insert("settings".into(), toml::Value::Table(settings));
+    let mut recipe = toml::Table::new();
+    let mut header = toml::Table::new();
+    header.insert("name".into(), "pinned".into());
+    recipe.insert("recipe".into(), toml::Value::Table(header));
+    let rtn = include_str!("../passes/int4-rtn.toml")
+        .parse::<toml::Table>()
+        .unwrap();
+    let mut passes = vec![toml::Value::Table(pass)];
+    passes.extend(rtn["pass"].as_array().unwrap().iter().cloned());
+    recipe.insert("pass".into(), toml::Value::Array(passes));
+    let path = dir.join("pinned.toml");
+    std::fs::write(&path, toml::to_string(&recipe).unwrap()).unwrap();
+    let out = dir.join("pinned.onnx");
+    let (ok, log) = common::onnxq(&[
+        "apply",
+        &path.display().to_string(),
+        &dir.join("skilled.onnx").display().to_string(),
+        &out.display().to_string(),
+        "--no-verify",
+    ]);
+    assert!(ok, "{log}");
+    out
 }
 
 #[test]

@@ -188,7 +188,8 @@ built in this version and are refused).
 
 Exit codes: 0 success (also when nothing matched: an unchanged copy is written, unless \
 --fail-if-unchanged), 1 error, 2 usage error, 3 a check failed (a verify threshold, \
---fail-if-unchanged)."
+--fail-if-unchanged, a --max-ppl-increase/--max-error target the tuning loop cannot meet; \
+nothing is written then)."
 )]
 pub struct QuantizeArgs {
     /// Model to read.
