@@ -486,7 +486,9 @@ impl QuantizeArgs {
             "algorithm".into(),
             V::String(if hqq { "hqq" } else { "rtn" }.into()),
         );
+        // The quantizer's calibration samples, so sensitivities are measured on them.
         for (key, v) in [
+            ("calib", &self.calib),
             ("calib-text", &self.calib_text),
             ("tokenizer", &self.tokenizer),
         ] {
