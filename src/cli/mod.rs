@@ -13,6 +13,7 @@ mod quantize;
 mod report;
 mod rotate;
 mod run;
+mod tune;
 mod verify;
 mod verify_gate;
 
@@ -31,7 +32,8 @@ pub mod exit {
     pub const ERROR: i32 = 1;
     /// Usage error: unknown or inconsistent flags, recipe or algorithm names.
     pub const USAGE: i32 = 2;
-    /// A check the user asked for failed: a verify threshold, `--fail-if-unchanged`.
+    /// A check the user asked for failed: a verify threshold, `--fail-if-unchanged`,
+    /// an accuracy target (`--max-ppl-increase`, `--max-error`) that cannot be met.
     pub const CHECK_FAILED: i32 = 3;
 
     /// The exit code of a command that failed with `e`.
@@ -46,7 +48,8 @@ pub mod exit {
 
 const EXIT_CODES: &str = "Exit codes: 0 success (also when nothing matched: an unchanged copy is \
 written), 1 error, 2 usage error (unknown or inconsistent flags or names), 3 a check failed (a \
-verify threshold such as --max-abs, or --fail-if-unchanged).";
+verify threshold such as --max-abs, --fail-if-unchanged, or an accuracy target such as \
+--max-ppl-increase that cannot be met).";
 
 /// onnxq: ONNX in, smaller and faster ONNX out.
 ///
@@ -116,6 +119,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Inspect(a) => inspect::run(&a),
         Command::Convert(a) => convert::run(&a),
         Command::Diff(a) => diff::run(&a),
+        Command::Quantize(a) if a.tuning() => tune::run(&a),
         Command::Quantize(a) => quantize::run(&a),
         Command::Apply(a) => apply::run(&a),
         Command::Rotate(a) => rotate::run(&a),

@@ -9,6 +9,7 @@ use super::convert::LayoutArgs;
 use super::log::{self, Level};
 use super::report::{self, NodeReport};
 use crate::error::{Error, Result};
+use crate::ir::Model;
 use crate::pass::{recipe::Recipe, run_pipeline_with, CheckLevel, PassCx, PassOutcome, RunOptions};
 
 /// Options every model-writing pipeline command takes.
@@ -84,6 +85,10 @@ pub struct Report {
     /// Peak resident memory of the process (VmHWM), when the OS tells.
     pub peak_rss_bytes: Option<u64>,
     pub verify: Option<serde_json::Value>,
+    /// The accuracy tuning loop (`--max-ppl-increase`, `--max-error`): target,
+    /// reference, each round's promotions and measurement.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tune: Option<serde_json::Value>,
 }
 
 /// Sums over `Report::nodes`.
@@ -122,6 +127,25 @@ fn file_bytes(model: &Path, data_files: impl Iterator<Item = String>) -> u64 {
 
 /// Runs `recipe` on `input`, writes `output`; returns the exit code.
 pub fn run(recipe: &Recipe, input: &Path, output: &Path, args: &PipelineArgs) -> Result<i32> {
+    let (built, model) = build(recipe, input, args)?;
+    finish(built, model, recipe, output, args, None)
+}
+
+/// What running the passes found, before anything is written.
+pub struct Built {
+    input: PathBuf,
+    outcomes: Vec<PassOutcome>,
+    nodes: Vec<NodeReport>,
+    input_bytes: u64,
+    /// Quantized ops the input already had (op type → count).
+    already: std::collections::BTreeMap<String, usize>,
+    phases: std::collections::BTreeMap<String, f64>,
+    start: Instant,
+}
+
+/// Loads `input` and runs the passes of `recipe` on it: the rewritten model (not
+/// saved) and what the passes reported.
+pub fn build(recipe: &Recipe, input: &Path, args: &PipelineArgs) -> Result<(Built, Model)> {
     let passes = recipe.build()?;
     let start = Instant::now();
     let mut model = crate::io::load(input)?;
@@ -142,9 +166,43 @@ pub fn run(recipe: &Recipe, input: &Path, output: &Path, args: &PipelineArgs) ->
     };
     let outcomes = run_pipeline_with(&mut model, &passes, &mut cx, &run)?;
     phases.insert("passes".to_string(), t.elapsed().as_secs_f64());
-    let changed = outcomes.iter().any(|o| o.changed);
     let nodes = report::nodes(&before, &model, &outcomes);
-    drop(before);
+    Ok((
+        Built {
+            input: input.to_path_buf(),
+            outcomes,
+            nodes,
+            input_bytes,
+            already,
+            phases,
+            start,
+        },
+        model,
+    ))
+}
+
+/// Reports what `build` did, writes `model` to `output`, verifies it against the
+/// input and writes the report (with `tune`, the tuning loop's log, when given);
+/// returns the exit code.
+pub fn finish(
+    built: Built,
+    model: Model,
+    recipe: &Recipe,
+    output: &Path,
+    args: &PipelineArgs,
+    tune: Option<serde_json::Value>,
+) -> Result<i32> {
+    let Built {
+        input,
+        outcomes,
+        nodes,
+        input_bytes,
+        already,
+        phases,
+        start,
+    } = built;
+    let input = input.as_path();
+    let changed = outcomes.iter().any(|o| o.changed);
     if args.json {
         for o in &outcomes {
             report::json_line(&serde_json::json!({ "event": "pass", "pass": o }));
@@ -200,6 +258,7 @@ pub fn run(recipe: &Recipe, input: &Path, output: &Path, args: &PipelineArgs) ->
         phase_seconds: phases,
         peak_rss_bytes: None,
         verify: None,
+        tune,
     };
     if !changed {
         if !already.is_empty() && log::enabled(Level::Warn) {

@@ -188,7 +188,8 @@ built in this version and are refused).
 
 Exit codes: 0 success (also when nothing matched: an unchanged copy is written, unless \
 --fail-if-unchanged), 1 error, 2 usage error, 3 a check failed (a verify threshold, \
---fail-if-unchanged)."
+--fail-if-unchanged, a --max-ppl-increase/--max-error target the tuning loop cannot meet; \
+nothing is written then)."
 )]
 pub struct QuantizeArgs {
     /// Model to read.
@@ -357,6 +358,26 @@ pub struct QuantizeArgs {
     /// Like --size-budget, with the budget in MiB of those same weight bytes.
     #[arg(long, value_name = "MIB")]
     pub max_size: Option<f64>,
+    /// Tune for accuracy (--algorithm rtn|hqq|gptq|awq): quantize, measure the
+    /// perplexity on the held-back last ~15 % of --calib-text (never used for
+    /// calibration) and promote the most sensitive weights to more bits until it is
+    /// at most PCT % above the float model's; with --size-budget/--max-size only
+    /// within the budget. Needs --calib-text and --tokenizer. Exit 3, nothing
+    /// written, when even the most precise allowed settings miss it.
+    #[arg(long, value_name = "PCT")]
+    pub max_ppl_increase: Option<f64>,
+    /// Tune for accuracy as --max-ppl-increase does, on the self-check's end-to-end
+    /// error: the relative L2 error of every float output (the rel-L2 column of the
+    /// verification table; what --max-rel-l2 gates) at most X.
+    #[arg(long, value_name = "X")]
+    pub max_error: Option<f64>,
+    /// Tuning: at most N quantize-and-measure rounds, the first before any
+    /// promotion [default: 8].
+    #[arg(long, value_name = "N")]
+    pub tune_rounds: Option<usize>,
+    /// Tuning: whether a weight may stay float as its last promotion [default: true].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub tune_float: Option<bool>,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
 }
@@ -380,8 +401,19 @@ impl QuantizeArgs {
         Ok(r)
     }
 
-    fn budgeted(&self) -> bool {
+    pub(super) fn budgeted(&self) -> bool {
         self.size_budget.is_some() || self.max_size.is_some()
+    }
+
+    /// Whether the accuracy tuning loop runs (`--max-ppl-increase`, `--max-error`).
+    pub fn tuned(&self) -> bool {
+        self.max_ppl_increase.is_some() || self.max_error.is_some()
+    }
+
+    /// Whether a tuning flag is given (the loop refuses its own flags without a
+    /// target).
+    pub fn tuning(&self) -> bool {
+        self.tuned() || self.tune_rounds.is_some() || self.tune_float.is_some()
     }
 
     /// `--size-budget`/`--max-size`: `mixed-precision` before the quantizer (after a
@@ -415,20 +447,48 @@ impl QuantizeArgs {
                  --block-size and --nodes-config",
             ));
         }
+        let t = self.mixed_pass();
+        let at = usize::from(self.algorithm.rotate);
+        r.passes.insert(at, t);
+        if !self.embeddings {
+            let mut g = toml::Table::new();
+            g.insert("name".into(), V::String("gather-block-quantized".into()));
+            g.insert("symmetric".into(), V::Boolean(!self.asymmetric));
+            r.passes.push(g);
+        }
+        r.name = format!("mixed+{}", r.name);
+        r.build()?;
+        Ok(())
+    }
+
+    /// The `mixed-precision` pass of the flags: the budget when one is given (the
+    /// tuning loop without one reads only its table of settings), calibration and
+    /// selection as the quantizer's.
+    pub(super) fn mixed_pass(&self) -> toml::Table {
+        use toml::Value as V;
         let hqq = self.algorithm.base == AlgorithmArg::Hqq;
         let mut t = toml::Table::new();
         t.insert("name".into(), V::String("mixed-precision".into()));
         match (self.size_budget, self.max_size) {
             (Some(b), _) => t.insert("budget-bpw".into(), V::Float(b)),
             (_, Some(m)) => t.insert("max-size-mb".into(), V::Float(m)),
-            _ => None,
+            // More than float32 costs: every setting fits; the allocation is unused.
+            _ => t.insert("budget-bpw".into(), V::Float(64.0)),
         };
+        if self.tuned() {
+            t.insert(
+                "allow-float".into(),
+                V::Boolean(self.tune_float.unwrap_or(true)),
+            );
+        }
         t.insert("symmetric".into(), V::Boolean(!(self.asymmetric || hqq)));
         t.insert(
             "algorithm".into(),
             V::String(if hqq { "hqq" } else { "rtn" }.into()),
         );
+        // The quantizer's calibration samples, so sensitivities are measured on them.
         for (key, v) in [
+            ("calib", &self.calib),
             ("calib-text", &self.calib_text),
             ("tokenizer", &self.tokenizer),
         ] {
@@ -460,22 +520,12 @@ impl QuantizeArgs {
                 );
             }
         }
-        let at = usize::from(self.algorithm.rotate);
-        r.passes.insert(at, t);
-        if !self.embeddings {
-            let mut g = toml::Table::new();
-            g.insert("name".into(), V::String("gather-block-quantized".into()));
-            g.insert("symmetric".into(), V::Boolean(!self.asymmetric));
-            r.passes.push(g);
-        }
-        r.name = format!("mixed+{}", r.name);
-        r.build()?;
-        Ok(())
+        t
     }
 
     /// A copy with `--algorithm` (Olive's names included) and `--precision` turned
     /// into the flags they stand for.
-    fn resolved(&self) -> Result<QuantizeArgs> {
+    pub(super) fn resolved(&self) -> Result<QuantizeArgs> {
         let usage = |m: String| crate::Error::Usage(m);
         let mut a = self.clone();
         let explicit = self.algorithm_flag;
@@ -788,8 +838,10 @@ impl QuantizeArgs {
     /// A flag only GPTQ/AWQ (and, for the text calibration ones, static) take, if
     /// given.
     fn gptq_only_flag(&self) -> Option<&'static str> {
-        // A size budget calibrates (mixed-precision) whatever the algorithm.
-        let not_static = self.algorithm.base != AlgorithmArg::Static && !self.budgeted();
+        // A size budget and the tuning loop calibrate (mixed-precision) whatever the
+        // algorithm.
+        let calibrates = self.budgeted() || self.tuned();
+        let not_static = self.algorithm.base != AlgorithmArg::Static && !calibrates;
         [
             (self.calib_text.is_some() && not_static, "--calib-text"),
             (self.tokenizer.is_some() && not_static, "--tokenizer"),
@@ -799,7 +851,7 @@ impl QuantizeArgs {
             ),
             (self.calib_seqlen.is_some() && not_static, "--calib-seqlen"),
             (
-                self.calib_memory_mb.is_some() && !self.budgeted(),
+                self.calib_memory_mb.is_some() && !calibrates,
                 "--calib-memory-mb",
             ),
             (self.act_order.is_some(), "--act-order"),

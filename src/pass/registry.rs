@@ -27,6 +27,11 @@ pub const PASSES: &[(&str, &[&str], &str)] = &[
         "choose each weight's bits and block size under a size budget from its calibrated output error (annotates nodes for the quantizer that follows)",
     ),
     (
+        "precision-plan",
+        crate::transforms::precision_plan::PLAN_KEYS,
+        "set each named node's precision (intB/bS or float) for the quantizer that follows, as mixed-precision would (the accuracy tuning loop's plan)",
+    ),
+    (
         "awq",
         awq::AWQ_KEYS,
         "activation-aware per-channel weight scaling before N-bit quantization (AWQ), folded into the producer",
@@ -116,6 +121,9 @@ fn build_checked(name: &str, table: toml::Table) -> Result<Box<dyn Pass>> {
         "gptq" => Box::new(gptq::Gptq::new(config(table)?)?),
         "awq" => Box::new(awq::Awq::new(config(table)?)?),
         "mixed-precision" => Box::new(mixed::Mixed::new(config(table)?)?),
+        "precision-plan" => Box::new(crate::transforms::precision_plan::PrecisionPlan::new(
+            config(table)?,
+        )?),
         "quarot" => Box::new(quarot::Quarot::new(config(table)?)?),
         "gather-block-quantized" => Box::new(gather::GatherBlockQuantized::new(config(table)?)?),
         "tied-embedding" => Box::new(tied::TiedEmbedding::new(config(table)?)?),

@@ -55,6 +55,7 @@ pub mod linalg;
 pub mod mixed;
 pub mod nbits;
 pub mod pack;
+pub mod promote;
 mod qdq;
 
 pub use convert::FloatType;

@@ -56,6 +56,10 @@ pub struct PrecisionRow {
     pub prior_bits: f64,
     /// Every setting considered: (setting, bytes, predicted error).
     pub candidates: Vec<(String, u64, f64)>,
+    /// The nodes that read the weight and carry its setting (the accuracy tuning
+    /// loop re-annotates them by name).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
 }
 
 /// Output error of one quantized layer (or group of layers sharing an input) on the

@@ -8,5 +8,6 @@ pub mod float16;
 pub mod int8;
 pub mod llm;
 pub mod lora;
+pub mod precision_plan;
 pub mod rotation;
 pub mod weight_only;

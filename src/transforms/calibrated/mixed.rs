@@ -500,6 +500,11 @@ impl Pass for Mixed {
                     .zip(e)
                     .map(|(&(p, b), &err)| (p.to_string(), b, err))
                     .collect(),
+                nodes: l
+                    .nodes
+                    .iter()
+                    .map(|&n| g.node(n).name().to_string())
+                    .collect(),
             });
         }
         outcome.count("parameters", params);
