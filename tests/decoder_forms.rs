@@ -135,11 +135,7 @@ fn quantize(input: &Path, output: &Path, extra: &[&str]) -> String {
         .args(extra)
         .output()
         .unwrap();
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let log = common::log_of(&o);
     assert!(
         o.status.success(),
         "onnxq quantize {}: {log}",

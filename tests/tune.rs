@@ -121,11 +121,7 @@ fn quantize(dir: &Path, out: &str, args: &[&str]) -> Run {
         .args(args)
         .output()
         .unwrap();
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let log = common::log_of(&o);
     let report = std::fs::read_to_string(&report)
         .ok()
         .map(|t| serde_json::from_str(&t).unwrap());

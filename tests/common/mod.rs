@@ -37,12 +37,16 @@ pub fn ort() -> Option<onnxq::runtime::ort::OrtRuntime> {
 /// Runs the onnxq binary: (exit status success, stdout + stderr).
 pub fn onnxq(args: &[&str]) -> (bool, String) {
     let o = Command::new(onnxq_bin()).args(args).output().unwrap();
-    let log = format!(
+    (o.status.success(), log_of(&o))
+}
+
+/// A finished command's stdout then stderr, as one text for assertion messages.
+pub fn log_of(o: &std::process::Output) -> String {
+    format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
-    );
-    (o.status.success(), log)
+    )
 }
 
 /// Largest |a - b| over all outputs; names and shapes must agree.
