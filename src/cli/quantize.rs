@@ -13,6 +13,24 @@ pub enum TiedHeadArg {
     Separate,
 }
 
+/// `--sensitivity`: how the size budget's allocation weighs each weight's error.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SensitivityArg {
+    None,
+    Kind,
+    Layer,
+}
+
+/// How MatMulNBits/GatherBlockQuantized block scales are stored in a float32 model.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScaleTypeArg {
+    /// float32, the activation type the kernels take.
+    F32,
+    /// float16 behind a Cast to float that ONNX Runtime folds at load: half the scale
+    /// bytes (int4 at block 32: 4.5 bits per parameter instead of 5.0).
+    F16,
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AlgorithmArg {
     /// Round to nearest per block (fast; onnxruntime's default quantizer).
@@ -247,6 +265,11 @@ pub struct QuantizeArgs {
     /// Bits of the shared tied table: 8 (default; next to lossless) or 4.
     #[arg(long, value_name = "4|8")]
     pub tied_head_bits: Option<u8>,
+    /// MatMulNBits/GatherBlockQuantized block scales of a float32 model: f32 (as the
+    /// kernels take them) or f16 behind a Cast, half the scale bytes; --size-budget
+    /// then counts 2 bytes per scale [default: f32].
+    #[arg(long, value_enum, value_name = "f32|f16")]
+    pub scale_type: Option<ScaleTypeArg>,
     /// Node name pattern to leave in float (`*` wildcards); repeatable or
     /// comma-separated.
     #[arg(
@@ -357,6 +380,13 @@ pub struct QuantizeArgs {
     /// Like --size-budget, with the budget in MiB of those same weight bytes.
     #[arg(long, value_name = "MIB")]
     pub max_size: Option<f64>,
+    /// --size-budget/--max-size: scale each weight's predicted errors by its measured
+    /// effect on the model's output (KL of the next-token distribution, 4 calibration
+    /// windows): `kind` probes each kind of weight (q_proj of every layer together,
+    /// ...: a handful of model runs), `layer` each weight (a run per weight) [default:
+    /// none].
+    #[arg(long, value_enum, value_name = "none|kind|layer")]
+    pub sensitivity: Option<SensitivityArg>,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
 }
@@ -376,8 +406,43 @@ impl QuantizeArgs {
         }
         if a.budgeted() {
             a.apply_budget(&mut r)?;
+        } else if a.sensitivity.is_some() {
+            return Err(crate::Error::Usage(
+                "--sensitivity weighs the allocation of --size-budget/--max-size: give one".into(),
+            ));
+        }
+        if a.scale_type == Some(ScaleTypeArg::F16) {
+            a.apply_scale_type(&mut r)?;
         }
         Ok(r)
+    }
+
+    /// `--scale-type f16`: the `scale-type` pass after every quantizer (it retypes
+    /// what they wrote), before a final dead-code sweep.
+    fn apply_scale_type(&self, r: &mut Recipe) -> Result<()> {
+        use toml::Value as V;
+        let nbits = matches!(
+            self.algorithm.base,
+            AlgorithmArg::Rtn | AlgorithmArg::Hqq | AlgorithmArg::Gptq | AlgorithmArg::Awq
+        );
+        if !nbits || self.format == Some(FormatArg::Qdq) {
+            return Err(crate::Error::Usage(
+                "--scale-type applies to MatMulNBits (--algorithm rtn|hqq|gptq|awq, not --format \
+                 qdq)"
+                    .into(),
+            ));
+        }
+        let mut t = toml::Table::new();
+        t.insert("name".into(), V::String("scale-type".into()));
+        t.insert("to".into(), V::String("f16".into()));
+        let at = r
+            .passes
+            .iter()
+            .position(|p| p.get("name").and_then(|v| v.as_str()) == Some("remove-dead"))
+            .unwrap_or(r.passes.len());
+        r.passes.insert(at, t);
+        r.build()?;
+        Ok(())
     }
 
     fn budgeted(&self) -> bool {
@@ -424,6 +489,17 @@ impl QuantizeArgs {
             _ => None,
         };
         t.insert("symmetric".into(), V::Boolean(!(self.asymmetric || hqq)));
+        if self.scale_type == Some(ScaleTypeArg::F16) {
+            t.insert("scale-type".into(), V::String("f16".into()));
+        }
+        if let Some(sens) = self.sensitivity {
+            let name = match sens {
+                SensitivityArg::None => "none",
+                SensitivityArg::Kind => "kind",
+                SensitivityArg::Layer => "layer",
+            };
+            t.insert("sensitivity".into(), V::String(name.into()));
+        }
         t.insert(
             "algorithm".into(),
             V::String(if hqq { "hqq" } else { "rtn" }.into()),
