@@ -46,7 +46,8 @@ if [ "${PLOT_ONLY:-0}" != 1 ]; then
   [ "${FRESH:-0}" = 1 ] && rm -rf "$WORK"
   mkdir -p "$WORK"
   # A private copy: a rebuild in the shared tree cannot swap the binary mid-run.
-  cp "${CARGO_TARGET_DIR:-target}/release/onnxq" "$WORK/onnxq"
+  # (Copied then renamed: a run still using the old copy keeps it.)
+  cp "${CARGO_TARGET_DIR:-target}/release/onnxq" "$WORK/onnxq.new" && mv -f "$WORK/onnxq.new" "$WORK/onnxq"
 fi
 ONNXQ=$WORK/onnxq
 CALIB=(--calib-text "$DATA/calib.txt" --tokenizer "$DATA/tokenizer.json" --calib-seqlen "$CALIB_SEQLEN" --runtime ort --calib-samples "$CALIB_SAMPLES")
@@ -100,6 +101,10 @@ row rtn-mix-5.0-f16-kind RTN mixed f16 "--size-budget 5.0 --sensitivity kind" --
 row rtn-mix-5.0-f16 RTN mixed f16 "--size-budget 5.0" -- "${Q[@]}" --algorithm rtn --size-budget 5.0 "${F16[@]}" "${CALIB[@]}"
 row awqgptq-mix-5.0-f16-kind AWQ+GPTQ mixed f16 "--size-budget 5.0 --sensitivity kind" -- "${Q[@]}" --algorithm awq,gptq --calib-sequential false --size-budget 5.0 --sensitivity kind "${F16[@]}" "${CALIB[@]}"
 row awqgptq-b16-h4-f16 AWQ+GPTQ uniform f16 "int4 b16, 4-bit head" -- "${Q[@]}" --algorithm awq,gptq --calib-sequential false --block-size 16 --tied-head-bits 4 "${F16[@]}" "${CALIB[@]}"
+# The shared table quantized by GPTQ as the head (--tied-head calibrated), not RTN.
+row awqgptq-b16-hcal-f16 AWQ+GPTQ uniform f16 "int4 b16, GPTQ head" -- "${Q[@]}" --algorithm awq,gptq --calib-sequential false --block-size 16 --tied-head calibrated "${F16[@]}" "${CALIB[@]}"
+row awqgptq-mix-5.0-f16-kind-hcal AWQ+GPTQ mixed f16 "--size-budget 5.0 --sensitivity kind, GPTQ head" -- "${Q[@]}" --algorithm awq,gptq --calib-sequential false --size-budget 5.0 --sensitivity kind --tied-head calibrated "${F16[@]}" "${CALIB[@]}"
+row awqgptq-b32-hcal-f16 AWQ+GPTQ uniform f16 "int4 b32, GPTQ head" -- "${Q[@]}" --algorithm awq,gptq --calib-sequential false --block-size 32 --tied-head calibrated "${F16[@]}" "${CALIB[@]}"
 row gptq-mix-5.0-f16-kind GPTQ mixed f16 "--size-budget 5.0 --sensitivity kind" -- "${Q[@]}" --algorithm gptq --size-budget 5.0 --sensitivity kind "${F16[@]}" "${CALIB[@]}"
 # RTN uniform curve (float16 scales; float32 scales cost 0.5 bpw more at block 32).
 for b in 128 64; do

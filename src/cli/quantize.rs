@@ -11,6 +11,10 @@ use crate::pass::recipe::Recipe;
 pub enum TiedHeadArg {
     Shared,
     Separate,
+    /// --algorithm gptq|awq,gptq: one shared table quantized by the calibrated
+    /// quantizer as the head (GPTQ on the head's inputs) at the body's bits and block
+    /// size, read by GatherBlockQuantized too.
+    Calibrated,
 }
 
 /// `--sensitivity`: how the size budget's allocation weighs each weight's error.
@@ -471,7 +475,7 @@ impl QuantizeArgs {
         if self.tied_head == TiedHeadArg::Separate || self.tied_head_bits.is_some() {
             return Err(usage(
                 "--size-budget/--max-size choose the tied table's bits themselves (--tied-head \
-                 shared, no --tied-head-bits)",
+                 shared or calibrated, no --tied-head-bits)",
             ));
         }
         if self.bits.is_some() || self.block_size.is_some() || self.nodes_config.is_some() {
@@ -538,7 +542,11 @@ impl QuantizeArgs {
         }
         let at = usize::from(self.algorithm.rotate);
         r.passes.insert(at, t);
-        if !self.embeddings {
+        let has_gather = r
+            .passes
+            .iter()
+            .any(|p| p.get("name").and_then(|v| v.as_str()) == Some("gather-block-quantized"));
+        if !self.embeddings && !has_gather {
             let mut g = toml::Table::new();
             g.insert("name".into(), V::String("gather-block-quantized".into()));
             g.insert("symmetric".into(), V::Boolean(!self.asymmetric));
@@ -844,6 +852,43 @@ impl QuantizeArgs {
     /// `--tied-head` and `--tied-head-bits` on a weight-only recipe. The QDQ format
     /// keeps to standard ops, so it never shares a table through GatherBlockQuantized.
     fn apply_tied_head(&self, r: &mut Recipe, qdq: bool) -> Result<()> {
+        if self.tied_head == TiedHeadArg::Calibrated {
+            if self.algorithm.base != AlgorithmArg::Gptq || qdq {
+                return Err(crate::Error::Usage(
+                    "--tied-head calibrated: the head's table quantized by GPTQ (--algorithm \
+                     gptq or awq,gptq)"
+                        .into(),
+                ));
+            }
+            if self.tied_head_bits.is_some() {
+                return Err(crate::Error::Usage(
+                    "--tied-head calibrated stores the table at --bits (one table, the body's \
+                     setting): drop --tied-head-bits"
+                        .into(),
+                ));
+            }
+            // The head quantized as any MatMul (GPTQ), then the embedding Gather reads
+            // its rows (gather-block-quantized shares a MatMulNBits that holds the
+            // table's quantized rows at the same bits and block size).
+            r.passes
+                .retain(|t| t.get("name").and_then(|v| v.as_str()) != Some("tied-embedding"));
+            let mut t = toml::Table::new();
+            t.insert(
+                "name".into(),
+                toml::Value::String("gather-block-quantized".into()),
+            );
+            t.insert(
+                "bits".into(),
+                toml::Value::Integer(self.bits.unwrap_or(4) as i64),
+            );
+            t.insert(
+                "block-size".into(),
+                toml::Value::Integer(self.block_size.unwrap_or(32) as i64),
+            );
+            t.insert("symmetric".into(), toml::Value::Boolean(!self.asymmetric));
+            r.passes.push(t);
+            return Ok(());
+        }
         let separate = self.tied_head == TiedHeadArg::Separate || qdq;
         if separate {
             if self.tied_head_bits.is_some() {

@@ -413,6 +413,20 @@ impl Pass for Mixed {
             by_weight.insert(l.m.weight, layers.len());
             layers.push(l);
         }
+        // A tied head's table is the embedding's too: the Gather carries the head's
+        // setting, for a gather-block-quantized pass that shares rows a calibrated
+        // quantizer wrote for the head (`tied-embedding` rewrites both itself).
+        if let (Some(head), Some(map)) = (tied_head, view.map.as_ref()) {
+            let gather = g
+                .nodes()
+                .find(|(_, n)| n.name() == map.embedding.node && n.is("", "Gather"))
+                .map(|(id, _)| id);
+            if let (Some(gather), Some(l)) =
+                (gather, layers.iter_mut().find(|l| l.nodes.contains(&head)))
+            {
+                l.nodes.push(gather);
+            }
+        }
         let hidden = view.map.as_ref().map(|m| m.hidden_size);
         let (fixed_params, fixed_bytes) = fixed_tables(g, &by_weight, hidden);
         let params: u64 = layers.iter().map(|l| (l.k * l.n) as u64).sum::<u64>() + fixed_params;
