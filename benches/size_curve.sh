@@ -105,27 +105,23 @@ row awqgptq-b16-h4-f16 AWQ+GPTQ uniform f16 "int4 b16, 4-bit head" -- "${Q[@]}" 
 row awqgptq-b16-hcal-f16 AWQ+GPTQ uniform f16 "int4 b16, GPTQ head" -- "${Q[@]}" --algorithm awq,gptq --calib-sequential false --block-size 16 --tied-head calibrated "${F16[@]}" "${CALIB[@]}"
 row awqgptq-mix-5.0-f16-kind-hcal AWQ+GPTQ mixed f16 "--size-budget 5.0 --sensitivity kind, GPTQ head" -- "${Q[@]}" --algorithm awq,gptq --calib-sequential false --size-budget 5.0 --sensitivity kind --tied-head calibrated "${F16[@]}" "${CALIB[@]}"
 row awqgptq-b32-hcal-f16 AWQ+GPTQ uniform f16 "int4 b32, GPTQ head" -- "${Q[@]}" --algorithm awq,gptq --calib-sequential false --block-size 32 --tied-head calibrated "${F16[@]}" "${CALIB[@]}"
-row gptq-mix-5.0-f16-kind GPTQ mixed f16 "--size-budget 5.0 --sensitivity kind" -- "${Q[@]}" --algorithm gptq --size-budget 5.0 --sensitivity kind "${F16[@]}" "${CALIB[@]}"
-# RTN uniform curve (float16 scales; float32 scales cost 0.5 bpw more at block 32).
+# The curve, most telling points first (GPTQ and AWQ take minutes each on 2 cores).
 for b in 128 64; do
   row rtn-b$b-h4-f16 RTN uniform f16 "int4 b$b, 4-bit head" -- "${Q[@]}" --algorithm rtn --block-size $b --tied-head-bits 4 "${F16[@]}"
 done
 row rtn-b32-h8-f16 RTN uniform f16 "int4 b32, 8-bit head" -- "${Q[@]}" --algorithm rtn --block-size 32 "${F16[@]}"
 row rtn-int8-f16 RTN uniform f16 "int8 b32, 8-bit head" -- "${Q[@]}" --algorithm rtn --bits 8 --block-size 32 "${F16[@]}"
-# RTN mixed curve.
-for bpw in 4.5 5.5 6.0; do
+row gptq-b16-hcal-f16 GPTQ uniform f16 "int4 b16, GPTQ head" -- "${Q[@]}" --algorithm gptq --block-size 16 --tied-head calibrated "${F16[@]}" "${CALIB[@]}"
+row awq-b32-h4-f16 AWQ uniform f16 "int4 b32, 4-bit head" -- "${Q[@]}" --algorithm awq --block-size 32 --tied-head-bits 4 "${F16[@]}" "${CALIB[@]}"
+for bpw in 4.5 6.0; do
   row rtn-mix-$bpw-f16-kind RTN mixed f16 "--size-budget $bpw --sensitivity kind" -- "${Q[@]}" --algorithm rtn --size-budget $bpw --sensitivity kind "${F16[@]}" "${CALIB[@]}"
 done
-# AWQ and GPTQ: fewer points (minutes each on 2 cores).
-for b in 128 32; do
-  row awq-b$b-h4-f16 AWQ uniform f16 "int4 b$b, 4-bit head" -- "${Q[@]}" --algorithm awq --block-size $b --tied-head-bits 4 "${F16[@]}" "${CALIB[@]}"
-done
+row gptq-mix-5.0-f16-kind-hcal GPTQ mixed f16 "--size-budget 5.0 --sensitivity kind, GPTQ head" -- "${Q[@]}" --algorithm gptq --size-budget 5.0 --sensitivity kind --tied-head calibrated "${F16[@]}" "${CALIB[@]}"
+row awq-b16-h4-f16 AWQ uniform f16 "int4 b16, 4-bit head" -- "${Q[@]}" --algorithm awq --block-size 16 --tied-head-bits 4 "${F16[@]}" "${CALIB[@]}"
 row awq-mix-5.0-f16-kind AWQ mixed f16 "--size-budget 5.0 --sensitivity kind" -- "${Q[@]}" --algorithm awq --size-budget 5.0 --sensitivity kind "${F16[@]}" "${CALIB[@]}"
-row gptq-b32-h4-f16 GPTQ uniform f16 "int4 b32, 4-bit head" -- "${Q[@]}" --algorithm gptq --block-size 32 --tied-head-bits 4 "${F16[@]}" "${CALIB[@]}"
-row gptq-b128-h4-f16 GPTQ uniform f16 "int4 b128, 4-bit head" -- "${Q[@]}" --algorithm gptq --block-size 128 --tied-head-bits 4 "${F16[@]}" "${CALIB[@]}"
-row awq-mix-4.5-f16-kind AWQ mixed f16 "--size-budget 4.5 --sensitivity kind" -- "${Q[@]}" --algorithm awq --size-budget 4.5 --sensitivity kind "${F16[@]}" "${CALIB[@]}"
-row gptq-mix-4.5-f16-kind GPTQ mixed f16 "--size-budget 4.5 --sensitivity kind" -- "${Q[@]}" --algorithm gptq --size-budget 4.5 --sensitivity kind "${F16[@]}" "${CALIB[@]}"
-row gptq-mix-6.0-f16-kind GPTQ mixed f16 "--size-budget 6.0 --sensitivity kind" -- "${Q[@]}" --algorithm gptq --size-budget 6.0 --sensitivity kind "${F16[@]}" "${CALIB[@]}"
+row awq-b128-h4-f16 AWQ uniform f16 "int4 b128, 4-bit head" -- "${Q[@]}" --algorithm awq --block-size 128 --tied-head-bits 4 "${F16[@]}" "${CALIB[@]}"
+row gptq-b128-hcal-f16 GPTQ uniform f16 "int4 b128, GPTQ head" -- "${Q[@]}" --algorithm gptq --block-size 128 --tied-head calibrated "${F16[@]}" "${CALIB[@]}"
+row gptq-mix-6.0-f16-kind-hcal GPTQ mixed f16 "--size-budget 6.0 --sensitivity kind, GPTQ head" -- "${Q[@]}" --algorithm gptq --size-budget 6.0 --sensitivity kind --tied-head calibrated "${F16[@]}" "${CALIB[@]}"
 
 [ -f "$RESULTS" ] || { echo "no results in $RESULTS" >&2; exit 1; }
 "$PY" - "$RESULTS" "$WINDOWS" "$SEQLEN" benches/results/size_curve.svg >"$WORK/table.md" <<'EOF'
