@@ -93,7 +93,8 @@ fn weight_bytes_on_disk(path: &Path) -> u64 {
         for &s in slots {
             let Some(mut v) = n.input(s) else { continue };
             if let Some(p) = g.producer(v) {
-                if g.node(p).is("", "Transpose") {
+                // A Transpose of a float weight; a Cast of float16 scales (scale-type).
+                if g.node(p).is("", "Transpose") || g.node(p).is("", "Cast") {
                     v = g.node(p).input(0).unwrap();
                 }
             }
@@ -192,12 +193,272 @@ fn the_budget_holds_exactly_counting_bytes_on_disk() {
     }
 }
 
+/// The scale-type pass after a quantizer.
+const F16_SCALES: &str = "[[pass]]\nname='scale-type'\nto='f16'\n";
+
+#[test]
+fn with_float16_scales_the_budget_holds_exactly_and_buys_more_bits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (calib, _) = text(tmp.path());
+    for fixture in ["llama-decomposed-tied.onnx", "llama-decomposed.onnx"] {
+        let model = onnxq::load(&common::fixtures().join(fixture)).unwrap();
+        let params = weight_params(&model);
+        for bpw in [3.0, 4.5, 5.0, 6.0] {
+            let budget = (bpw * params as f64 / 8.0).floor() as u64;
+            let mut on_disk = [0u64; 2];
+            let mut predicted = [0.0f64; 2];
+            for (i, f16) in [false, true].into_iter().enumerate() {
+                let (scale_key, after) = if f16 {
+                    ("scale-type='f16'\n", F16_SCALES)
+                } else {
+                    ("", "")
+                };
+                let recipe = mixed_recipe(
+                    &format!("budget-bpw={bpw}\n{scale_key}"),
+                    &calib,
+                    &format!("{RTN}{after}"),
+                );
+                let (m, outcomes) = run(&model, &recipe).unwrap();
+                let path = common::run::save(&m, tmp.path(), "m.onnx");
+                on_disk[i] = weight_bytes_on_disk(&path);
+                assert_eq!(
+                    counter(&outcomes, "weight bytes"),
+                    on_disk[i],
+                    "{fixture} {bpw} f16={f16}: predicted bytes differ from the bytes written"
+                );
+                assert!(on_disk[i] <= budget, "{fixture} {bpw} f16={f16}");
+                let o = outcomes
+                    .iter()
+                    .find(|o| o.pass == "mixed-precision")
+                    .unwrap();
+                predicted[i] = o.precision.iter().map(|r| r.error * r.params as f64).sum();
+                // Never worse, by the allocation's own measure, than uniform int4/b32
+                // when that fits.
+                let b32 = |r: &onnxq::rewrite::PrecisionRow| {
+                    r.candidates
+                        .iter()
+                        .find(|c| c.0 == "int4/b32")
+                        .cloned()
+                        .unwrap()
+                };
+                let b32_bytes: u64 = o.precision.iter().map(|r| b32(r).1).sum();
+                let b32_error: f64 = o.precision.iter().map(|r| b32(r).2 * r.params as f64).sum();
+                if b32_bytes <= budget {
+                    assert!(
+                        predicted[i] <= b32_error * (1.0 + 1e-9),
+                        "{fixture} {bpw} f16={f16}: {} > uniform int4/b32 {b32_error}",
+                        predicted[i]
+                    );
+                }
+                if f16 && bpw >= 4.5 {
+                    assert!(
+                        b32_bytes <= budget,
+                        "{fixture} {bpw}: int4/b32 f16 should fit"
+                    );
+                }
+                if f16 {
+                    // Every scale of a float32 model went to float16 behind a Cast.
+                    let g = &m.graph;
+                    for (_, n) in g.nodes() {
+                        if n.domain() == "com.microsoft" {
+                            let s = n.input(2).unwrap();
+                            assert!(g.initializer(s).is_none(), "{}: scales not cast", n.name());
+                        }
+                    }
+                }
+            }
+            eprintln!(
+                "{fixture} {bpw} bpw: f32 scales {} bytes (error {:.4e}), f16 scales {} bytes \
+                 (error {:.4e})",
+                on_disk[0], predicted[0], on_disk[1], predicted[1]
+            );
+        }
+    }
+}
+
+#[test]
+fn float16_scales_equal_the_float32_model_with_rounded_scales_in_both_runtimes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, eval) = text(tmp.path());
+    for fixture in ["llama-decomposed-tied.onnx", "llama-decomposed.onnx"] {
+        let orig = onnxq::load(&common::fixtures().join(fixture)).unwrap();
+        let quant =
+            format!("[recipe]\nname='q'\n[[pass]]\nname='tied-embedding'\nhead-bits=4\n{RTN}");
+        let (a, _) = run(&orig, &quant).unwrap();
+        let (b, outcomes) = run(&a, &format!("[recipe]\nname='s'\n{F16_SCALES}")).unwrap();
+        let o = outcomes.iter().find(|o| o.pass == "scale-type").unwrap();
+        // The reference: the float32-scale model with each scale rounded to float16 in
+        // place (float32 storage, no Cast).
+        let mut c = a.clone();
+        let mut rounded = 0;
+        let scales: Vec<_> = c
+            .graph
+            .nodes()
+            .filter(|(_, n)| n.domain() == "com.microsoft")
+            .filter_map(|(_, n)| n.input(2))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for v in scales {
+            let t = c.graph.initializer(v).unwrap().clone();
+            let r: Vec<f32> = t
+                .to_f32()
+                .unwrap()
+                .iter()
+                .map(|x| half::f16::from_f32(*x).to_f32())
+                .collect();
+            let new = onnxq::ir::float_tensor(t.name(), t.dtype(), t.dims.clone(), &r);
+            c.graph.set_initializer(v, new);
+            rounded += 1;
+        }
+        assert_eq!(
+            o.counters.get("scale tensors to float16").copied(),
+            Some(rounded),
+            "{fixture}: {:?}",
+            o
+        );
+        assert_eq!(
+            o.counters["scale bytes after"] * 2,
+            o.counters["scale bytes before"]
+        );
+        let pa = common::run::save(&a, tmp.path(), "a.onnx");
+        let pb = common::run::save(&b, tmp.path(), "b.onnx");
+        let pc = common::run::save(&c, tmp.path(), "c.onnx");
+        // ONNX Runtime folds the Casts at load: the kernels get float32 initializers
+        // (and prepack them) as without the pass.
+        if let Some(py) = common::python() {
+            common::py(&py, "folded_scales.py", &[pb.to_str().unwrap()]);
+        }
+        for kind in [RuntimeKind::Ort, RuntimeKind::Tract] {
+            let same = common::text_logits_error(&pc, &pb, &eval, kind);
+            let moved = common::text_logits_error(&pa, &pb, &eval, kind);
+            eprintln!(
+                "{fixture} {kind:?}: f16 vs rounded {same:.3e}, f16 vs f32 scales {moved:.3e}"
+            );
+            assert!(same <= 1e-6, "{fixture} {kind:?}: {same}");
+            // float16 rounding of the scales moves the logits, but by far less than
+            // the 4-bit codes do. (tract's own 4-bit path stores float16 scales, Q4_0,
+            // so there float32 and float16 scales give the same logits.)
+            assert!(moved < 2e-3, "{fixture} {kind:?}: {moved}");
+            if kind == RuntimeKind::Ort {
+                assert!(moved > 0.0, "{fixture}: the scales were not rounded");
+            }
+        }
+        // tract after onnxq's lowering (what verify and eval run): the dequantized
+        // weights come from the Cast's float16 initializer.
+        let lowered: Vec<_> = [&pa, &pb, &pc]
+            .iter()
+            .map(|p| onnxq::runtime::prepare(p, "tract", &[]).unwrap())
+            .collect();
+        let [la, lb, lc] = [0, 1, 2].map(|i| lowered[i].path().to_path_buf());
+        let same = common::text_logits_error(&lc, &lb, &eval, RuntimeKind::Tract);
+        let moved = common::text_logits_error(&la, &lb, &eval, RuntimeKind::Tract);
+        eprintln!(
+            "{fixture} tract lowered: f16 vs rounded {same:.3e}, f16 vs f32 scales {moved:.3e}"
+        );
+        assert!(same <= 1e-6, "{fixture} lowered: {same}");
+        assert!(moved > 0.0 && moved < 2e-3, "{fixture} lowered: {moved}");
+    }
+}
+
+#[test]
+fn a_near_tie_keeps_the_uniform_setting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (calib, _) = text(tmp.path());
+    let model = onnxq::load(&common::fixtures().join("llama-decomposed-tied.onnx")).unwrap();
+    // 5.0 bits per parameter: uniform int4/b32 with float32 scales fits exactly.
+    let recipe = mixed_recipe("budget-bpw=5.0\nuniform-margin=0.99", &calib, RTN);
+    let (_, outcomes) = run(&model, &recipe).unwrap();
+    let o = outcomes
+        .iter()
+        .find(|o| o.pass == "mixed-precision")
+        .unwrap();
+    let settings: BTreeSet<&str> = o.precision.iter().map(|r| r.setting.as_str()).collect();
+    assert_eq!(settings.len(), 1, "{settings:?} {:?}", o.notes);
+    assert!(
+        o.notes.iter().any(|n| n.contains("kept uniform")),
+        "{:?}",
+        o.notes
+    );
+    // Without the margin, the allocation's own choice stands when it predicts less.
+    let recipe = mixed_recipe("budget-bpw=5.0\nuniform-margin=0.0", &calib, RTN);
+    let (_, outcomes) = run(&model, &recipe).unwrap();
+    let o = outcomes
+        .iter()
+        .find(|o| o.pass == "mixed-precision")
+        .unwrap();
+    let total =
+        |o: &PassOutcome| -> f64 { o.precision.iter().map(|r| r.error * r.params as f64).sum() };
+    let uniform: f64 = o
+        .precision
+        .iter()
+        .map(|r| {
+            r.candidates
+                .iter()
+                .find(|c| c.0 == "int4/b32")
+                .map(|c| c.2 * r.params as f64)
+                .unwrap()
+        })
+        .sum();
+    assert!(
+        total(o) <= uniform * (1.0 + 1e-9),
+        "{} > {uniform}",
+        total(o)
+    );
+}
+
+#[test]
+fn the_loss_probe_measures_each_kind_of_weight() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (calib, _) = text(tmp.path());
+    let Some(_) = common::ort() else { return };
+    let model = onnxq::load(&common::fixtures().join("llama-decomposed-tied.onnx")).unwrap();
+    let params = weight_params(&model);
+    let recipe = mixed_recipe(
+        "budget-bpw=4.5\nsensitivity='kind'\nprobe-samples=2\nruntime='ort'",
+        &calib,
+        RTN,
+    );
+    let (m, outcomes) = run(&model, &recipe).unwrap();
+    let o = outcomes
+        .iter()
+        .find(|o| o.pass == "mixed-precision")
+        .unwrap();
+    // 7 projections + the tied head, each with a measured KL and a finite gain.
+    let probes: Vec<&String> = o
+        .notes
+        .iter()
+        .filter(|n| n.starts_with("loss probe '"))
+        .collect();
+    assert_eq!(probes.len(), 8, "{:?}", o.notes);
+    for p in &probes {
+        let kl: f64 = p
+            .split("KL ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{p}"));
+        assert!(kl > 0.0 && kl.is_finite(), "{p}");
+    }
+    assert!(
+        o.notes
+            .iter()
+            .any(|n| n.starts_with("loss probes: 8 groups")),
+        "{:?}",
+        o.notes
+    );
+    let path = common::run::save(&m, tmp.path(), "m.onnx");
+    assert!(weight_bytes_on_disk(&path) <= (4.5 * params as f64 / 8.0).floor() as u64);
+}
+
 #[test]
 fn a_tighter_budget_never_measures_a_lower_error() {
     let tmp = tempfile::tempdir().unwrap();
     let (calib, eval) = text(tmp.path());
     for (fixture, quantizer) in [
         ("llama-decomposed-tied.onnx", RTN.to_string()),
+        // float16 scales (counted at 2 bytes) behind a Cast.
+        ("llama-decomposed-tied.onnx", format!("{RTN}{F16_SCALES}")),
         (
             "llama-decomposed.onnx",
             format!(
@@ -211,8 +472,13 @@ fn a_tighter_budget_never_measures_a_lower_error() {
         let orig = common::fixtures().join(fixture);
         let model = onnxq::load(&orig).unwrap();
         let mut last: Option<(f64, f64)> = None;
+        let scale_key = if quantizer.contains("scale-type") {
+            "\nscale-type='f16'"
+        } else {
+            ""
+        };
         for bpw in [3.0, 3.5, 4.5, 6.0, 9.0] {
-            let recipe = mixed_recipe(&format!("budget-bpw={bpw}"), &calib, &quantizer);
+            let recipe = mixed_recipe(&format!("budget-bpw={bpw}{scale_key}"), &calib, &quantizer);
             let (m, _) = run(&model, &recipe).unwrap();
             let p = common::run::save(&m, tmp.path(), "m.onnx");
             let e = common::text_logits_error(&orig, &p, &eval, RuntimeKind::Ort);

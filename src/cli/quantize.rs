@@ -11,6 +11,28 @@ use crate::pass::recipe::Recipe;
 pub enum TiedHeadArg {
     Shared,
     Separate,
+    /// --algorithm gptq|awq,gptq: one shared table quantized by the calibrated
+    /// quantizer as the head (GPTQ on the head's inputs) at the body's bits and block
+    /// size, read by GatherBlockQuantized too.
+    Calibrated,
+}
+
+/// `--sensitivity`: how the size budget's allocation weighs each weight's error.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SensitivityArg {
+    None,
+    Kind,
+    Layer,
+}
+
+/// How MatMulNBits/GatherBlockQuantized block scales are stored in a float32 model.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScaleTypeArg {
+    /// float32, the activation type the kernels take.
+    F32,
+    /// float16 behind a Cast to float that ONNX Runtime folds at load: half the scale
+    /// bytes (int4 at block 32: 4.5 bits per parameter instead of 5.0).
+    F16,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -248,6 +270,11 @@ pub struct QuantizeArgs {
     /// Bits of the shared tied table: 8 (default; next to lossless) or 4.
     #[arg(long, value_name = "4|8")]
     pub tied_head_bits: Option<u8>,
+    /// MatMulNBits/GatherBlockQuantized block scales of a float32 model: f32 (as the
+    /// kernels take them) or f16 behind a Cast, half the scale bytes; --size-budget
+    /// then counts 2 bytes per scale [default: f32].
+    #[arg(long, value_enum, value_name = "f32|f16")]
+    pub scale_type: Option<ScaleTypeArg>,
     /// Node name pattern to leave in float (`*` wildcards); repeatable or
     /// comma-separated.
     #[arg(
@@ -378,6 +405,13 @@ pub struct QuantizeArgs {
     /// Tuning: whether a weight may stay float as its last promotion [default: true].
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub tune_float: Option<bool>,
+    /// --size-budget/--max-size: scale each weight's predicted errors by its measured
+    /// effect on the model's output (KL of the next-token distribution, 4 calibration
+    /// windows): `kind` probes each kind of weight (q_proj of every layer together,
+    /// ...: a handful of model runs), `layer` each weight (a run per weight) [default:
+    /// none].
+    #[arg(long, value_enum, value_name = "none|kind|layer")]
+    pub sensitivity: Option<SensitivityArg>,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
 }
@@ -397,8 +431,43 @@ impl QuantizeArgs {
         }
         if a.budgeted() {
             a.apply_budget(&mut r)?;
+        } else if a.sensitivity.is_some() {
+            return Err(crate::Error::Usage(
+                "--sensitivity weighs the allocation of --size-budget/--max-size: give one".into(),
+            ));
+        }
+        if a.scale_type == Some(ScaleTypeArg::F16) {
+            a.apply_scale_type(&mut r)?;
         }
         Ok(r)
+    }
+
+    /// `--scale-type f16`: the `scale-type` pass after every quantizer (it retypes
+    /// what they wrote), before a final dead-code sweep.
+    fn apply_scale_type(&self, r: &mut Recipe) -> Result<()> {
+        use toml::Value as V;
+        let nbits = matches!(
+            self.algorithm.base,
+            AlgorithmArg::Rtn | AlgorithmArg::Hqq | AlgorithmArg::Gptq | AlgorithmArg::Awq
+        );
+        if !nbits || self.format == Some(FormatArg::Qdq) {
+            return Err(crate::Error::Usage(
+                "--scale-type applies to MatMulNBits (--algorithm rtn|hqq|gptq|awq, not --format \
+                 qdq)"
+                    .into(),
+            ));
+        }
+        let mut t = toml::Table::new();
+        t.insert("name".into(), V::String("scale-type".into()));
+        t.insert("to".into(), V::String("f16".into()));
+        let at = r
+            .passes
+            .iter()
+            .position(|p| p.get("name").and_then(|v| v.as_str()) == Some("remove-dead"))
+            .unwrap_or(r.passes.len());
+        r.passes.insert(at, t);
+        r.build()?;
+        Ok(())
     }
 
     pub(super) fn budgeted(&self) -> bool {
@@ -438,7 +507,7 @@ impl QuantizeArgs {
         if self.tied_head == TiedHeadArg::Separate || self.tied_head_bits.is_some() {
             return Err(usage(
                 "--size-budget/--max-size choose the tied table's bits themselves (--tied-head \
-                 shared, no --tied-head-bits)",
+                 shared or calibrated, no --tied-head-bits)",
             ));
         }
         if self.bits.is_some() || self.block_size.is_some() || self.nodes_config.is_some() {
@@ -450,7 +519,11 @@ impl QuantizeArgs {
         let t = self.mixed_pass();
         let at = usize::from(self.algorithm.rotate);
         r.passes.insert(at, t);
-        if !self.embeddings {
+        let has_gather = r
+            .passes
+            .iter()
+            .any(|p| p.get("name").and_then(|v| v.as_str()) == Some("gather-block-quantized"));
+        if !self.embeddings && !has_gather {
             let mut g = toml::Table::new();
             g.insert("name".into(), V::String("gather-block-quantized".into()));
             g.insert("symmetric".into(), V::Boolean(!self.asymmetric));
@@ -482,6 +555,17 @@ impl QuantizeArgs {
             );
         }
         t.insert("symmetric".into(), V::Boolean(!(self.asymmetric || hqq)));
+        if self.scale_type == Some(ScaleTypeArg::F16) {
+            t.insert("scale-type".into(), V::String("f16".into()));
+        }
+        if let Some(sens) = self.sensitivity {
+            let name = match sens {
+                SensitivityArg::None => "none",
+                SensitivityArg::Kind => "kind",
+                SensitivityArg::Layer => "layer",
+            };
+            t.insert("sensitivity".into(), V::String(name.into()));
+        }
         t.insert(
             "algorithm".into(),
             V::String(if hqq { "hqq" } else { "rtn" }.into()),
@@ -818,6 +902,43 @@ impl QuantizeArgs {
     /// `--tied-head` and `--tied-head-bits` on a weight-only recipe. The QDQ format
     /// keeps to standard ops, so it never shares a table through GatherBlockQuantized.
     fn apply_tied_head(&self, r: &mut Recipe, qdq: bool) -> Result<()> {
+        if self.tied_head == TiedHeadArg::Calibrated {
+            if self.algorithm.base != AlgorithmArg::Gptq || qdq {
+                return Err(crate::Error::Usage(
+                    "--tied-head calibrated: the head's table quantized by GPTQ (--algorithm \
+                     gptq or awq,gptq)"
+                        .into(),
+                ));
+            }
+            if self.tied_head_bits.is_some() {
+                return Err(crate::Error::Usage(
+                    "--tied-head calibrated stores the table at --bits (one table, the body's \
+                     setting): drop --tied-head-bits"
+                        .into(),
+                ));
+            }
+            // The head quantized as any MatMul (GPTQ), then the embedding Gather reads
+            // its rows (gather-block-quantized shares a MatMulNBits that holds the
+            // table's quantized rows at the same bits and block size).
+            r.passes
+                .retain(|t| t.get("name").and_then(|v| v.as_str()) != Some("tied-embedding"));
+            let mut t = toml::Table::new();
+            t.insert(
+                "name".into(),
+                toml::Value::String("gather-block-quantized".into()),
+            );
+            t.insert(
+                "bits".into(),
+                toml::Value::Integer(self.bits.unwrap_or(4) as i64),
+            );
+            t.insert(
+                "block-size".into(),
+                toml::Value::Integer(self.block_size.unwrap_or(32) as i64),
+            );
+            t.insert("symmetric".into(), toml::Value::Boolean(!self.asymmetric));
+            r.passes.push(t);
+            return Ok(());
+        }
         let separate = self.tied_head == TiedHeadArg::Separate || qdq;
         if separate {
             if self.tied_head_bits.is_some() {

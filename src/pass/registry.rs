@@ -7,7 +7,7 @@ use crate::transforms::calibrated::{awq, gptq, mixed};
 use crate::transforms::cleanup::RemoveDead;
 use crate::transforms::int8::{dynamic, qoperator, smooth_quant, static_qdq};
 use crate::transforms::rotation::quarot;
-use crate::transforms::weight_only::{bnb4, gather, matmul_nbits as weight_only, tied};
+use crate::transforms::weight_only::{bnb4, gather, matmul_nbits as weight_only, scales, tied};
 
 /// (name, config keys, what it does).
 pub const PASSES: &[(&str, &[&str], &str)] = &[
@@ -50,6 +50,11 @@ pub const PASSES: &[(&str, &[&str], &str)] = &[
         "gather-block-quantized",
         gather::GATHER_KEYS,
         "N-bit embedding tables (GatherBlockQuantized)",
+    ),
+    (
+        scales::NAME,
+        scales::SCALE_TYPE_KEYS,
+        "MatMulNBits/GatherBlockQuantized float32 block scales stored as float16 behind a Cast (half the scale bytes; ONNX Runtime folds the Cast at load)",
     ),
     (
         "bnb4",
@@ -128,6 +133,7 @@ fn build_checked(name: &str, table: toml::Table) -> Result<Box<dyn Pass>> {
         "gather-block-quantized" => Box::new(gather::GatherBlockQuantized::new(config(table)?)?),
         "tied-embedding" => Box::new(tied::TiedEmbedding::new(config(table)?)?),
         "bnb4" => Box::new(bnb4::Bnb4::new(config(table)?)?),
+        scales::NAME => Box::new(scales::ScaleTypePass::new(config(table)?)?),
         "int8-dynamic" => Box::new(dynamic::Dynamic::new(config(table)?)?),
         "int8-static-qdq" => Box::new(static_qdq::StaticQdq::new(config(table)?)?),
         "int8-qoperator" => Box::new(qoperator::QOperator {

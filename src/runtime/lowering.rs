@@ -246,6 +246,37 @@ fn required<'g>(g: &'g Graph, n: &Node, slot: usize) -> Result<&'g Tensor> {
     constant(g, n, slot)?.ok_or_else(|| node_err(n, format!("input {slot} is missing")))
 }
 
+/// Block scales (input 2) as f32 values and the float type the op sees: an
+/// initializer, or a Cast to float of one (float16 scales stored by `scale-type`).
+fn block_scales(g: &Graph, n: &Node) -> Result<(Vec<f32>, DType)> {
+    let v = n
+        .input(2)
+        .ok_or_else(|| node_err(n, "input 2 (scales) is missing"))?;
+    if let Some(t) = g.initializer(v) {
+        return Ok((t.to_f32()?, t.dtype()));
+    }
+    let cast = g
+        .producer(v)
+        .map(|p| g.node(p))
+        .filter(|c| c.is("", "Cast"));
+    let to = cast
+        .and_then(|c| c.attr_int("to"))
+        .map(|c| DType::from_code(c as i32));
+    match (
+        cast.and_then(|c| c.input(0)).and_then(|i| g.initializer(i)),
+        to,
+    ) {
+        (Some(t), Some(to)) if to.is_float() && t.dtype().is_float() => Ok((t.to_f32()?, to)),
+        _ => Err(node_err(
+            n,
+            format!(
+                "input 2 ('{}') is not an initializer or a Cast to float of one",
+                g.value_name(v)
+            ),
+        )),
+    }
+}
+
 fn attr_usize(n: &Node, name: &str, default: Option<i64>) -> Result<usize> {
     let v = n
         .attr_int(name)
@@ -327,7 +358,7 @@ fn matmul_nbits(g: &mut Graph, id: NodeId) -> Result<()> {
     let params = block_params(n, None, constant(g, n, 3)?.is_none())?;
     product(n, k, nn, "the [K, N] weight")?;
     let b = required(g, n, 1)?;
-    let scales = required(g, n, 2)?;
+    let (scales, dtype) = block_scales(g, n)?;
     let zp = match constant(g, n, 3)? {
         Some(z) if z.dtype() != DType::U8 => {
             return Err(node_err(
@@ -338,16 +369,8 @@ fn matmul_nbits(g: &mut Graph, id: NodeId) -> Result<()> {
         Some(z) => Some(z.raw_bytes()?.into_owned()),
         None => None,
     };
-    let q = BlockQuant::from_parts(
-        params,
-        nn,
-        k,
-        b.raw_bytes()?.into_owned(),
-        scales.to_f32()?,
-        zp,
-    )
-    .map_err(|e| node_err(n, e.to_string()))?;
-    let dtype = scales.dtype();
+    let q = BlockQuant::from_parts(params, nn, k, b.raw_bytes()?.into_owned(), scales, zp)
+        .map_err(|e| node_err(n, e.to_string()))?;
     let base = format!("{}_dequantized", g.value_name(n.input(1).expect("checked")));
     let bias = n.input(5);
     let w = add_float(
@@ -435,7 +458,7 @@ fn gather_bq(g: &mut Graph, id: NodeId) -> Result<()> {
     let params = block_params(n, Some(128), constant(g, n, 3)?.is_none())?;
     let (bits, block_size) = (params.bits as usize, params.block_size);
     let (data, dims, reshape) = gather_data(g, n)?;
-    let scales = required(g, n, 2)?;
+    let (scales, dtype) = block_scales(g, n)?;
     if data.dtype() != DType::U8 {
         return Err(node_err(
             n,
@@ -476,11 +499,10 @@ fn gather_bq(g: &mut Graph, id: NodeId) -> Result<()> {
         rows,
         cols,
         data.raw_bytes()?.into_owned(),
-        scales.to_f32()?,
+        scales,
         zp,
     )
     .map_err(|e| node_err(n, e.to_string()))?;
-    let dtype = scales.dtype();
     let base = format!("{}_dequantized", g.value_name(n.input(0).expect("checked")));
     let indices = n
         .input(1)

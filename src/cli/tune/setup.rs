@@ -69,7 +69,8 @@ impl Setup {
         }
         if a.max_ppl_increase.is_some() && (a.calib_text.is_none() || a.tokenizer.is_none()) {
             return Err(usage(
-                "--max-ppl-increase measures perplexity on the held-back end of --calib-text:                  give --calib-text and --tokenizer",
+                "--max-ppl-increase measures perplexity on the held-back end of --calib-text: \
+                 give --calib-text and --tokenizer",
             ));
         }
         if a.tune_rounds == Some(0) {
