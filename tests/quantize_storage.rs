@@ -1,6 +1,7 @@
 //! How quantized weights are stored: a tied embedding and lm_head sharing one
 //! quantized tensor, float16/bfloat16 weights keeping their scale type, and spilled
-//! tensors writing the same bytes as in-memory ones.
+//! tensors writing the same bytes as in-memory ones, and a tied head quantized by
+//! GPTQ (--tied-head calibrated) whose codes the embedding reads.
 mod common;
 
 use std::path::Path;
@@ -641,4 +642,46 @@ fn a_tied_table_quantized_differently_for_the_lm_head_is_not_shared_and_says_why
     let gbq = only(&q, "GatherBlockQuantized");
     assert!(q.graph.initializer(gbq.input(0).unwrap()).is_some());
     assert_eq!(gbq.attr_int("bits"), Some(4));
+}
+
+#[test]
+fn a_calibrated_tied_head_is_quantized_by_gptq_and_shared_with_the_embedding() {
+    // --tied-head calibrated: GPTQ quantizes the transposed table as the head, and the
+    // embedding Gather reads those codes; against the RTN-quantized shared table at
+    // the same 4 bits, the head's error on the calibration inputs is lower.
+    let tmp = tempfile::tempdir().unwrap();
+    let orig = fixture_arg("llama-decomposed-tied.onnx");
+    let o = Path::new(&orig);
+    let table_bytes = init(&onnxq::load(o).unwrap(), "model.embed_tokens.weight").stored_len();
+    let common = ["--algorithm", "gptq", "--calib-samples", "8"];
+    let calibrated = tmp.path().join("calibrated.onnx");
+    let mut flags = common.to_vec();
+    flags.extend(["--tied-head", "calibrated"]);
+    let e_calibrated = quantize_verified(o, &calibrated, &flags);
+    let rtn_head = tmp.path().join("rtn-head.onnx");
+    let mut flags = common.to_vec();
+    flags.extend(["--tied-head", "shared", "--tied-head-bits", "4"]);
+    let e_rtn_head = quantize_verified(o, &rtn_head, &flags);
+    let separate = tmp.path().join("separate.onnx");
+    let mut flags = common.to_vec();
+    flags.extend(["--tied-head", "separate", "--exclude", "lm_head"]);
+    let _ = quantize_verified(o, &separate, &flags);
+
+    let q = onnxq::load(&calibrated).unwrap();
+    let b = assert_gather_reads_lm_head(&q);
+    let gbq = only(&q, "GatherBlockQuantized");
+    assert_eq!(gbq.attr_int("bits"), Some(4));
+    assert_eq!(init(&q, &b).dims[0], 320);
+    // One 4-bit copy of the table in place of the float one.
+    let file = |p: &Path| std::fs::metadata(p).unwrap().len() as f64;
+    let saved = file(&separate) - file(&calibrated);
+    assert!(
+        saved > 0.8 * table_bytes as f64,
+        "{saved} bytes saved, table {table_bytes}"
+    );
+    eprintln!("rel L2: GPTQ head {e_calibrated:.4}, RTN head {e_rtn_head:.4}");
+    assert!(
+        e_calibrated < e_rtn_head,
+        "GPTQ head {e_calibrated} against RTN head {e_rtn_head}"
+    );
 }
