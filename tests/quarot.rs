@@ -390,3 +390,142 @@ fn quantized_models_are_refused() {
         "{err}"
     );
 }
+
+/// `select = "measured"`: each q/k/v/gate/up reads the rotated stream or, where the
+/// rotation raised its calibrated rounding error, the stream de-rotated online with
+/// its own weight. Either way the float function is unchanged, and the map still
+/// finds every projection.
+#[test]
+fn measured_choice_keeps_the_function_and_the_map() {
+    let ort = ort();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(8);
+    let recipe = format!(
+        "[recipe]\nname='m'\n[[pass]]\nname='quarot'\nseed=5\nselect='measured'\n\
+         calib-text='{}'\ntokenizer='{}'\ncalib-samples=4\ncalib-seqlen=32\nruntime='ort'\n",
+        common::fixtures().join("sample.txt").display(),
+        common::fixtures().join("tokenizer.json").display()
+    );
+    let (mut rotated_total, mut derotated_total) = (0, 0);
+    for (form, path) in forms::decoder_forms() {
+        let model = onnxq::load(&path).unwrap();
+        let before = DecoderMap::build(&model.graph).unwrap();
+        let (rotated, outcomes) = apply(&model, &recipe);
+        let o = &outcomes[0];
+        let notes = o.notes.join("\n");
+        eprintln!("{form}: {:?}\n{notes}", o.counters);
+        assert!(
+            notes.contains("measured choice (RTN 4 bits, block 32"),
+            "{notes}"
+        );
+        let readers: usize = before
+            .layers
+            .iter()
+            .map(|l| {
+                let a = &l.attention;
+                [&a.q_proj, &a.k_proj, &a.v_proj, &a.qkv_proj]
+                    .iter()
+                    .chain([&l.mlp.gate_proj, &l.mlp.up_proj, &l.mlp.gate_up_proj].iter())
+                    .filter(|w| w.is_some())
+                    .count()
+            })
+            .sum();
+        // Every reader is either rotated or de-rotated.
+        let derotated_readers = rotated
+            .graph
+            .nodes()
+            .filter(|(_, n)| {
+                !n.metadata_props
+                    .iter()
+                    .any(|(k, _)| k == ONLINE_ROTATION_KEY)
+                    && n.input(0).is_some_and(|x| {
+                        rotated.graph.producer(x).is_some_and(|p| {
+                            rotated.graph.node(p).metadata_props.iter().any(|(k, v)| {
+                                k == ONLINE_ROTATION_KEY && v.starts_with("de-rotation")
+                            })
+                        })
+                    })
+            })
+            .count();
+        let rotated_linears = o.counters["linears rotated"] as usize;
+        // o_proj, down_proj per layer and the head are always rotated.
+        let rotated_readers = rotated_linears - 2 * forms::LAYERS - 1;
+        assert_eq!(rotated_readers + derotated_readers, readers, "{form}");
+        rotated_total += rotated_readers;
+        derotated_total += derotated_readers;
+        let after = DecoderMap::build(&rotated.graph).unwrap();
+        for (l, b) in after.layers.iter().zip(&before.layers) {
+            assert_eq!(
+                l.attention.v_proj.as_ref().map(|w| &w.node),
+                b.attention.v_proj.as_ref().map(|w| &w.node),
+                "{form}"
+            );
+            assert_eq!(
+                l.mlp.up_proj.as_ref().map(|w| &w.node),
+                b.mlp.up_proj.as_ref().map(|w| &w.node),
+                "{form}"
+            );
+        }
+        let out = tmp.path().join(format!("{form}.onnx"));
+        onnxq::save(&rotated, &out, &Default::default()).unwrap();
+        for (batch, seq, past) in [(2, 5, 0), (1, 1, 4)] {
+            let ids: Vec<i64> = (0..batch * seq).map(|_| rng.token()).collect();
+            let feeds = decoder_feeds(&ids, batch, past, None, &mut rng);
+            let (a, b) = (run(&ort, &path, &feeds), run(&ort, &out, &feeds));
+            for (name, e) in rel_errors(&a, &b) {
+                assert!(
+                    e <= 1e-4,
+                    "{form} (b={batch} s={seq} past={past}) {name}: {e}"
+                );
+            }
+        }
+    }
+    eprintln!("readers rotated {rotated_total}, de-rotated {derotated_total}");
+    // Both kinds occur on these weights, so both paths were checked above.
+    assert!(rotated_total > 0 && derotated_total > 0);
+}
+
+/// `quarot,rtn` with a calibration text measures its choice by default; `--quarot-select
+/// all` rotates everything; the flag without a rotation is a usage error.
+#[test]
+fn cli_quarot_select_defaults_and_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = common::fixtures().join("decoders/decomposed.onnx");
+    let text = common::fixtures().join("sample.txt");
+    let tok = common::fixtures().join("tokenizer.json");
+    let run = |name: &str, extra: &[&str]| {
+        let q = tmp.path().join(name);
+        let mut args = vec![input.to_str().unwrap(), q.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let o = common::run::quantize_cli(&args);
+        (o.status.code(), common::log_of(&o))
+    };
+    let calib = [
+        "--calib-text",
+        text.to_str().unwrap(),
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--calib-samples",
+        "2",
+        "--calib-seqlen",
+        "32",
+    ];
+    let mut measured = vec!["--algorithm", "quarot,rtn"];
+    measured.extend(calib);
+    let (code, log) = run("m.onnx", &measured);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("measured choice (RTN 4 bits, block 32"), "{log}");
+    let mut all = measured.clone();
+    all.extend(["--quarot-select", "all"]);
+    let (code, log) = run("a.onnx", &all);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("measured choice"), "{log}");
+    let mut gptq = vec!["--algorithm", "quarot,gptq"];
+    gptq.extend(calib);
+    let (code, log) = run("g.onnx", &gptq);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("measured choice"), "gptq rotates all by default: {log}");
+    let (code, log) = run("x.onnx", &["--algorithm", "rtn", "--quarot-select", "all"]);
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("--quarot-select applies to"), "{log}");
+}

@@ -25,6 +25,13 @@ pub enum SensitivityArg {
     Layer,
 }
 
+/// `--quarot-select`: which projections take QuaRot's rotation.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuarotSelectArg {
+    All,
+    Measured,
+}
+
 /// How MatMulNBits/GatherBlockQuantized block scales are stored in a float32 model.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ScaleTypeArg {
@@ -412,6 +419,13 @@ pub struct QuantizeArgs {
     /// none].
     #[arg(long, value_enum, value_name = "none|kind|layer")]
     pub sensitivity: Option<SensitivityArg>,
+    /// quarot,ALGORITHM: `all` rotates every projection (the paper); `measured` keeps
+    /// the rotation only for the projections (and down_proj online Hadamards) whose
+    /// calibrated error after rounding it lowers, the others reading the stream
+    /// de-rotated online [default: measured with --calib-text or --calib, except for
+    /// gptq; else all].
+    #[arg(long, value_enum, value_name = "all|measured")]
+    pub quarot_select: Option<QuarotSelectArg>,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
 }
@@ -422,10 +436,13 @@ impl QuantizeArgs {
     pub fn recipe(&self) -> Result<Recipe> {
         let a = self.resolved()?;
         let mut r = a.resolved_recipe()?;
+        if a.quarot_select.is_some() && !a.algorithm.rotate {
+            return Err(crate::Error::Usage(
+                "--quarot-select applies to --algorithm quarot,ALGORITHM".into(),
+            ));
+        }
         if a.algorithm.rotate {
-            let mut t = toml::Table::new();
-            t.insert("name".into(), toml::Value::String("quarot".into()));
-            r.passes.insert(0, t);
+            r.passes.insert(0, a.quarot_pass()?);
             r.name = format!("quarot+{}", r.name);
             r.build()?;
         }
@@ -468,6 +485,58 @@ impl QuantizeArgs {
         r.passes.insert(at, t);
         r.build()?;
         Ok(())
+    }
+
+    /// The `quarot` pass of `quarot,ALGORITHM`: with `measured`, the rounding it
+    /// predicts is the quantizer's and its calibration the quantizer's.
+    fn quarot_pass(&self) -> Result<toml::Table> {
+        use toml::Value as V;
+        let mut t = toml::Table::new();
+        t.insert("name".into(), V::String("quarot".into()));
+        let calibrated = self.calib.is_some() || self.calib_text.is_some();
+        let measured = match self.quarot_select {
+            Some(QuarotSelectArg::Measured) => true,
+            Some(QuarotSelectArg::All) => false,
+            // GPTQ compensates what the rotation spreads (SmolLM2-135M, sym b32:
+            // quarot,gptq 18.23 rotating all, 18.64 measured by rounding error).
+            None => calibrated && self.algorithm.base != AlgorithmArg::Gptq,
+        };
+        if !measured {
+            return Ok(t);
+        }
+        t.insert("select".into(), V::String("measured".into()));
+        t.insert("bits".into(), V::Integer(self.bits.unwrap_or(4) as i64));
+        t.insert(
+            "block-size".into(),
+            V::Integer(self.block_size.unwrap_or(32) as i64),
+        );
+        t.insert(
+            "symmetric".into(),
+            V::Boolean(!(self.asymmetric || self.algorithm.base == AlgorithmArg::Hqq)),
+        );
+        for (key, v) in [
+            ("calib", &self.calib),
+            ("calib-text", &self.calib_text),
+            ("tokenizer", &self.tokenizer),
+        ] {
+            if let Some(v) = v {
+                t.insert(key.into(), V::String(v.clone()));
+            }
+        }
+        for (key, v) in [
+            ("calib-samples", self.calib_samples),
+            ("calib-seqlen", self.calib_seqlen),
+            ("calib-memory-mb", self.calib_memory_mb.map(|n| n as usize)),
+        ] {
+            if let Some(v) = v {
+                t.insert(key.into(), V::Integer(v as i64));
+            }
+        }
+        t.insert(
+            "runtime".into(),
+            V::String(self.pipeline.verify.rt.runtime.to_string()),
+        );
+        Ok(t)
     }
 
     pub(super) fn budgeted(&self) -> bool {
@@ -961,7 +1030,7 @@ impl QuantizeArgs {
     fn gptq_only_flag(&self) -> Option<&'static str> {
         // A size budget and the tuning loop calibrate (mixed-precision) whatever the
         // algorithm.
-        let calibrates = self.budgeted() || self.tuned();
+        let calibrates = self.budgeted() || self.tuned() || self.algorithm.rotate;
         let not_static = self.algorithm.base != AlgorithmArg::Static && !calibrates;
         [
             (self.calib_text.is_some() && not_static, "--calib-text"),

@@ -150,11 +150,23 @@ pub fn is_matmul_like(g: &Graph, node: NodeId) -> bool {
         || n.is("com.microsoft", "MatMulBnb4")
 }
 
-/// The linear layers (constant-weight MatMuls) that read `v`, in graph order.
+/// The linear layers (constant-weight MatMuls) that read `v`, in graph order, also
+/// through online rotations (QuaRot's de-rotation of a norm output, and its scale).
 pub fn linear_consumers(g: &Graph, v: ValueId) -> Vec<WeightRef> {
-    crate::rewrite::matchers::consumers(g, v)
-        .into_iter()
-        .filter(|&(_, slot)| slot == 0)
-        .filter_map(|(n, _)| weight_ref(g, n).ok())
-        .collect()
+    let mut out = Vec::new();
+    let mut values = vec![v];
+    // A rotation reads one value and writes one: the walk is a short chain.
+    while let Some(v) = values.pop() {
+        for (n, slot) in crate::rewrite::matchers::consumers(g, v) {
+            if slot != 0 {
+                continue;
+            }
+            if crate::rewrite::matchers::is_online_rotation(g, n) {
+                values.extend(g.node(n).output(0));
+            } else if let Ok(w) = weight_ref(g, n) {
+                out.push(w);
+            }
+        }
+    }
+    out
 }

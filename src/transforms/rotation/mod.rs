@@ -4,4 +4,5 @@
 //! Hadamard rotation before each down projection. Weights lose less to N-bit
 //! rounding afterwards because rotated rows have fewer outliers.
 pub mod quarot;
+mod select;
 mod tensors;

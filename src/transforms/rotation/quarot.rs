@@ -19,12 +19,15 @@
 //! Orders that are not powers of two use a Paley matrix ⊗ a Sylvester matrix
 //! (`crate::quant::hadamard`); where none is constructed, a seeded random orthogonal
 //! matrix, and the notes say which. Rotation products run in f64.
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
+use super::select;
 use super::tensors::{self, Edit};
 use crate::error::{Error, Result};
-use crate::ir::{Graph, Model, NodeSpec, ValueId};
-use crate::llm::{DecoderMap, NormKind, NormMap, WeightLayout, WeightRef};
+use crate::ir::{Graph, Model, NodeId, NodeSpec, ValueId};
+use crate::llm::{DecoderMap, LayerMap, NormKind, NormMap, WeightLayout, WeightRef};
 use crate::quant::hadamard::Rotation;
 use crate::quant::hadamard::{
     embed_rotation, largest_hadamard_order, normalized_hadamard, randomized_hadamard, rotate_cols,
@@ -44,6 +47,31 @@ pub struct QuarotConfig {
     /// Residual channels whose scale in some RMS norm is below this fraction of that
     /// norm's median |scale| stay out of the residual rotation (0: rotate them all).
     pub damped_channel_ratio: f64,
+    /// Which projections take the rotation: `all` (the paper), or `measured`: each
+    /// norm reader and down_proj whose calibrated error after round-to-nearest at
+    /// `bits`/`block-size` the rotation lowers; the others read the stream de-rotated
+    /// online (see `select`).
+    pub select: Select,
+    /// `measured`: the rounding it predicts.
+    pub bits: u8,
+    pub block_size: usize,
+    pub symmetric: bool,
+    /// `measured`: calibration, as for gptq.
+    pub calib: Option<String>,
+    pub calib_text: Option<String>,
+    pub tokenizer: Option<String>,
+    pub calib_samples: usize,
+    pub calib_seqlen: usize,
+    pub runtime: String,
+    pub calib_memory_mb: u64,
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Select {
+    #[default]
+    All,
+    Measured,
 }
 
 impl Default for QuarotConfig {
@@ -52,11 +80,37 @@ impl Default for QuarotConfig {
             seed: None,
             online_hadamard: true,
             damped_channel_ratio: DAMPED_CHANNEL_RATIO,
+            select: Select::All,
+            bits: 4,
+            block_size: 32,
+            symmetric: true,
+            calib: None,
+            calib_text: None,
+            tokenizer: None,
+            calib_samples: 16,
+            calib_seqlen: 128,
+            runtime: "auto".into(),
+            calib_memory_mb: crate::transforms::calibrated::gptq::CALIB_MEMORY_MB,
         }
     }
 }
 
-pub const QUAROT_KEYS: &[&str] = &["seed", "online-hadamard", "damped-channel-ratio"];
+pub const QUAROT_KEYS: &[&str] = &[
+    "seed",
+    "online-hadamard",
+    "damped-channel-ratio",
+    "select",
+    "bits",
+    "block-size",
+    "symmetric",
+    "calib",
+    "calib-text",
+    "tokenizer",
+    "calib-samples",
+    "calib-seqlen",
+    "runtime",
+    "calib-memory-mb",
+];
 
 /// A norm scale below 1% of its median marks a channel the model damps: trained
 /// decoders carry massive activations there (SmolLM2-135M: channels 247 and 507, 300×
@@ -237,6 +291,37 @@ fn private(g: &Graph, m: &WeightMatMul, what: &str, node: &str) -> Result<()> {
     }
 }
 
+/// A layer's two RMS norms with the projections reading each (q/k/v, gate/up).
+fn norm_readers(l: &LayerMap) -> [(&NormMap, Vec<(&'static str, &WeightRef)>); 2] {
+    fn present<'a>(
+        ws: Vec<(&'static str, &'a Option<WeightRef>)>,
+    ) -> Vec<(&'static str, &'a WeightRef)> {
+        ws.into_iter()
+            .filter_map(|(what, w)| w.as_ref().map(|w| (what, w)))
+            .collect()
+    }
+    let (a, mlp) = (&l.attention, &l.mlp);
+    [
+        (
+            &l.input_norm,
+            present(vec![
+                ("q_proj", &a.q_proj),
+                ("k_proj", &a.k_proj),
+                ("v_proj", &a.v_proj),
+                ("qkv_proj", &a.qkv_proj),
+            ]),
+        ),
+        (
+            &l.post_attention_norm,
+            present(vec![
+                ("gate_proj", &mlp.gate_proj),
+                ("up_proj", &mlp.up_proj),
+                ("gate_up_proj", &mlp.gate_up_proj),
+            ]),
+        ),
+    ]
+}
+
 fn scale_rows(w: &mut [f64], n: usize, gamma: &[f64]) {
     for (row, s) in w.chunks_mut(n.max(1)).zip(gamma) {
         row.iter_mut().for_each(|x| *x *= s);
@@ -247,7 +332,9 @@ fn scale_rows(w: &mut [f64], n: usize, gamma: &[f64]) {
 struct Plan {
     edits: Vec<Edit>,
     /// down_proj nodes that get `MatMul(x, H)` in front.
-    online: Vec<crate::ir::NodeId>,
+    online: Vec<NodeId>,
+    /// Norm readers left out of the rotation: (reader, norm, the norm's γ).
+    derotated: Vec<(NodeId, String, Vec<f64>)>,
     /// Tied lm_head kept: the final norm's scale in the rotated basis, [d, d].
     head_scale: Option<crate::ir::Tensor>,
     notes: Vec<String>,
@@ -270,11 +357,14 @@ impl Quarot {
         map: &DecoderMap,
         q: &Rotation,
         h: Option<&Rotation>,
+        choice: Option<&select::Choice>,
     ) -> Result<Plan> {
         let d = map.hidden_size;
+        let rotated = |n: NodeId| choice.is_none_or(|c| c.rotated.contains(&n));
         let mut plan = Plan {
             edits: Vec::new(),
             online: Vec::new(),
+            derotated: Vec::new(),
             head_scale: None,
             notes: Vec::new(),
             norms: 0,
@@ -301,13 +391,19 @@ impl Quarot {
                 emb.node, emb.op
             )));
         }
-        // Input side: q/k/v, gate/up, lm_head read a norm's output.
+        // Input side: q/k/v, gate/up read a norm's output; a reader left out of the
+        // rotation reads it de-rotated online, with its own weight.
         let input_side =
-            |norm: &NormMap, ws: Vec<(&str, &WeightRef)>, plan: &mut Plan| -> Result<()> {
+            |norm: &NormMap, ws: Vec<(&'static str, &WeightRef)>, plan: &mut Plan| -> Result<()> {
                 let gamma = norm_scale(g, norm, d)?;
                 for (what, w) in ws {
                     let m = linear(g, w, what)?;
                     private(g, &m, what, &w.node)?;
+                    if !rotated(w.node_id) {
+                        plan.derotated
+                            .push((w.node_id, norm.node.clone(), gamma.clone()));
+                        continue;
+                    }
                     let mut kn = tensors::read_kn(g, &m)?;
                     scale_rows(&mut kn, m.n, &gamma);
                     let r = rotate_rows(&kn, m.k, m.n, q);
@@ -319,27 +415,10 @@ impl Quarot {
                 Ok(())
             };
         for l in &map.layers {
-            let a = &l.attention;
-            let qkv: Vec<_> = [
-                ("q_proj", &a.q_proj),
-                ("k_proj", &a.k_proj),
-                ("v_proj", &a.v_proj),
-                ("qkv_proj", &a.qkv_proj),
-            ]
-            .into_iter()
-            .filter_map(|(what, w)| w.as_ref().map(|w| (what, w)))
-            .collect();
-            input_side(&l.input_norm, qkv, &mut plan)?;
-            let mlp = &l.mlp;
-            let ffn: Vec<_> = [
-                ("gate_proj", &mlp.gate_proj),
-                ("up_proj", &mlp.up_proj),
-                ("gate_up_proj", &mlp.gate_up_proj),
-            ]
-            .into_iter()
-            .filter_map(|(what, w)| w.as_ref().map(|w| (what, w)))
-            .collect();
-            input_side(&l.post_attention_norm, ffn, &mut plan)?;
+            for (norm, readers) in norm_readers(l) {
+                input_side(norm, readers, &mut plan)?;
+            }
+            let (a, mlp) = (&l.attention, &l.mlp);
             // Output side: o_proj and down_proj write into the residual stream.
             for (what, w, rows) in [
                 ("o_proj", &a.o_proj, None),
@@ -348,7 +427,7 @@ impl Quarot {
                 let m = sized(g, w, what, rows.map(|h| h.n), Some(d))?;
                 private(g, &m, what, &w.node)?;
                 let mut kn = tensors::read_kn(g, &m)?;
-                if let Some(h) = rows {
+                if let Some(h) = rows.filter(|_| rotated(w.node_id)) {
                     kn = rotate_rows(&kn, m.k, m.n, h);
                     plan.online.push(w.node_id);
                 }
@@ -471,6 +550,157 @@ fn insert_online(g: &mut Graph, down: crate::ir::NodeId, kind: &str, hv: ValueId
     Ok(())
 }
 
+impl Quarot {
+    /// `select = "measured"`: which norm readers and down_projs take the rotation.
+    #[allow(clippy::too_many_arguments)]
+    fn measure(
+        &self,
+        model: &Model,
+        map: &DecoderMap,
+        q: &Rotation,
+        h: Option<&Rotation>,
+        seed: u64,
+        cx: &PassCx,
+        outcome: &mut PassOutcome,
+    ) -> Result<select::Choice> {
+        let c = &self.config;
+        let g = &model.graph;
+        let params = crate::quant::QuantParams::new(c.bits, c.block_size, c.symmetric)
+            .map_err(|e| refuse(e.to_string()))?;
+        let data = crate::calib::CalibData::open(
+            c.calib.as_deref(),
+            c.calib_text.as_deref(),
+            c.tokenizer.as_deref(),
+        )?;
+        let mut candidates = Vec::new();
+        for l in &map.layers {
+            for (norm, readers) in norm_readers(l) {
+                let gamma = norm_scale(g, norm, map.hidden_size)?;
+                for (what, w) in readers {
+                    candidates.push(select::Candidate {
+                        node: w.node_id,
+                        what,
+                        side: select::Side::Norm {
+                            gamma: gamma.clone(),
+                        },
+                    });
+                }
+            }
+            if h.is_some() {
+                candidates.push(select::Candidate {
+                    node: l.mlp.down_proj.node_id,
+                    what: "down_proj",
+                    side: select::Side::Down,
+                });
+            }
+        }
+        let how = select::Measure {
+            params,
+            data: &data,
+            samples: c.calib_samples,
+            seqlen: c.calib_seqlen,
+            runtime: &c.runtime,
+            memory_mb: c.calib_memory_mb,
+            seed,
+        };
+        let choice = select::choose(model, &candidates, q, h, &how, cx, outcome)?;
+        let kinds: Vec<String> = choice
+            .by_kind
+            .iter()
+            .map(|(what, (r, n, kept, plain, rot))| {
+                format!(
+                    "{what} {r}/{n} (mean error {:.4}; unrotated {:.4}, rotated {:.4})",
+                    kept / *n as f64,
+                    plain / *n as f64,
+                    rot / *n as f64
+                )
+            })
+            .collect();
+        outcome.notes.push(format!(
+            "measured choice (RTN {} bits, block {}, {}): rotated {}",
+            c.bits,
+            c.block_size,
+            if c.symmetric {
+                "symmetric"
+            } else {
+                "asymmetric"
+            },
+            kinds.join(", ")
+        ));
+        Ok(choice)
+    }
+}
+
+/// Each reader in `readers` (reader, norm, γ) reads `MatMul(x, Qᵀ)·γ` in place of
+/// its rotated input x: one de-rotation per distinct input, Qᵀ shared. Returns how
+/// many were inserted.
+fn derotate(g: &mut Graph, readers: &[(NodeId, String, Vec<f64>)], q: &Rotation) -> Result<u64> {
+    let d = q.n;
+    let (_, like) = {
+        let m = weight_matmul(g, readers[0].0)
+            .map_err(|why| refuse(format!("'{}': {why}", g.node(readers[0].0).name())))?;
+        let (_, t) = constant(g, m.weight).ok_or_else(|| refuse("reader weight"))?;
+        ((), t.clone())
+    };
+    let qt_name = g.fresh_name(&format!("quarot.derotation.{d}"));
+    let qt = tensors::new_tensor(
+        &qt_name,
+        &like,
+        vec![d as i64, d as i64],
+        &tensors::transpose(&q.m, d, d),
+    );
+    let qt = g.add_initializer(qt)?;
+    let mut done: BTreeMap<ValueId, ValueId> = BTreeMap::new();
+    for (reader, norm, gamma) in readers {
+        let x = g
+            .node(*reader)
+            .input(0)
+            .ok_or_else(|| refuse(format!("'{}' has no input", g.node(*reader).name())))?;
+        if let Some(&y) = done.get(&x) {
+            g.set_input(*reader, 0, Some(y));
+            continue;
+        }
+        let base = format!("{norm}/quarot_derotate");
+        let node = g.fresh_node_name(&base);
+        let out = g.fresh_name(&format!("{base}_output"));
+        let id = g.add_node(
+            NodeSpec::new("", "MatMul")
+                .name(node)
+                .input(x)
+                .input(qt)
+                .output(out)
+                .meta(PASS_KEY, NAME)
+                .meta(ONLINE_ROTATION_KEY, "de-rotation"),
+        )?;
+        let mut y = g
+            .node(id)
+            .output(0)
+            .ok_or_else(|| refuse("de-rotation without output"))?;
+        if gamma.iter().any(|&s| s != 1.0) {
+            let name = g.fresh_name(&format!("{norm}.quarot_scale"));
+            let t = tensors::new_tensor(&name, &like, vec![d as i64], gamma);
+            let sv = g.add_initializer(t)?;
+            let out = g.fresh_name(&format!("{base}_scaled"));
+            let id = g.add_node(
+                NodeSpec::new("", "Mul")
+                    .name(g.fresh_node_name(&format!("{base}_scale")))
+                    .input(y)
+                    .input(sv)
+                    .output(out)
+                    .meta(PASS_KEY, NAME)
+                    .meta(ONLINE_ROTATION_KEY, "de-rotation scale"),
+            )?;
+            y = g
+                .node(id)
+                .output(0)
+                .ok_or_else(|| refuse("de-rotation scale without output"))?;
+        }
+        done.insert(x, y);
+        g.set_input(*reader, 0, Some(y));
+    }
+    Ok(done.len() as u64)
+}
+
 impl Pass for Quarot {
     fn name(&self) -> &'static str {
         NAME
@@ -504,7 +734,14 @@ impl Pass for Quarot {
             .config
             .online_hadamard
             .then(|| normalized_hadamard(inter, seed ^ 0x4f4e_4c49_4e45));
-        let plan = self.plan(g, &map, &q, h.as_ref())?;
+        let choice = match self.config.select {
+            Select::All => None,
+            Select::Measured => {
+                Some(self.measure(model, &map, &q, h.as_ref(), seed, cx, &mut outcome)?)
+            }
+        };
+        let g = &model.graph;
+        let plan = self.plan(g, &map, &q, h.as_ref(), choice.as_ref())?;
         // The online rotation's constant has the down projections' float type.
         let h_tensor = match (&h, plan.online.first()) {
             (Some(h), Some(&down)) => {
@@ -545,6 +782,15 @@ impl Pass for Quarot {
                 insert_online(g, down, &h.kind, hv)?;
             }
             outcome.count("online hadamards", plan.online.len() as u64);
+        }
+        if !plan.derotated.is_empty() {
+            let n = derotate(g, &plan.derotated, &q)?;
+            outcome.count("norm outputs de-rotated online", n);
+            outcome.notes.push(format!(
+                "{} projections read their norm's output de-rotated online ({n} float [{d}, {d}] \
+                 MatMuls by Qᵀ, then the norm's scale), with their own weights",
+                plan.derotated.len()
+            ));
         }
         outcome.count("norms fused", plan.norms);
         outcome.count("linears rotated", plan.linears);
