@@ -78,8 +78,27 @@ fn online_of(m: &onnxq::Model, want: &str) -> usize {
         .count()
 }
 
+/// Online Hadamard rotations: each is one MatMul, or a Kronecker pair of MatMuls of
+/// which only the second's output leaves the rotation.
 fn online_rotations(m: &onnxq::Model) -> usize {
-    online_of(m, "Hadamard")
+    let g = &m.graph;
+    let hadamard = |n: &onnxq::ir::Node| {
+        n.op_type == "MatMul"
+            && n.metadata_props
+                .iter()
+                .any(|(k, v)| k == ONLINE_ROTATION_KEY && v.contains("Hadamard"))
+    };
+    g.nodes()
+        .filter(|(_, n)| hadamard(n))
+        .filter(|(_, n)| {
+            !n.output(0).is_some_and(|y| {
+                g.value(y).uses().iter().any(|u| match *u {
+                    onnxq::ir::Use::Input(c, _) => hadamard(g.node(c)),
+                    _ => false,
+                })
+            })
+        })
+        .count()
 }
 
 fn values(m: &onnxq::Model, name: &str) -> Vec<f32> {
@@ -108,7 +127,8 @@ fn rotated_forms_compute_the_same_outputs_within_1e_4() {
         );
         assert!(
             notes.contains(
-                "online rotation before down_proj (160): Hadamard: Paley I (q = 19) ⊗ Sylvester 8"
+                "online rotation before down_proj (160): Hadamard: Paley I (q = 19) ⊗ Sylvester 8, \
+                 applied as [20, 20] ⊗ [8, 8] MatMuls"
             ),
             "{notes}"
         );
@@ -514,7 +534,10 @@ fn cli_quarot_select_defaults_and_flags() {
     measured.extend(calib);
     let (code, log) = run("m.onnx", &measured);
     assert_eq!(code, Some(0), "{log}");
-    assert!(log.contains("measured choice (RTN 4 bits, block 32"), "{log}");
+    assert!(
+        log.contains("measured choice (RTN 4 bits, block 32"),
+        "{log}"
+    );
     let mut all = measured.clone();
     all.extend(["--quarot-select", "all"]);
     let (code, log) = run("a.onnx", &all);
@@ -524,7 +547,10 @@ fn cli_quarot_select_defaults_and_flags() {
     gptq.extend(calib);
     let (code, log) = run("g.onnx", &gptq);
     assert_eq!(code, Some(0), "{log}");
-    assert!(!log.contains("measured choice"), "gptq rotates all by default: {log}");
+    assert!(
+        !log.contains("measured choice"),
+        "gptq rotates all by default: {log}"
+    );
     let (code, log) = run("x.onnx", &["--algorithm", "rtn", "--quarot-select", "all"]);
     assert_eq!(code, Some(2), "{log}");
     assert!(log.contains("--quarot-select applies to"), "{log}");

@@ -390,6 +390,37 @@ pub fn normalized_hadamard(n: usize, seed: u64) -> Rotation {
     }
 }
 
+/// `q` as a Kronecker product `A ⊗ B` (A [a, a], B [b, b], b a power of two), the
+/// split with the fewest multiply-adds per row (n·(a + b)), when one holds to 1e-12:
+/// an online rotation then costs two small MatMuls instead of one n×n.
+pub fn kronecker_split(q: &Rotation) -> Option<(usize, Vec<f64>, usize, Vec<f64>)> {
+    let n = q.n;
+    let m = &q.m;
+    let corner = *m.first()?;
+    if corner == 0.0 {
+        return None;
+    }
+    let split = |b: usize| -> Option<(usize, Vec<f64>, usize, Vec<f64>)> {
+        let a = n / b;
+        // M = Ã ⊗ B̃ / M₀₀ with Ã_ij = M[i·b, j·b] and B̃ = M's top-left b×b block.
+        let at: Vec<f64> = (0..a * a)
+            .map(|t| m[(t / a) * b * n + (t % a) * b] / corner)
+            .collect();
+        let bt: Vec<f64> = (0..b * b).map(|t| m[(t / b) * n + t % b]).collect();
+        let holds = (0..n * n).all(|t| {
+            let (r, c) = (t / n, t % n);
+            (at[(r / b) * a + c / b] * bt[(r % b) * b + c % b] - m[t]).abs() <= 1e-12
+        });
+        holds.then_some((a, at, b, bt))
+    };
+    let mut bs: Vec<usize> = (1..=n.trailing_zeros())
+        .map(|j| 1usize << j)
+        .filter(|&b| b < n)
+        .collect();
+    bs.sort_by_key(|&b| n / b + b);
+    bs.into_iter().find_map(split)
+}
+
 /// The largest order at most `max` that [`hadamard`] constructs (1 at least).
 pub fn largest_hadamard_order(max: usize) -> usize {
     (1..=max)
@@ -622,5 +653,27 @@ mod tests {
         // Columns rotate as a plain product.
         let want: f64 = (0..n).map(|j| w[j] * qn.m[j * n + 3]).sum();
         assert!((c[3] - want).abs() < 1e-12);
+    }
+
+    #[test]
+    fn hadamards_split_into_small_kronecker_factors() {
+        for (n, want_cost) in [(1536, 80), (160, 28), (96, 20), (64, 16), (576, 52)] {
+            let q = normalized_hadamard(n, 1);
+            let (a, at, b, bt) = kronecker_split(&q).unwrap_or_else(|| panic!("{n}"));
+            assert_eq!(a * b, n);
+            assert_eq!(a + b, want_cost, "{n}: {a} x {b}");
+            // (A ⊗ B) rebuilt equals the matrix.
+            for (t, &v) in q.m.iter().enumerate() {
+                let (r, c) = (t / n, t % n);
+                let k = at[(r / b) * a + c / b] * bt[(r % b) * b + c % b];
+                assert!((k - v).abs() < 1e-12, "{n} ({r}, {c})");
+            }
+        }
+        assert!(kronecker_split(&Rotation {
+            n: 8,
+            m: random_orthogonal(8, 3),
+            kind: String::new()
+        })
+        .is_none());
     }
 }

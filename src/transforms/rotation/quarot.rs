@@ -30,8 +30,8 @@ use crate::ir::{Graph, Model, NodeId, NodeSpec, ValueId};
 use crate::llm::{DecoderMap, LayerMap, NormKind, NormMap, WeightLayout, WeightRef};
 use crate::quant::hadamard::Rotation;
 use crate::quant::hadamard::{
-    embed_rotation, largest_hadamard_order, normalized_hadamard, randomized_hadamard, rotate_cols,
-    rotate_rows,
+    embed_rotation, kronecker_split, largest_hadamard_order, normalized_hadamard,
+    randomized_hadamard, rotate_cols, rotate_rows,
 };
 use crate::rewrite::matchers::{constant, weight_matmul, WeightMatMul, ONLINE_ROTATION_KEY};
 use crate::rewrite::{Pass, PassCx, PassOutcome, PASS_KEY};
@@ -519,6 +519,100 @@ impl Quarot {
     }
 }
 
+/// An online rotation's constants, added once and shared by every site: one n×n
+/// matrix, or the Kronecker factors of `x·(A ⊗ B) = Aᵀ·X·B` (X = x as [.., a, b]).
+enum OnlineOp {
+    Dense(ValueId),
+    Kronecker {
+        shape: ValueId,
+        a_t: ValueId,
+        b: ValueId,
+    },
+}
+
+impl OnlineOp {
+    fn new(
+        g: &mut Graph,
+        h: &Rotation,
+        split: Option<(usize, Vec<f64>, usize, Vec<f64>)>,
+        like: &crate::ir::Tensor,
+    ) -> Result<Self> {
+        let n = h.n;
+        let base = format!("quarot.online_hadamard.{n}");
+        Ok(match split {
+            None => {
+                let name = g.fresh_name(&base);
+                let t = tensors::new_tensor(&name, like, vec![n as i64; 2], &h.m);
+                OnlineOp::Dense(g.add_initializer(t)?)
+            }
+            Some((a, at, b, bt)) => {
+                let shape = crate::ir::Tensor::from_i64(
+                    g.fresh_name(&format!("{base}.shape")),
+                    vec![3],
+                    &[-1, a as i64, b as i64],
+                );
+                let a_t = tensors::new_tensor(
+                    &g.fresh_name(&format!("{base}.a_t")),
+                    like,
+                    vec![a as i64; 2],
+                    &tensors::transpose(&at, a, a),
+                );
+                let bm = tensors::new_tensor(
+                    &g.fresh_name(&format!("{base}.b")),
+                    like,
+                    vec![b as i64; 2],
+                    &bt,
+                );
+                OnlineOp::Kronecker {
+                    shape: g.add_initializer(shape)?,
+                    a_t: g.add_initializer(a_t)?,
+                    b: g.add_initializer(bm)?,
+                }
+            }
+        })
+    }
+
+    /// The rotation in front of `down`'s input.
+    fn insert(&self, g: &mut Graph, down: NodeId, kind: &str) -> Result<()> {
+        let (shape, a_t, b) = match *self {
+            OnlineOp::Dense(hv) => return insert_online(g, down, kind, hv),
+            OnlineOp::Kronecker { shape, a_t, b } => (shape, a_t, b),
+        };
+        let x = g
+            .node(down)
+            .input(0)
+            .ok_or_else(|| refuse(format!("'{}' has no input", g.node(down).name())))?;
+        let base = if g.node(down).name().is_empty() {
+            "linear".to_string()
+        } else {
+            g.node(down).name().to_string()
+        };
+        let add = |g: &mut Graph, op: &str, what: &str, inputs: &[ValueId], online: bool| {
+            let mut spec = NodeSpec::new("", op)
+                .name(g.fresh_node_name(&format!("{base}/online_hadamard_{what}")))
+                .output(g.fresh_name(&format!("{base}/online_hadamard_{what}_output")))
+                .meta(PASS_KEY, NAME);
+            for &i in inputs {
+                spec = spec.input(i);
+            }
+            if online {
+                spec = spec.meta(ONLINE_ROTATION_KEY, kind);
+            }
+            let id = g.add_node(spec)?;
+            g.node(id)
+                .output(0)
+                .ok_or_else(|| refuse("online rotation without output"))
+        };
+        let x_shape = add(g, "Shape", "shape", &[x], false)?;
+        let grid = add(g, "Reshape", "split", &[x, shape], false)?;
+        let right = add(g, "MatMul", "b", &[grid, b], true)?;
+        let left = add(g, "MatMul", "a", &[a_t, right], true)?;
+        let y = add(g, "Reshape", "join", &[left, x_shape], false)?;
+        g.set_input(down, 0, Some(y));
+        Ok(())
+    }
+}
+
 /// `MatMul(x, H)` in front of `down` (a down_proj, or the lm_head), with H shared
 /// per size; `kind` says what H is.
 fn insert_online(g: &mut Graph, down: crate::ir::NodeId, kind: &str, hv: ValueId) -> Result<()> {
@@ -742,30 +836,29 @@ impl Pass for Quarot {
         };
         let g = &model.graph;
         let plan = self.plan(g, &map, &q, h.as_ref(), choice.as_ref())?;
-        // The online rotation's constant has the down projections' float type.
-        let h_tensor = match (&h, plan.online.first()) {
-            (Some(h), Some(&down)) => {
+        // The online rotation's constants have the down projections' float type.
+        let h_like = match plan.online.first() {
+            Some(&down) => {
                 let m =
                     weight_matmul(g, down).map_err(|why| refuse(format!("down_proj: {why}")))?;
                 let (_, like) = constant(g, m.weight).ok_or_else(|| refuse("down_proj weight"))?;
-                let name = g.fresh_name(&format!("quarot.online_hadamard.{inter}"));
-                Some(tensors::new_tensor(
-                    &name,
-                    like,
-                    vec![inter as i64; 2],
-                    &h.m,
-                ))
+                Some(like.clone())
             }
-            _ => None,
+            None => None,
         };
         outcome
             .notes
             .push(format!("residual rotation ({d}): {} (seed {seed})", q.kind));
         outcome.notes.extend(kept_note);
+        let split = h.as_ref().and_then(kronecker_split);
         if let Some(h) = &h {
             outcome.notes.push(format!(
-                "online rotation before down_proj ({inter}): {}",
-                h.kind
+                "online rotation before down_proj ({inter}): {}{}",
+                h.kind,
+                match &split {
+                    Some((a, _, b, _)) => format!(", applied as [{a}, {a}] ⊗ [{b}, {b}] MatMuls"),
+                    None => format!(", applied as one [{inter}, {inter}] MatMul"),
+                }
             ));
         }
         outcome.notes.extend(plan.notes);
@@ -776,10 +869,10 @@ impl Pass for Quarot {
             insert_online(g, map.lm_head.node_id, "final norm scale", v)?;
             outcome.count("tied heads kept", 1);
         }
-        if let (Some(h), Some(t)) = (&h, h_tensor) {
-            let hv = g.add_initializer(t)?;
+        if let (Some(h), Some(like)) = (&h, h_like) {
+            let op = OnlineOp::new(g, h, split, &like)?;
             for &down in &plan.online {
-                insert_online(g, down, &h.kind, hv)?;
+                op.insert(g, down, &h.kind)?;
             }
             outcome.count("online hadamards", plan.online.len() as u64);
         }
