@@ -151,7 +151,7 @@ row quarot-rtn-sym-b32-measured "4-bit" onnxq "QuaRot (measured) + RTN sym b32, 
 row quarot-rtn-sym-b32-al4-measured "4-bit" onnxq "QuaRot (measured) + RTN sym b32 --accuracy-level 4, $CALIB_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm quarot,rtn --block-size 32 --accuracy-level 4 "${CALIB[@]}"
 row quarot-gptq-sym-b32 "4-bit" onnxq "QuaRot + GPTQ sym b32, $CALIB_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm quarot,gptq --block-size 32 "${CALIB[@]}"
 row quarot-gptq-sym-b32-measured "4-bit" onnxq "QuaRot (measured) + GPTQ sym b32, $CALIB_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm quarot,gptq --block-size 32 --quarot-select measured "${CALIB[@]}"
-row quarot-awq-sym-b32 "4-bit" onnxq "QuaRot (measured) + AWQ sym b32, $CALIB_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm quarot,awq --block-size 32 "${CALIB[@]}"
+row quarot-awq-sym-b32-measured "4-bit" onnxq "QuaRot (measured) + AWQ sym b32, $CALIB_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm quarot,awq --block-size 32 "${CALIB[@]}"
 row quarot-awq-sym-b32-all "4-bit" onnxq "QuaRot (all) + AWQ sym b32, $CALIB_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm quarot,awq --block-size 32 --quarot-select all "${CALIB[@]}"
 # The same few samples as onnxruntime's GPTQ below, for a like-for-like comparison.
 row gptq-sym-b128-s$ORT_GPTQ_SAMPLES "4-bit" onnxq "GPTQ sym b128, $ORT_GPTQ_SAMPLES x $CALIB_SEQLEN" -- "${Q[@]}" --algorithm gptq --block-size 128 \
