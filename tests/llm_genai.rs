@@ -118,10 +118,17 @@ fn generates_like_ort(py: &Path, out: &Path, input: &Path) {
     );
     let line = text.lines().rev().find(|l| l.starts_with('{')).unwrap();
     let r: Value = serde_json::from_str(line).unwrap();
-    assert_eq!(r["genai"], r["ort"], "{}: {line}", input.display());
     assert_eq!(r["genai"].as_array().unwrap().len(), 10, "{line}");
     let diff = r["max_abs_logits"].as_f64().unwrap();
     assert!(diff <= 1e-4, "{}: logits differ by {diff}", input.display());
+    // onnxruntime, fed genai's tokens, picks the same ones, or one whose logit ties
+    // genai's within float rounding (random weights make near-ties).
+    let margin = r["tie_margin"].as_f64().unwrap();
+    assert!(
+        r["genai"] == r["ort"] || margin <= 1e-5,
+        "{}: genai's pick is {margin} below onnxruntime's best: {line}",
+        input.display()
+    );
     eprintln!("{}: {line}", input.display());
 }
 

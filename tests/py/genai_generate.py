@@ -1,7 +1,10 @@
 """Greedy tokens from onnxruntime-genai on a converted folder, and from a
-step-by-step onnxruntime loop on the input model, printed as one JSON line:
-{"genai": [...], "ort": [...], "max_abs_logits": x} where x is the largest
-difference of the last-position logits each token was picked from.
+step-by-step onnxruntime loop on the input model fed genai's tokens, printed as
+one JSON line: {"genai": [...], "ort": [...], "max_abs_logits": x, "tie_margin": m}.
+"ort" is onnxruntime's own argmax at each step, x the largest difference of the
+last-position logits, m the largest gap between onnxruntime's best logit and
+the logit of the token genai picked (0 when they always agree; a tiny m is a
+near-tie that float rounding may break either way).
 
     genai_generate.py GENAI_DIR INPUT_MODEL --prompt 1,5,9 --new 12
 
@@ -34,7 +37,7 @@ def genai_tokens(folder, prompt, new):
     return out, logits
 
 
-def ort_tokens(path, prompt, new):
+def ort_tokens(path, prompt, new, forced):
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     inputs = {i.name: i for i in sess.get_inputs()}
     pasts = [n for n in inputs if n.startswith("past_key_values.")]
@@ -59,9 +62,8 @@ def ort_tokens(path, prompt, new):
         feeds.update(past)
         res = dict(zip(outputs, sess.run(None, feeds)))
         logits.append(res["logits"][0, -1].astype(np.float32))
-        tok = int(np.argmax(logits[-1]))
-        out.append(tok)
-        ids.append(tok)
+        out.append(int(np.argmax(logits[-1])))
+        ids.append(forced[len(out) - 1])
         for n in pasts:
             past[n] = res[n.replace("past_key_values.", "present.")]
     return out, logits
@@ -76,9 +78,10 @@ def main():
     a = ap.parse_args()
     prompt = [int(t) for t in a.prompt.split(",")]
     g, gl = genai_tokens(a.genai_dir, prompt, a.new)
-    o, ol = ort_tokens(a.model, prompt, a.new)
+    o, ol = ort_tokens(a.model, prompt, len(g), g)
     diff = max(float(np.abs(x - y).max()) for x, y in zip(gl, ol))
-    print(json.dumps({"genai": g, "ort": o, "max_abs_logits": diff}))
+    margin = max(float(l.max() - l[t]) for l, t in zip(ol, g))
+    print(json.dumps({"genai": g, "ort": o, "max_abs_logits": diff, "tie_margin": margin}))
 
 
 if __name__ == "__main__":
