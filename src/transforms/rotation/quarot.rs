@@ -582,11 +582,7 @@ impl OnlineOp {
             .node(down)
             .input(0)
             .ok_or_else(|| refuse(format!("'{}' has no input", g.node(down).name())))?;
-        let base = if g.node(down).name().is_empty() {
-            "linear".to_string()
-        } else {
-            g.node(down).name().to_string()
-        };
+        let base = site_name(g, down);
         let add = |g: &mut Graph, op: &str, what: &str, inputs: &[ValueId], online: bool| {
             let mut spec = NodeSpec::new("", op)
                 .name(g.fresh_node_name(&format!("{base}/online_hadamard_{what}")))
@@ -613,6 +609,14 @@ impl OnlineOp {
     }
 }
 
+/// The name an online rotation in front of `node` is named after.
+fn site_name(g: &Graph, node: NodeId) -> String {
+    match g.node(node).name() {
+        "" => "linear".to_string(),
+        name => name.to_string(),
+    }
+}
+
 /// `MatMul(x, H)` in front of `down` (a down_proj, or the lm_head), with H shared
 /// per size; `kind` says what H is.
 fn insert_online(g: &mut Graph, down: crate::ir::NodeId, kind: &str, hv: ValueId) -> Result<()> {
@@ -620,11 +624,7 @@ fn insert_online(g: &mut Graph, down: crate::ir::NodeId, kind: &str, hv: ValueId
         .node(down)
         .input(0)
         .ok_or_else(|| refuse(format!("'{}' has no input", g.node(down).name())))?;
-    let base = if g.node(down).name().is_empty() {
-        "linear".to_string()
-    } else {
-        g.node(down).name().to_string()
-    };
+    let base = site_name(g, down);
     let name = g.fresh_node_name(&format!("{base}/online_hadamard"));
     let out = g.fresh_name(&format!("{base}/online_hadamard_output"));
     let id = g.add_node(
@@ -730,11 +730,12 @@ impl Quarot {
 /// many were inserted.
 fn derotate(g: &mut Graph, readers: &[(NodeId, String, Vec<f64>)], q: &Rotation) -> Result<u64> {
     let d = q.n;
-    let (_, like) = {
+    // The constants take the readers' float type.
+    let like = {
         let m = weight_matmul(g, readers[0].0)
             .map_err(|why| refuse(format!("'{}': {why}", g.node(readers[0].0).name())))?;
         let (_, t) = constant(g, m.weight).ok_or_else(|| refuse("reader weight"))?;
-        ((), t.clone())
+        t.clone()
     };
     let qt_name = g.fresh_name(&format!("quarot.derotation.{d}"));
     let qt = tensors::new_tensor(
