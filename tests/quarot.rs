@@ -555,3 +555,63 @@ fn cli_quarot_select_defaults_and_flags() {
     assert_eq!(code, Some(2), "{log}");
     assert!(log.contains("--quarot-select applies to"), "{log}");
 }
+
+/// Channels a norm damps stay out of the rotation, and their scale stays in the
+/// norm (Q never mixes them, so it commutes): the projections never see the
+/// massive activations those channels carry. Exact with and without the measured
+/// choice.
+#[test]
+fn kept_channels_keep_their_norm_scale_and_the_function() {
+    let ort = ort();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(12);
+    // As in trained decoders (SmolLM2-135M: channels 247 and 507), every norm
+    // damps two channels to almost nothing.
+    let mut model = onnxq::load(&common::fixtures().join("decoders/decomposed.onnx")).unwrap();
+    let map = DecoderMap::build(&model.graph).unwrap();
+    let norms: Vec<String> = map
+        .layers
+        .iter()
+        .flat_map(|l| [&l.input_norm, &l.post_attention_norm])
+        .chain([&map.final_norm])
+        .filter_map(|n| n.weight.clone())
+        .collect();
+    for name in &norms {
+        let mut gamma = values(&model, name);
+        gamma[7] = 1e-3;
+        gamma[50] = -2e-3;
+        let v = model.graph.find(name).unwrap();
+        let t = onnxq::ir::float_tensor(name, onnxq::ir::DType::F32, vec![96], &gamma);
+        model.graph.set_initializer(v, t);
+    }
+    let path = common::run::save(&model, tmp.path(), "damped.onnx");
+    let norm = norms[1].clone();
+    let gamma = values(&model, &norm);
+    for select in ["all", "measured"] {
+        let recipe = format!(
+            "[recipe]\nname='k'\n[[pass]]\nname='quarot'\nseed=5\n\
+             select='{select}'\ncalib-samples=2\ncalib-seqlen=16\n"
+        );
+        let (rotated, outcomes) = apply(&model, &recipe);
+        let notes = outcomes[0].notes.join("\n");
+        assert!(notes.contains("residual channels kept out of the rotation"), "{notes}");
+        // The two damped channels, and as many of the least scaled others as fill the
+        // rotation's Hadamard order (88 of 96).
+        let line = notes.lines().find(|l| l.contains("kept out")).unwrap();
+        let list = &line[line.rfind('[').unwrap() + 1..line.rfind(']').unwrap()];
+        let kept: Vec<usize> = list.split(", ").map(|x| x.parse().unwrap()).collect();
+        assert!(kept.contains(&7) && kept.contains(&50) && kept.len() == 8, "{line}");
+        let left = values(&rotated, &norm);
+        for (i, (&l, &g)) in left.iter().zip(&gamma).enumerate() {
+            let want = if kept.contains(&i) { g } else { 1.0 };
+            assert_eq!(l, want, "{select}: channel {i}");
+        }
+        let out = tmp.path().join(format!("{select}.onnx"));
+        onnxq::save(&rotated, &out, &Default::default()).unwrap();
+        let ids: Vec<i64> = (0..10).map(|_| rng.token()).collect();
+        let feeds = decoder_feeds(&ids, 2, 0, None, &mut rng);
+        for (name, e) in rel_errors(&run(&ort, &path, &feeds), &run(&ort, &out, &feeds)) {
+            assert!(e <= 1e-4, "{select} {name}: {e}");
+        }
+    }
+}

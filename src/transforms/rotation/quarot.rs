@@ -1,7 +1,8 @@
 //! QuaRot on a decoder mapped by `crate::llm` (float weights, RMS norms):
 //!
 //! 1. every RMS norm's scale γ is fused into the rows of the projections reading it
-//!    (`W ← diag(γ)·W`) and set to 1 — fused (RMSNormalization,
+//!    (`W ← diag(γ)·W`) and set to 1, except on the channels kept out of the
+//!    rotation (below), where it stays in the norm — fused (RMSNormalization,
 //!    SimplifiedLayerNormalization, SkipSimplifiedLayerNormalization) and decomposed
 //!    norms; LayerNorm (mean-centering) is refused: it does not commute with Q;
 //! 2. the residual stream is rotated by a seeded randomized Hadamard Q
@@ -209,11 +210,15 @@ fn channel_damping(g: &Graph, map: &DecoderMap, d: usize) -> Result<Vec<f64>> {
 /// The residual rotation: a randomized Hadamard on every channel, or, when some
 /// channels are damped below `ratio`, on the largest constructed order among the
 /// others, the most damped channels left in place.
-fn residual_rotation(damping: &[f64], ratio: f64, seed: u64) -> (Rotation, Option<String>) {
+fn residual_rotation(
+    damping: &[f64],
+    ratio: f64,
+    seed: u64,
+) -> (Rotation, Option<String>, Vec<bool>) {
     let d = damping.len();
     let damped = damping.iter().filter(|&&r| r < ratio).count();
     if damped == 0 {
-        return (randomized_hadamard(d, seed), None);
+        return (randomized_hadamard(d, seed), None, vec![false; d]);
     }
     let s = largest_hadamard_order(d - damped);
     let mut order: Vec<usize> = (0..d).collect();
@@ -229,19 +234,33 @@ fn residual_rotation(damping: &[f64], ratio: f64, seed: u64) -> (Rotation, Optio
          {ratio} of its median, which carry massive activations the norm damps): {fixed:?}",
         fixed.len()
     );
-    (q, Some(note))
+    let mut kept = vec![false; d];
+    fixed.iter().for_each(|&i| kept[i] = true);
+    (q, Some(note), kept)
 }
 
-/// The scale constant of a norm, to be set to ones.
-fn ones_for(g: &Graph, norm: &NormMap) -> Result<Option<Edit>> {
+/// A norm's scale γ split around the rotation: `fused` (γ on rotated channels, 1 on
+/// kept ones) goes into the projections reading it; `left` (γ on kept channels, 1 on
+/// rotated ones) stays in the norm. Q never mixes a kept channel, so diag(left)
+/// commutes with it, and the damped channels' massive activations stay damped at
+/// the projections' inputs, where 8-bit activation quantization would see them.
+fn split_scale(gamma: &[f64], kept: &[bool]) -> (Vec<f64>, Vec<f64>) {
+    gamma
+        .iter()
+        .zip(kept)
+        .map(|(&g, &k)| if k { (1.0, g) } else { (g, 1.0) })
+        .unzip()
+}
+
+/// The norm's scale constant set to `left` (see [`split_scale`]).
+fn left_scale(g: &Graph, norm: &NormMap, left: &[f64]) -> Result<Option<Edit>> {
     let Some(w) = &norm.weight else {
         return Ok(None);
     };
     let v = g
         .find(w)
         .ok_or_else(|| refuse(format!("norm '{}': no value '{w}'", norm.node)))?;
-    let n = tensors::read(g, v)?.len();
-    tensors::replace(g, v, &vec![1.0; n]).map(Some)
+    tensors::replace(g, v, left).map(Some)
 }
 
 /// A linear layer as a float weight MatMul this pass can rewrite, whose K (or N)
@@ -357,6 +376,7 @@ impl Quarot {
         map: &DecoderMap,
         q: &Rotation,
         h: Option<&Rotation>,
+        kept: &[bool],
         choice: Option<&select::Choice>,
     ) -> Result<Plan> {
         let d = map.hidden_size;
@@ -395,7 +415,7 @@ impl Quarot {
         // rotation reads it de-rotated online, with its own weight.
         let input_side =
             |norm: &NormMap, ws: Vec<(&'static str, &WeightRef)>, plan: &mut Plan| -> Result<()> {
-                let gamma = norm_scale(g, norm, d)?;
+                let (gamma, left) = split_scale(&norm_scale(g, norm, d)?, kept);
                 for (what, w) in ws {
                     let m = linear(g, w, what)?;
                     private(g, &m, what, &w.node)?;
@@ -410,7 +430,7 @@ impl Quarot {
                     plan.edits.push(tensors::replace_kn(g, &m, &r)?);
                     plan.linears += 1;
                 }
-                plan.edits.extend(ones_for(g, norm)?);
+                plan.edits.extend(left_scale(g, norm, &left)?);
                 plan.norms += 1;
                 Ok(())
             };
@@ -464,7 +484,7 @@ impl Quarot {
         let table_readers = g.value(emb.table_id).uses().len();
         let head = &map.lm_head;
         let m = sized(g, head, "lm_head", Some(d), None)?;
-        let gamma = norm_scale(g, &map.final_norm, d)?;
+        let (gamma, left) = split_scale(&norm_scale(g, &map.final_norm, d)?, kept);
         if map.tied_lm_head {
             // Rotated rows read back as Qᵀ·Eᵀ: the tie survives only without a scale.
             if gamma.iter().all(|&x| x == 1.0) {
@@ -513,7 +533,7 @@ impl Quarot {
         }
         plan.edits
             .push(tensors::replace(g, emb.table_id, &rotated)?);
-        plan.edits.extend(ones_for(g, &map.final_norm)?);
+        plan.edits.extend(left_scale(g, &map.final_norm, &left)?);
         plan.norms += 1;
         Ok(plan)
     }
@@ -651,7 +671,7 @@ impl Quarot {
         &self,
         model: &Model,
         map: &DecoderMap,
-        q: &Rotation,
+        (q, kept): (&Rotation, &[bool]),
         h: Option<&Rotation>,
         seed: u64,
         cx: &PassCx,
@@ -669,7 +689,7 @@ impl Quarot {
         let mut candidates = Vec::new();
         for l in &map.layers {
             for (norm, readers) in norm_readers(l) {
-                let gamma = norm_scale(g, norm, map.hidden_size)?;
+                let (gamma, _) = split_scale(&norm_scale(g, norm, map.hidden_size)?, kept);
                 for (what, w) in readers {
                     candidates.push(select::Candidate {
                         node: w.node_id,
@@ -819,10 +839,10 @@ impl Pass for Quarot {
             }
         }
         let ratio = self.config.damped_channel_ratio;
-        let (q, kept_note) = if ratio > 0.0 {
+        let (q, kept_note, kept) = if ratio > 0.0 {
             residual_rotation(&channel_damping(g, &map, d)?, ratio, seed)
         } else {
-            (randomized_hadamard(d, seed), None)
+            (randomized_hadamard(d, seed), None, vec![false; d])
         };
         let inter = map.intermediate_size;
         let h = self
@@ -832,11 +852,11 @@ impl Pass for Quarot {
         let choice = match self.config.select {
             Select::All => None,
             Select::Measured => {
-                Some(self.measure(model, &map, &q, h.as_ref(), seed, cx, &mut outcome)?)
+                Some(self.measure(model, &map, (&q, &kept), h.as_ref(), seed, cx, &mut outcome)?)
             }
         };
         let g = &model.graph;
-        let plan = self.plan(g, &map, &q, h.as_ref(), choice.as_ref())?;
+        let plan = self.plan(g, &map, &q, h.as_ref(), &kept, choice.as_ref())?;
         // The online rotation's constants have the down projections' float type.
         let h_like = match plan.online.first() {
             Some(&down) => {
