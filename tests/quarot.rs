@@ -286,7 +286,7 @@ fn cli_rotate_and_quantize_quarot_rtn() {
         online_rotations(&onnxq::load(&rotated).unwrap()),
         forms::LAYERS
     );
-    for algo in ["quarot,rtn", "quarot,gptq", "quarot,awq"] {
+    for algo in ["quarot,rtn", "quarot,gptq", "quarot,awq", "quarot,dynamic"] {
         let q = tmp.path().join(format!("{}.onnx", algo.replace(',', "-")));
         let mut args = vec![
             input.to_str().unwrap(),
@@ -294,7 +294,7 @@ fn cli_rotate_and_quantize_quarot_rtn() {
             "--algorithm",
             algo,
         ];
-        if algo != "quarot,rtn" {
+        if algo == "quarot,gptq" || algo == "quarot,awq" {
             args.extend(["--calib-samples", "2"]);
         }
         let out = common::run::quantize_cli(&args);
@@ -303,8 +303,15 @@ fn cli_rotate_and_quantize_quarot_rtn() {
         assert!(err.contains("quarot: "), "{algo}: {err}");
         let m = onnxq::load(&q).unwrap();
         assert_eq!(online_rotations(&m), forms::LAYERS, "{algo}");
+        // int8 for dynamic (MatMulInteger), N-bit otherwise; the online rotations stay
+        // float either way.
+        let quantized = if algo == "quarot,dynamic" {
+            "MatMulInteger"
+        } else {
+            "MatMulNBits"
+        };
         assert!(
-            m.graph.nodes().any(|(_, n)| n.op_type == "MatMulNBits"),
+            m.graph.nodes().any(|(_, n)| n.op_type == quantized),
             "{algo}"
         );
     }
@@ -312,7 +319,7 @@ fn cli_rotate_and_quantize_quarot_rtn() {
         input.to_str().unwrap(),
         tmp.path().join("x.onnx").to_str().unwrap(),
         "--algorithm",
-        "quarot,dynamic",
+        "quarot,static",
     ]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("quarot combines"));
@@ -594,13 +601,19 @@ fn kept_channels_keep_their_norm_scale_and_the_function() {
         );
         let (rotated, outcomes) = apply(&model, &recipe);
         let notes = outcomes[0].notes.join("\n");
-        assert!(notes.contains("residual channels kept out of the rotation"), "{notes}");
+        assert!(
+            notes.contains("residual channels kept out of the rotation"),
+            "{notes}"
+        );
         // The two damped channels, and as many of the least scaled others as fill the
         // rotation's Hadamard order (88 of 96).
         let line = notes.lines().find(|l| l.contains("kept out")).unwrap();
         let list = &line[line.rfind('[').unwrap() + 1..line.rfind(']').unwrap()];
         let kept: Vec<usize> = list.split(", ").map(|x| x.parse().unwrap()).collect();
-        assert!(kept.contains(&7) && kept.contains(&50) && kept.len() == 8, "{line}");
+        assert!(
+            kept.contains(&7) && kept.contains(&50) && kept.len() == 8,
+            "{line}"
+        );
         let left = values(&rotated, &norm);
         for (i, (&l, &g)) in left.iter().zip(&gamma).enumerate() {
             let want = if kept.contains(&i) { g } else { 1.0 };

@@ -166,7 +166,7 @@ fn parse_algorithm(s: &str) -> std::result::Result<AlgorithmSpec, String> {
         Some((first, _)) => {
             return Err(format!(
                 "'{}' cannot combine: the combinations are quarot,ALGORITHM (rtn, gptq, awq, \
-                 hqq), awq,gptq and quarot,awq,gptq",
+                 hqq, dynamic), awq,gptq and quarot,awq,gptq",
                 first.trim()
             ))
         }
@@ -187,11 +187,16 @@ fn parse_algorithm(s: &str) -> std::result::Result<AlgorithmSpec, String> {
     if rotate
         && !matches!(
             base,
-            AlgorithmArg::Rtn | AlgorithmArg::Hqq | AlgorithmArg::Gptq | AlgorithmArg::Awq
+            AlgorithmArg::Rtn
+                | AlgorithmArg::Hqq
+                | AlgorithmArg::Gptq
+                | AlgorithmArg::Awq
+                | AlgorithmArg::Dynamic
         )
     {
         return Err(format!(
-            "quarot combines with the N-bit weight algorithms (rtn, hqq, gptq, awq), not {s}"
+            "quarot combines with the N-bit weight algorithms (rtn, hqq, gptq, awq) and \
+             dynamic int8, not {s}"
         ));
     }
     Ok(AlgorithmSpec {
@@ -226,9 +231,10 @@ pub struct QuantizeArgs {
     /// Model to write.
     pub output: PathBuf,
     /// rtn, hqq, bnb4, dynamic, static, gptq or awq [default: rtn] (Olive's names);
-    /// `quarot,rtn`, `quarot,gptq`, `quarot,awq` (or `quarot,hqq`) first rotate the
-    /// decoder (QuaRot: norms fused, a seeded randomized Hadamard folded into the
-    /// weights, an online Hadamard before down_proj; --seed picks the rotation).
+    /// `quarot,rtn`, `quarot,gptq`, `quarot,awq` (or `quarot,hqq`, `quarot,dynamic`)
+    /// first rotate the decoder (QuaRot: norms fused, a seeded randomized Hadamard
+    /// folded into the weights, an online Hadamard before down_proj; --seed picks the
+    /// rotation).
     /// `awq,gptq` folds AWQ's activation-aware scales first, then GPTQ quantizes the
     /// scaled weights.
     #[arg(long = "algorithm", value_parser = parse_algorithm, value_name = "ALGORITHM")]
@@ -494,6 +500,17 @@ impl QuantizeArgs {
         let mut t = toml::Table::new();
         t.insert("name".into(), V::String("quarot".into()));
         let calibrated = self.calib.is_some() || self.calib_text.is_some();
+        if self.algorithm.base == AlgorithmArg::Dynamic {
+            // The choice predicts N-bit weight rounding, not int8 activations.
+            if self.quarot_select == Some(QuarotSelectArg::Measured) {
+                return Err(crate::Error::Usage(
+                    "--quarot-select measured predicts N-bit weight rounding: quarot,dynamic \
+                     rotates all"
+                        .into(),
+                ));
+            }
+            return Ok(t);
+        }
         let measured = match self.quarot_select {
             Some(QuarotSelectArg::Measured) => true,
             Some(QuarotSelectArg::All) => false,
@@ -687,8 +704,8 @@ impl QuantizeArgs {
             AlgorithmArg::Quarot => {
                 return Err(usage(
                     "--algorithm quarot rotates, then quantizes: name the quantizer, \
-                     quarot,rtn|quarot,gptq|quarot,awq|quarot,hqq (`onnxq rotate` writes the \
-                     rotated float model)"
+                     quarot,rtn|quarot,gptq|quarot,awq|quarot,hqq|quarot,dynamic (`onnxq rotate` \
+                     writes the rotated float model)"
                         .into(),
                 ))
             }
@@ -1030,7 +1047,9 @@ impl QuantizeArgs {
     fn gptq_only_flag(&self) -> Option<&'static str> {
         // A size budget and the tuning loop calibrate (mixed-precision) whatever the
         // algorithm.
-        let calibrates = self.budgeted() || self.tuned() || self.algorithm.rotate;
+        let calibrates = self.budgeted()
+            || self.tuned()
+            || (self.algorithm.rotate && self.algorithm.base != AlgorithmArg::Dynamic);
         let not_static = self.algorithm.base != AlgorithmArg::Static && !calibrates;
         [
             (self.calib_text.is_some() && not_static, "--calib-text"),
