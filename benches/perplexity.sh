@@ -162,6 +162,7 @@ row ort-gptq-sym-b128 "4-bit" onnxruntime "GPTQ (neural_compressor) sym b128, $O
 row ort-dyn "8-bit" onnxruntime "quantize_dynamic (per-tensor)" -- "$PY" "$RD/ort_quantize.py" dynamic "$IN" @OUT@
 row ort-dyn-pc "8-bit" onnxruntime "quantize_dynamic --per-channel" -- "$PY" "$RD/ort_quantize.py" dynamic "$IN" @OUT@ --per-channel
 row dyn "8-bit" onnxq "dynamic, defaults (per-token activations, per-channel weights, per-row embedding)" -- "${Q[@]}" --algorithm dynamic
+row dyn-quarot "8-bit" onnxq "QuaRot + dynamic, defaults" -- "${Q[@]}" --algorithm quarot,dynamic
 row dyn-tensor "8-bit" onnxq "dynamic --activations per-tensor (onnxruntime's form)" -- "${Q[@]}" --algorithm dynamic --activations per-tensor
 row dyn-tensor-pc "8-bit" onnxq "dynamic --activations per-tensor --per-channel" -- "${Q[@]}" --algorithm dynamic --activations per-tensor --per-channel
 STATIC=("${TEXT[@]}" --calib-samples "$STATIC_SAMPLES")
