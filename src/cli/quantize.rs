@@ -217,8 +217,8 @@ activations; check with `onnxq verify`.
 onnxruntime's option names are accepted as aliases: --nodes-to-exclude (= --exclude), \
 --op-types-to-quantize (= --include-op), --is-symmetric BOOL (false = --asymmetric), \
 --per-channel, --reduce-range, --block-size, --accuracy-level. Olive's names: --algorithm \
-rtn|hqq|gptq|awq|bnb4, --precision int4|int8|uint8|nf4|fp4 (quarot, kquant and fp16 are not \
-built in this version and are refused).
+rtn|hqq|gptq|awq|bnb4|fp16|bf16, --precision int4|int8|uint8|nf4|fp4|fp16|bf16 (Olive's \
+quarot is quarot,ALGORITHM here; kquant is not built in this version and is refused).
 
 Exit codes: 0 success (also when nothing matched: an unchanged copy is written, unless \
 --fail-if-unchanged), 1 error, 2 usage error, 3 a check failed (a verify threshold, \
