@@ -49,7 +49,8 @@ pub(super) struct Measure<'a> {
 /// What the rotation would do to a projection's weight.
 pub(super) enum Side {
     /// Reads a norm's output `x̂·diag(γ)`: rotated, it reads `x̂·Q` with weight
-    /// `Qᵀ·diag(γ)·W`.
+    /// `Qᵀ·diag(γ)·W`, where `gamma` is the part of the scale fused into the weight
+    /// (1 on channels kept out of Q, whose scale stays in the norm).
     Norm { gamma: Vec<f64> },
     /// A down_proj (its output side is rotated either way): with the online
     /// Hadamard H, it reads `u·H` with weight `Hᵀ·W·Q`.
