@@ -16,18 +16,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source benches/lib/record.sh
 PY=.venv/bin/python
-DATA=${DATA:-fixtures/large/smollm2-tied}
-BIN=${CARGO_TARGET_DIR:-target}/release/onnxq
 [ -x "$PY" ] || bash .ci/setup-python
-[ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release -q
-[ -f "$DATA/model.onnx" ] || FORM=decomposed LM_HEAD=transpose DATA=$DATA ONLY='^$' bash benches/perplexity.sh >/dev/null
+source benches/lib/smollm2.sh
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 
-ppl() { # model -> perplexity over 8 x 512 tokens of eval.txt
-  "$BIN" eval "$1" --text "$DATA/eval.txt" --tokenizer "$DATA/tokenizer.json" --tokens 4096 \
-    --window 512 --stride 512 --runtime ort 2>&1 | awk '/perplexity/ { print $2 }'
-}
 quantize_ppl() { # quantize args... -> perplexity
   rm -f "$OUT"/q.onnx*
   "$BIN" quantize "$DATA/model.onnx" "$OUT/q.onnx" --block-size 32 --no-verify "$@" >"$OUT/log" 2>&1 \
